@@ -1,0 +1,5 @@
+import sys
+
+from moodwire.cli import main
+
+sys.exit(main())

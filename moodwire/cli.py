@@ -1,0 +1,234 @@
+"""``moodwire`` — one command line for every Moodwire process and operator action.
+
+Settings come from ``MOODWIRE_*`` environment variables; the flags below
+override them. Commands that report (``eval``, ``stats``, ``bench``) print one
+JSON object as the last line of stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from moodwire.logs import configure_logging
+from moodwire.settings import Settings
+
+EPILOG = """\
+getting started:
+  moodwire demo                       everything on this machine, dashboard URL printed
+  moodwire demo --headless --duration 60
+  moodwire broker --port 9092         a development Kafka broker (Tansu) on loopback
+  moodwire bootstrap --train FILE     train model v1 from a labelled CSV/JSONL file
+  moodwire worker                     consume `news`, score, store, publish `news.scored`
+  moodwire produce FILE --rate 50     publish a file as a live feed
+  moodwire stats                      counts from the store, as JSON
+
+settings (environment, overridden by flags):
+  MOODWIRE_BOOTSTRAP_SERVERS  Kafka bootstrap servers        (127.0.0.1:9092)
+  MOODWIRE_STORE_URL          sqlite:///PATH or postgresql://…  (DATA_DIR/moodwire.db)
+  MOODWIRE_REGISTRY           model registry directory        (DATA_DIR/registry)
+  MOODWIRE_DATA_DIR           where state lives by default    (./moodwire-data)
+  MOODWIRE_DEVICE             auto | cpu | cuda[:N]           (auto)
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connections (override MOODWIRE_* environment)")
+    g.add_argument("--bootstrap-servers", help="Kafka bootstrap servers, host:port[,host:port]")
+    g.add_argument("--store", dest="store_url", help="store URL: sqlite:///PATH or postgresql://…")
+    g.add_argument("--registry", type=Path, help="model registry directory")
+    g.add_argument("--data-dir", type=Path, help="default home of store, registry and index")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _labelled_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-col", help="column holding the text (default: auto-detect)")
+    p.add_argument("--label-col", help="column holding the label (default: auto-detect)")
+    p.add_argument(
+        "--label-map", help="map other label schemes, e.g. 0=negative,1=positive,2=neutral"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moodwire",
+        description="Moodwire: a continual-learning streaming monitor for financial text.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_: str, description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=description or help_)
+        _common(p)
+        return p
+
+    p = add(
+        "demo",
+        "run everything locally: broker, model, generated feed, worker (and dashboard)",
+        "Start an embedded broker, bootstrap a model on generated headlines if none serves, "
+        "and stream a generated feed (with a scripted surge and drift) through a worker. "
+        "Ctrl-C stops everything it started.",
+    )
+    p.add_argument("--headless", action="store_true", help="no dashboard (for scripts)")
+    p.add_argument("--duration", type=float, help="stop cleanly after this many seconds")
+    p.add_argument("--rate", type=float, default=20.0, help="feed items per second (20)")
+    p.add_argument("--items", type=int, default=3000, help="items in the generated feed (3000)")
+    p.add_argument("--dashboard-port", type=int, default=8501)
+
+    p = add(
+        "broker",
+        "run the embedded Kafka-compatible broker (Tansu) for development",
+        "Run Tansu on loopback with in-memory storage, create Moodwire's topics and print "
+        "the bootstrap address. Stops on SIGTERM or Ctrl-C (data is not kept).",
+    )
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--partitions", type=int, help="partitions per topic (4)")
+
+    p = add(
+        "worker",
+        "consume `news` → score → store → publish `news.scored`",
+        "Join the consumer group on the news topic and score items in batches. "
+        "SIGTERM or Ctrl-C finishes the batch in hand, commits, and exits.",
+    )
+    p.add_argument("--group", help="consumer group (moodwire-worker)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-items", type=int, help="exit after this many records (for scripts)")
+
+    p = add("produce", "publish a CSV/JSONL file as a live feed to `news`")
+    p.add_argument("file", type=Path)
+    p.add_argument("--text-col", help="column holding the text (default: auto-detect)")
+    p.add_argument("--rate", type=float, help="at most this many items per second")
+    p.add_argument(
+        "--loop", action="store_true", help="replay the file forever (new ids each pass)"
+    )
+    p.add_argument(
+        "--time-warp", type=float, help="replay the rows' own timestamps, this many times faster"
+    )
+    p.add_argument("--limit", type=int, help="send at most this many items")
+
+    p = add(
+        "bootstrap",
+        "train the first model version from labelled data",
+        "Fine-tune a sequence classifier (default: the offline all-MiniLM-L6-v2 encoder) on "
+        "a labelled CSV/JSONL file, hold out a stratified part for the model card's metrics, "
+        "and write the next version to the registry (serving it if none serves yet).",
+    )
+    p.add_argument("--train", type=Path, required=True, help="labelled CSV or JSONL file")
+    _labelled_args(p)
+    p.add_argument(
+        "--base-model", help="encoder or checkpoint directory (default: all-MiniLM-L6-v2)"
+    )
+    p.add_argument("--holdout", type=float, default=0.05, help="fraction held out (0.05)")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--time-budget", type=float, help="stop training after this many seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="train on at most this many examples")
+    p.add_argument(
+        "--promote", action="store_true", help="serve the new version even if one serves"
+    )
+    p.add_argument("--no-progress", action="store_true")
+
+    p = add("eval", "accuracy, macro-F1 and confusion matrix of a version, as JSON")
+    p.add_argument("--data", type=Path, required=True, help="labelled CSV or JSONL file")
+    _labelled_args(p)
+    p.add_argument("--version", help="model version (default: the serving one)")
+
+    add("stats", "counts from the store, as JSON")
+
+    add("models", "list the registry's versions, as JSON")
+    p = add("promote", "serve a version (operator action)")
+    p.add_argument("version")
+    p.add_argument("--reason", default="")
+    p.add_argument("--actor", default=None)
+    p = add("rollback", "serve the previously serving version (operator action)")
+    p.add_argument("--reason", default="")
+    p.add_argument("--actor", default=None)
+
+    p = add("bench", "benchmarks, printed as JSON")
+    bench = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    t = bench.add_parser("throughput", help="items/s and latency through a real broker and worker")
+    _common(t)
+    t.add_argument("--items", type=int, default=2000, help="items through the path (2000)")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument(
+        "--latency-items",
+        type=int,
+        default=600,
+        help="items for the latency run at half the measured rate (600)",
+    )
+    t.add_argument(
+        "--data", type=Path, help="texts to use (default: shared data if present, else generated)"
+    )
+    t.add_argument("--out", type=Path, help="also write the JSON here")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    base = Settings()
+    return base.with_overrides(
+        bootstrap_servers=getattr(args, "bootstrap_servers", None),
+        store_url=getattr(args, "store_url", None),
+        registry=getattr(args, "registry", None),
+        data_dir=getattr(args, "data_dir", None),
+        device=getattr(args, "device", None),
+        log_level=getattr(args, "log_level", None),
+        consumer_group=getattr(args, "group", None),
+        batch_size=getattr(args, "batch_size", None),
+        partitions=getattr(args, "partitions", None),
+    )
+
+
+def print_json(obj: Any) -> None:
+    """The one JSON object scripts read: the last line of stdout."""
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {}
+
+
+def command(name: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    def register(fn: Callable[..., int]) -> Callable[..., int]:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        print(f"moodwire: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    # Imported here: each command pulls in only what it needs (torch is slow to import).
+    from moodwire import commands  # noqa: F401  (registers the commands)
+
+    key = args.command if args.command != "bench" else f"bench {args.bench}"
+    try:
+        return COMMANDS[key](args, settings)
+    except KeyboardInterrupt:
+        return 130
+    except UserError as exc:
+        print(f"moodwire {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad file, unknown version, …): message, no traceback."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

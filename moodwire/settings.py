@@ -1,0 +1,108 @@
+"""One validated, frozen settings object, built at the entry point and passed down.
+
+Every field can be set from the environment with the ``MOODWIRE_`` prefix
+(``MOODWIRE_BOOTSTRAP_SERVERS``, ``MOODWIRE_STORE_URL``, ``MOODWIRE_REGISTRY``, …);
+CLI flags override the environment. Components never read ``os.environ``.
+
+>>> s = Settings(bootstrap_servers="127.0.0.1:1", data_dir="/tmp/mw")
+>>> s.topics.news, s.topics.dlq
+('news', 'news.dlq')
+>>> str(s.resolved_registry())
+'/tmp/mw/registry'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Topics(BaseModel):
+    """Kafka topic names (configuration, not code)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    news: str = "news"
+    scored: str = "news.scored"
+    dlq: str = "news.dlq"
+    labels: str = "news.labels"
+    alerts: str = "moodwire.alerts"
+    control: str = "moodwire.control"
+
+    def all(self) -> list[str]:
+        return [self.news, self.scored, self.dlq, self.labels, self.alerts, self.control]
+
+
+class Settings(BaseSettings):
+    """Everything a Moodwire process needs to know, validated once."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MOODWIRE_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    # Where state lives by default (SQLite store, registry, index) when not given explicitly.
+    data_dir: Path = Path("moodwire-data")
+
+    # Kafka
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topics: Topics = Topics()
+    partitions: int = Field(4, ge=1, description="partitions of topics the broker command creates")
+    consumer_group: str = "moodwire-worker"
+    # Tansu (and Kafka) join a fresh group much faster with a short session timeout;
+    # it also bounds how long a killed worker's partitions stay orphaned.
+    session_timeout_ms: int = Field(6000, ge=1000)
+    heartbeat_interval_ms: int = Field(1000, ge=100)
+
+    # Store and registry
+    store_url: str | None = None
+    registry: Path | None = None
+    index_dir: Path | None = None
+
+    # Input limits: anything bigger goes to the dead-letter topic.
+    max_message_bytes: int = Field(64 * 1024, ge=256)
+    max_text_chars: int = Field(4000, ge=16)
+    max_entities: int = Field(64, ge=0)
+
+    # Scoring
+    device: str = "auto"
+    batch_size: int = Field(64, ge=1, le=4096)
+    batch_timeout_ms: int = Field(100, ge=0)
+    max_length: int = Field(128, ge=8, le=512)
+    neighbors_k: int = Field(5, ge=0, le=100)
+    # Exact (flat) search up to this many vectors, then an approximate IVF index.
+    exact_index_max: int = Field(200_000, ge=1000)
+    index_snapshot_every: int = Field(5000, ge=100, description="items between index snapshots")
+
+    # Operations
+    operator_token: SecretStr | None = None
+    metrics_port: int | None = None
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("bootstrap_servers must name at least one host:port")
+        return v.strip()
+
+    def resolved_store_url(self) -> str:
+        if self.store_url:
+            return self.store_url
+        return f"sqlite:///{(self.data_dir / 'moodwire.db').resolve()}"
+
+    def resolved_registry(self) -> Path:
+        return self.registry if self.registry is not None else self.data_dir / "registry"
+
+    def resolved_index_dir(self) -> Path:
+        return self.index_dir if self.index_dir is not None else self.data_dir / "index"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with the given fields replaced (``None`` values are ignored)."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        if not given:
+            return self
+        return type(self)(**{**self.model_dump(), **given})

@@ -1,0 +1,330 @@
+"""The store: scored items, rejections and the audit log, in SQL (SQLAlchemy Core).
+
+SQLite (WAL) is the embedded default; PostgreSQL by URL for production. Writes
+are idempotent on the item id, and each row doubles as an outbox entry: it is
+written with ``published = false`` before it is sent to Kafka and flagged once
+the broker has acknowledged it, so a crash in between is repaired on replay.
+
+>>> store = Store("sqlite://")
+>>> store.stats()["items"]
+0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+metadata = sa.MetaData()
+
+items = sa.Table(
+    "items",
+    metadata,
+    # seq orders items by arrival in the store: the index catches up by it.
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("id", sa.String(256), nullable=False, unique=True),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("source", sa.String(256)),
+    sa.Column("entities", sa.JSON, nullable=False),
+    sa.Column("meta", sa.JSON, nullable=False),
+    sa.Column("label", sa.String(16), nullable=False, index=True),
+    sa.Column("p_negative", sa.Float, nullable=False),
+    sa.Column("p_neutral", sa.Float, nullable=False),
+    sa.Column("p_positive", sa.Float, nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False, index=True),
+    sa.Column("neighbors", sa.JSON, nullable=False),
+    sa.Column("embedding", sa.LargeBinary, nullable=False),  # float16, frozen space
+    sa.Column("src_partition", sa.Integer),
+    sa.Column("src_offset", sa.BigInteger),
+    sa.Column("kafka_ts", sa.DateTime(timezone=True)),
+    sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("stored_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("published", sa.Boolean, nullable=False, default=False),
+)
+
+rejected = sa.Table(
+    "rejected",
+    metadata,
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("topic", sa.String(256), nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False, index=True),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("raw", sa.Text, nullable=False),
+    sa.Column("rejected_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("published", sa.Boolean, nullable=False, default=False),
+    sa.UniqueConstraint("topic", "partition", "offset", name="uq_rejected_position"),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(256)),
+    sa.Column("reason", sa.Text),
+    sa.Column("details", sa.JSON, nullable=False),
+)
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back naive; everything in the store is UTC.
+    if dt is None:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def encode_embedding(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype=np.float16).tobytes()
+
+
+def decode_embeddings(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, dim), dtype=np.float32)
+    return (
+        np.frombuffer(b"".join(blobs), dtype=np.float16).reshape(len(blobs), dim).astype(np.float32)
+    )
+
+
+class Store:
+    """Scored items and rejections, with idempotent writes."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        self.engine: Engine = _make_engine(url)
+        if create:
+            metadata.create_all(self.engine)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def _insert(self, table: sa.Table) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif self.dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:  # pragma: no cover - guarded at construction
+            raise ValueError(f"unsupported database: {self.dialect}")
+        return insert(table).on_conflict_do_nothing()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def write_batch(
+        self, scored: list[dict[str, Any]], rejections: list[dict[str, Any]]
+    ) -> tuple[set[str], set[str], list[int]]:
+        """Insert a batch idempotently, in one transaction.
+
+        Returns ``(new_ids, replayed_unpublished_ids, rejection_seqs_to_publish)``:
+        items written now, items that were written by an earlier attempt that
+        crashed before it was acknowledged by Kafka (the caller must check the
+        topic before re-publishing them), and rejections still to publish.
+        """
+        now = datetime.now(UTC)
+        ids = [row["id"] for row in scored]
+        with self.engine.begin() as conn:
+            before: dict[str, bool] = {}
+            for chunk in _chunks(ids, 500):
+                q = sa.select(items.c.id, items.c.published).where(items.c.id.in_(chunk))
+                before.update({r.id: bool(r.published) for r in conn.execute(q)})
+            fresh = [
+                dict(row, stored_at=now, published=False)
+                for row in scored
+                if row["id"] not in before
+            ]
+            if fresh:
+                conn.execute(self._insert(items), fresh)
+            replayed = {i for i, published in before.items() if not published}
+            rej_seqs: list[int] = []
+            if rejections:
+                conn.execute(self._insert(rejected), [dict(r, published=False) for r in rejections])
+                for r in rejections:
+                    q = sa.select(rejected.c.seq).where(
+                        rejected.c.topic == r["topic"],
+                        rejected.c.partition == r["partition"],
+                        rejected.c.offset == r["offset"],
+                        rejected.c.published.is_(False),
+                    )
+                    rej_seqs.extend(conn.execute(q).scalars())
+        return {row["id"] for row in fresh}, replayed, rej_seqs
+
+    def mark_published(
+        self, item_ids: Iterable[str] = (), rejection_seqs: Iterable[int] = ()
+    ) -> None:
+        item_ids, rejection_seqs = list(item_ids), list(rejection_seqs)
+        with self.engine.begin() as conn:
+            for chunk in _chunks(item_ids, 500):
+                conn.execute(items.update().where(items.c.id.in_(chunk)).values(published=True))
+            for chunk in _chunks(rejection_seqs, 500):
+                conn.execute(
+                    rejected.update().where(rejected.c.seq.in_(chunk)).values(published=True)
+                )
+
+    def audit(
+        self,
+        actor: str,
+        action: str,
+        target: str | None,
+        reason: str | None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                audit_log.insert().values(
+                    ts=datetime.now(UTC),
+                    actor=actor,
+                    action=action,
+                    target=target,
+                    reason=reason,
+                    details=details or {},
+                )
+            )
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def count_items(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(items)).scalar_one())
+
+    def item_ids(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(items.c.id).order_by(items.c.seq)).scalars())
+
+    def get_item(self, item_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(items).where(items.c.id == item_id)).mappings().first()
+        if row is None:
+            return None
+        out = dict(row)
+        for key in ("ts", "kafka_ts", "scored_at", "stored_at"):
+            out[key] = _utc(out[key])
+        return out
+
+    def rejections(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            q = sa.select(rejected).order_by(rejected.c.seq)
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def rejections_by_seq(self, seqs: Sequence[int]) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            q = sa.select(rejected).where(rejected.c.seq.in_(list(seqs)))
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def embeddings_after(
+        self, seq: int, limit: int = 10_000, *, with_embedding: bool = True
+    ) -> Iterator[tuple[int, str, str, bytes | None]]:
+        """``(seq, id, label, embedding)`` of items stored after ``seq``, in order."""
+        vector = items.c.embedding if with_embedding else sa.null()
+        with self.engine.connect() as conn:
+            q = (
+                sa.select(items.c.seq, items.c.id, items.c.label, vector)
+                .where(items.c.seq > seq)
+                .order_by(items.c.seq)
+                .limit(limit)
+            )
+            yield from (tuple(r) for r in conn.execute(q))
+
+    def latencies_ms(self) -> np.ndarray:
+        """Produce-to-stored latency of every item that carries a Kafka timestamp."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(items.c.kafka_ts, items.c.stored_at).where(items.c.kafka_ts.is_not(None))
+            ).all()
+        return np.array(
+            [(_utc(s) - _utc(k)).total_seconds() * 1000.0 for k, s in rows], dtype=np.float64
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for ``moodwire stats``."""
+        with self.engine.connect() as conn:
+            n_items = conn.execute(sa.select(sa.func.count()).select_from(items)).scalar_one()
+            n_rej = conn.execute(sa.select(sa.func.count()).select_from(rejected)).scalar_one()
+            by_label = dict(
+                conn.execute(
+                    sa.select(items.c.label, sa.func.count()).group_by(items.c.label)
+                ).all()
+            )
+            by_version = dict(
+                conn.execute(
+                    sa.select(items.c.model_version, sa.func.count()).group_by(
+                        items.c.model_version
+                    )
+                ).all()
+            )
+            by_reason = dict(
+                conn.execute(
+                    sa.select(rejected.c.reason, sa.func.count()).group_by(rejected.c.reason)
+                ).all()
+            )
+            unpublished = conn.execute(
+                sa.select(sa.func.count()).select_from(items).where(items.c.published.is_(False))
+            ).scalar_one()
+            last = conn.execute(sa.select(sa.func.max(items.c.stored_at))).scalar_one()
+        return {
+            "items": int(n_items),
+            "rejected": int(n_rej),
+            "by_label": {k: int(v) for k, v in sorted(by_label.items())},
+            "by_model_version": {k: int(v) for k, v in sorted(by_version.items())},
+            "rejected_by_reason": {k: int(v) for k, v in sorted(by_reason.items())},
+            "unpublished": int(unpublished),
+            "last_stored_at": _utc(last).isoformat() if last else None,
+        }
+
+
+def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            from pathlib import Path
+
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    if url.startswith(("postgresql", "postgres")):
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://") :]
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://") :]
+        return sa.create_engine(url, pool_pre_ping=True)
+    raise ValueError(
+        f"unsupported store URL {url.split('://')[0]}://…; use sqlite:///PATH or postgresql://…"
+    )

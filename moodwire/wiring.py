@@ -1,0 +1,56 @@
+"""Assembling processes from their parts (the one place that knows all of them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from moodwire.settings import Settings
+from moodwire.store import Store
+from retrieval.past_items import PastItems
+from stream.broker import ensure_topics
+from stream.clients import make_consumer, make_producer
+from stream.scorer import Scorer, load_serving
+from stream.worker import Worker
+
+log = structlog.get_logger(__name__)
+
+
+def build_worker(
+    settings: Settings, *, scorer: Scorer | None = None
+) -> tuple[Worker, Callable[[], None]]:
+    """A ready worker and the function that closes everything it opened."""
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
+        log.info("metrics_listening", port=settings.metrics_port)
+    store = Store(settings.resolved_store_url())
+    scorer = scorer or load_serving(settings)
+    past = PastItems(
+        store,
+        dim=scorer.embedder.dim,
+        space_id=scorer.embedder.space_id,
+        snapshot_dir=settings.resolved_index_dir(),
+        exact_max=settings.exact_index_max,
+        snapshot_every=settings.index_snapshot_every,
+    )
+    topics = settings.topics
+    ensure_topics(
+        settings.bootstrap_servers, [topics.news, topics.scored, topics.dlq], settings.partitions
+    )
+    producer = make_producer(settings, client_id="moodwire-worker")
+    consumer = make_consumer(
+        settings, topics.news, group_id=settings.consumer_group, client_id="moodwire-worker"
+    )
+    worker = Worker(settings, store, scorer, past, consumer, producer)
+
+    def close() -> None:
+        try:
+            past.save()
+        finally:
+            consumer.close(autocommit=False)
+            producer.close()
+
+    return worker, close

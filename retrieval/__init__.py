@@ -1,0 +1,1 @@
+"""Embeddings in a frozen space and the FAISS index of past items."""

@@ -1,0 +1,166 @@
+"""The FAISS index of past items, keyed by the store's sequence number.
+
+Exact inner-product search (cosine on normalised vectors) while the index is
+small; past ``exact_max`` vectors it is rebuilt once as an IVF index, which
+keeps search fast at millions of items with recall close to exact. On a
+machine with a CUDA GPU and faiss built with GPU support the index lives on
+the GPU. Persisted with ``faiss.write_index`` beside a small JSON of metadata,
+and always rebuildable from the store, which keeps every embedding.
+
+>>> import numpy as np
+>>> idx = VectorIndex(dim=4, exact_max=1000)
+>>> v = np.eye(4, dtype=np.float32)
+>>> idx.add(np.arange(4), v)
+>>> sims, ids = idx.search(v[:1], k=2)
+>>> int(ids[0, 0]), round(float(sims[0, 0]), 3)
+(0, 1.0)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import faiss
+import numpy as np
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def gpu_available() -> bool:
+    try:
+        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except Exception:  # noqa: BLE001 - a broken GPU build is "no GPU", not a crash
+        return False
+
+
+class IndexSpaceMismatch(RuntimeError):
+    """A persisted index was built in a different embedding space."""
+
+
+class VectorIndex:
+    """Search past items by meaning."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        exact_max: int = 200_000,
+        use_gpu: bool | None = None,
+        space_id: str = "",
+    ) -> None:
+        self.dim = dim
+        self.exact_max = exact_max
+        self.space_id = space_id
+        self.use_gpu = gpu_available() if use_gpu is None else use_gpu
+        self._gpu_res = faiss.StandardGpuResources() if self.use_gpu else None
+        self.kind = "flat"
+        self._index = self._place(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
+        self.max_id = -1
+
+    def _place(self, index: faiss.Index) -> faiss.Index:
+        if self._gpu_res is None:
+            return index
+        try:
+            return faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
+        except Exception as exc:  # noqa: BLE001 - some index types have no GPU version
+            log.warning("faiss_gpu_unavailable_for_index", kind=self.kind, error=str(exc))
+            return index
+
+    def _cpu(self) -> faiss.Index:
+        if self._gpu_res is None:
+            return self._index
+        try:
+            return faiss.index_gpu_to_cpu(self._index)
+        except Exception:  # noqa: BLE001 - already a CPU index
+            return self._index
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(ids), self.dim):
+            raise ValueError(
+                f"expected vectors of shape ({len(ids)}, {self.dim}), got {vectors.shape}"
+            )
+        ids = np.asarray(ids, dtype=np.int64)
+        self._index.add_with_ids(vectors, ids)
+        self.max_id = max(self.max_id, int(ids.max()))
+        if self.kind == "flat" and len(self) > self.exact_max:
+            self._to_ivf()
+
+    def _to_ivf(self) -> None:
+        cpu = self._cpu()
+        n = cpu.ntotal
+        ids = faiss.vector_to_array(cpu.id_map).astype(np.int64)
+        vectors = cpu.index.reconstruct_n(0, n)
+        nlist = int(min(65536, max(64, 4 * math.sqrt(n))))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = vectors[np.random.default_rng(0).choice(n, min(n, nlist * 64), replace=False)]
+        ivf.train(sample)
+        ivf.nprobe = max(8, nlist // 32)
+        ivf.add_with_ids(vectors, ids)
+        self.kind = "ivf"
+        self._index = self._place(ivf)
+        log.info("index_rebuilt_approximate", n=n, nlist=nlist, nprobe=ivf.nprobe)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(similarities, ids)``, each ``(len(queries), k)``; missing hits have id -1."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if len(self) == 0 or k == 0:
+            return (
+                np.zeros((len(queries), k), np.float32),
+                np.full((len(queries), k), -1, np.int64),
+            )
+        return self._index.search(queries, k)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / "index.faiss.tmp"
+        faiss.write_index(self._cpu(), str(tmp))
+        tmp.replace(directory / "index.faiss")
+        meta = {
+            "dim": self.dim,
+            "kind": self.kind,
+            "space_id": self.space_id,
+            "max_id": self.max_id,
+            "ntotal": len(self),
+        }
+        (directory / "index.json.tmp").write_text(json.dumps(meta))
+        (directory / "index.json.tmp").replace(directory / "index.json")
+
+    @classmethod
+    def load(
+        cls,
+        directory: Path,
+        *,
+        space_id: str,
+        exact_max: int = 200_000,
+        use_gpu: bool | None = None,
+    ) -> VectorIndex | None:
+        """The persisted index, or None when there is none (or it is unreadable)."""
+        meta_path, index_path = directory / "index.json", directory / "index.faiss"
+        if not (meta_path.is_file() and index_path.is_file()):
+            return None
+        meta = json.loads(meta_path.read_text())
+        if meta.get("space_id") != space_id:
+            raise IndexSpaceMismatch(
+                f"index in {directory} was built in space {meta.get('space_id')!r}, "
+                f"not {space_id!r}; delete it to rebuild from the store"
+            )
+        try:
+            raw = faiss.read_index(str(index_path))
+        except RuntimeError as exc:
+            log.warning("index_unreadable_rebuilding", path=str(index_path), error=str(exc))
+            return None
+        idx = cls(int(meta["dim"]), exact_max=exact_max, use_gpu=use_gpu, space_id=space_id)
+        idx.kind = meta.get("kind", "flat")
+        idx.max_id = int(meta.get("max_id", -1))
+        idx._index = idx._place(raw)
+        return idx

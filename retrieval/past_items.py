@@ -1,0 +1,121 @@
+"""Past items by meaning: the FAISS index kept in step with the store.
+
+The store is the source of truth (it keeps every item's frozen embedding);
+the index catches up from it by sequence number, so items scored by any
+worker become neighbours for every worker, and a lost or stale snapshot is
+rebuilt rather than trusted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from moodwire.store import Store, decode_embeddings
+from retrieval.index import VectorIndex
+from stream.schemas import Neighbor
+
+log = structlog.get_logger(__name__)
+
+
+class PastItems:
+    """Nearest past items for new ones, by cosine similarity in the frozen space."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        dim: int,
+        space_id: str,
+        snapshot_dir: Path | None = None,
+        exact_max: int = 200_000,
+        snapshot_every: int = 5000,
+    ) -> None:
+        self.store = store
+        self.dim = dim
+        self.space_id = space_id
+        self.snapshot_dir = snapshot_dir
+        self.snapshot_every = snapshot_every
+        self._since_snapshot = 0
+        self._meta: dict[int, tuple[str, str]] = {}  # seq -> (item id, label)
+        loaded = (
+            VectorIndex.load(snapshot_dir, space_id=space_id, exact_max=exact_max)
+            if snapshot_dir is not None
+            else None
+        )
+        self.index = loaded or VectorIndex(dim, exact_max=exact_max, space_id=space_id)
+        if loaded is not None:
+            # Ids and labels are cheap to re-read; only the vectors come from the snapshot.
+            self._reload_meta(upto=loaded.max_id)
+        self.last_seq = self.index.max_id
+        self.catch_up()
+        log.info(
+            "past_items_ready",
+            n=len(self.index),
+            kind=self.index.kind,
+            from_snapshot=loaded is not None,
+        )
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _reload_meta(self, upto: int) -> None:
+        seq = -1
+        while True:
+            rows = list(self.store.embeddings_after(seq, limit=20_000, with_embedding=False))
+            if not rows:
+                return
+            for s, item_id, label, _ in rows:
+                if s > upto:
+                    return
+                self._meta[s] = (item_id, label)
+            seq = rows[-1][0]
+
+    def catch_up(self) -> int:
+        """Add items the store holds that the index does not; returns how many."""
+        added = 0
+        while True:
+            rows = list(self.store.embeddings_after(self.last_seq, limit=10_000))
+            if not rows:
+                break
+            seqs = np.array([r[0] for r in rows], dtype=np.int64)
+            vectors = decode_embeddings([r[3] for r in rows], self.dim)
+            self.index.add(seqs, vectors)
+            for s, item_id, label, _ in rows:
+                self._meta[s] = (item_id, label)
+            self.last_seq = int(seqs.max())
+            added += len(rows)
+        self._since_snapshot += added
+        if self.snapshot_dir is not None and self._since_snapshot >= self.snapshot_every:
+            self.save()
+        return added
+
+    def neighbors(
+        self, vectors: np.ndarray, k: int, exclude: list[str] | None = None
+    ) -> list[list[Neighbor]]:
+        """The ``k`` most similar past items of each vector (never the item itself)."""
+        if k == 0 or len(self.index) == 0:
+            return [[] for _ in range(len(vectors))]
+        sims, ids = self.index.search(vectors, k + 1)
+        out: list[list[Neighbor]] = []
+        for row, (srow, irow) in enumerate(zip(sims, ids, strict=True)):
+            own = exclude[row] if exclude else None
+            found = []
+            for sim, seq in zip(srow, irow, strict=True):
+                if seq < 0 or int(seq) not in self._meta:
+                    continue
+                item_id, label = self._meta[int(seq)]
+                if item_id == own:
+                    continue
+                found.append(Neighbor(id=item_id, similarity=round(float(sim), 4), label=label))
+            out.append(found[:k])
+        return out
+
+    def save(self) -> None:
+        if self.snapshot_dir is None:
+            return
+        self.index.save(self.snapshot_dir)
+        self._since_snapshot = 0
+        log.info("index_snapshot_saved", n=len(self.index), path=str(self.snapshot_dir))

@@ -1,0 +1,1 @@
+"""Kafka I/O and the scoring loop: schemas, validation, broker, producer, worker."""

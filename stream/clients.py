@@ -1,0 +1,38 @@
+"""Kafka clients configured from the settings, in one place."""
+
+from __future__ import annotations
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from moodwire.settings import Settings
+
+
+def make_producer(settings: Settings, *, client_id: str = "moodwire") -> KafkaProducer:
+    # acks=all + idempotence: a retried send is not written twice by the broker.
+    return KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        linger_ms=5,
+        max_request_size=max(1 << 20, settings.max_message_bytes * 4),
+        retries=10,
+    )
+
+
+def make_consumer(
+    settings: Settings, *topics: str, group_id: str | None, client_id: str = "moodwire"
+) -> KafkaConsumer:
+    return KafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=client_id,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        max_poll_records=settings.batch_size,
+        fetch_max_wait_ms=100,
+        # Oversized items must reach the worker to be dead-lettered, not stall the fetcher.
+        max_partition_fetch_bytes=max(1 << 20, settings.max_message_bytes * 4),
+    )

@@ -1,0 +1,164 @@
+"""Generated financial headlines for the demo (no external data needed).
+
+The feed has a steady mix of news-style headlines about a few companies, a
+scripted negative surge on one company, and a scripted drift: from some point
+on, retail-chatter style posts with vocabulary the bootstrapped model never saw.
+Each item carries its true label in ``meta.true_label`` so the demo can
+simulate analysts' (delayed) labels.
+
+>>> rows = labelled_headlines(30, seed=1)
+>>> sorted({r["label"] for r in rows})
+['negative', 'neutral', 'positive']
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+COMPANIES = [
+    ("ACME", "Acme Corp"),
+    ("GLBX", "Globex"),
+    ("INIT", "Initech"),
+    ("UMBR", "Umbrella Holdings"),
+    ("STRK", "Stark Industries"),
+    ("WAYN", "Wayne Enterprises"),
+    ("HOOL", "Hooli"),
+    ("SOYL", "Soylent"),
+    ("CYBD", "Cyberdyne"),
+    ("TYRL", "Tyrell"),
+]
+PARTNERS = ["a major retailer", "the Defense Department", "a European carmaker", "two banks"]
+ANALYSTS = ["Goldman Sachs", "Morgan Stanley", "JPMorgan", "Barclays", "UBS", "Jefferies"]
+
+NEWS = {
+    "positive": [
+        "{name} beats quarterly earnings estimates",
+        "{name} shares jump after {analyst} upgrade",
+        "{name} raises full-year guidance on strong demand",
+        "{name} wins major contract with {partner}",
+        "${tick} rallies on record revenue",
+        "{name} announces ${n} billion share buyback",
+        "{name} profit climbs {pct}% as margins widen",
+        "{analyst} lifts {name} price target, sees more upside",
+    ],
+    "negative": [
+        "{name} misses revenue forecast, shares fall",
+        "{name} shares slide after {analyst} downgrade",
+        "{name} cuts outlook amid weak demand",
+        "{name} faces regulatory probe over accounting",
+        "${tick} plunges as CEO resigns abruptly",
+        "{name} recalls products over safety concerns",
+        "{name} warns of quarterly loss, stock sinks {pct}%",
+        "{name} hit with lawsuit over data breach",
+    ],
+    "neutral": [
+        "{name} to report earnings on {day}",
+        "{name} schedules annual shareholder meeting",
+        "{name} names new chief financial officer",
+        "{name} files quarterly report with regulators",
+        "${tick} trading volume in line with average",
+        "{name} to present at industry conference next week",
+        "{analyst} keeps {name} rating unchanged",
+        "{name} completes previously announced reorganisation",
+    ],
+}
+
+# After the drift: retail chatter whose sentiment hides in slang.
+CHATTER = {
+    "positive": [
+        "${tick} to the moon, diamond hands 🚀🚀",
+        "loading up more ${tick}, this thing is printing",
+        "${tick} squeeze incoming, shorts are toast",
+        "bought the dip on ${tick}, absolute beast mode",
+        "${tick} mooning again lol, tendies for everyone",
+    ],
+    "negative": [
+        "${tick} is a rug pull, bagholders everywhere",
+        "paper hands dumping ${tick}, what a bloodbath",
+        "${tick} rekt me again, down bad",
+        "${tick} going to zero, get out while you can",
+        "${tick} chart looks like a ski slope, rip my calls",
+    ],
+    "neutral": [
+        "anyone watching ${tick} today?",
+        "what's the play on ${tick} this week",
+        "${tick} thread for the open, post your positions",
+        "holding ${tick} for now, will see after the call",
+        "is ${tick} on anyone's radar or nah",
+    ],
+}
+
+SURGE = [
+    "{name} shares crash after fraud allegations",
+    "{name} under investigation, investors flee",
+    "{name} halts trading after accounting scandal",
+    "{name} bonds tumble as default fears grow",
+    "regulators raid {name} offices, stock collapses",
+    "{name} auditor resigns, shares plunge {pct}%",
+]
+
+
+def _fill(template: str, rng: random.Random, tick: str, name: str) -> str:
+    return template.format(
+        tick=tick,
+        name=name,
+        analyst=rng.choice(ANALYSTS),
+        partner=rng.choice(PARTNERS),
+        pct=rng.randint(3, 40),
+        n=rng.randint(1, 20),
+        day=rng.choice(["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]),
+    )
+
+
+def labelled_headlines(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """News-style headlines with labels, for bootstrapping the demo's first model."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = ("negative", "neutral", "positive")[i % 3]
+        tick, name = rng.choice(COMPANIES)
+        rows.append({"text": _fill(rng.choice(NEWS[label]), rng, tick, name), "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+def demo_feed(
+    n: int,
+    *,
+    seed: int = 0,
+    start: datetime | None = None,
+    seconds_between: float = 1.0,
+    surge_at: float = 0.35,
+    surge_len: int = 60,
+    surge_company: str = "INIT",
+    drift_at: float = 0.6,
+) -> list[dict[str, Any]]:
+    """The demo's feed: steady news, a negative surge on one company, then a drift to chatter."""
+    rng = random.Random(seed)
+    start = start or datetime.now(UTC)
+    surge_start, drift_start = int(n * surge_at), int(n * drift_at)
+    names = dict(COMPANIES)
+    items = []
+    for i in range(n):
+        ts = start + timedelta(seconds=i * seconds_between)
+        if surge_start <= i < surge_start + surge_len and i % 2 == 0:
+            tick, name = surge_company, names[surge_company]
+            text, label, phase = _fill(rng.choice(SURGE), rng, tick, name), "negative", "surge"
+        else:
+            label = rng.choices(("negative", "neutral", "positive"), weights=(3, 4, 3))[0]
+            tick, name = rng.choice(COMPANIES)
+            pool, phase = (CHATTER, "chatter") if i >= drift_start else (NEWS, "news")
+            text = _fill(rng.choice(pool[label]), rng, tick, name)
+        items.append(
+            {
+                "id": f"demo-{seed}-{i}",
+                "text": text,
+                "ts": ts.isoformat(),
+                "source": "demo-wire" if phase != "chatter" else "demo-social",
+                "entities": [tick],
+                "meta": {"true_label": label, "phase": phase},
+            }
+        )
+    return items
