@@ -104,7 +104,7 @@ class VectorIndex:
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         sample = vectors[np.random.default_rng(0).choice(n, min(n, nlist * 64), replace=False)]
         ivf.train(sample)
-        ivf.nprobe = max(8, nlist // 32)
+        ivf.nprobe = max(16, nlist // 16)
         ivf.add_with_ids(vectors, ids)
         self.kind = "ivf"
         self._index = self._place(ivf)

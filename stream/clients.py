@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
-from kafka import KafkaConsumer, KafkaProducer
+import structlog
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 
 from moodwire.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class _LogRebalance(ConsumerRebalanceListener):
+    # Offsets are committed after every batch, before the next poll, so a
+    # rebalance never loses processed work; it only needs to be visible.
+    def on_partitions_revoked(self, revoked):  # type: ignore[no-untyped-def]
+        log.info(
+            "partitions_revoked", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked)
+        )
+
+    def on_partitions_assigned(self, assigned):  # type: ignore[no-untyped-def]
+        log.info(
+            "partitions_assigned",
+            partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
+        )
 
 
 def make_producer(settings: Settings, *, client_id: str = "moodwire") -> KafkaProducer:
@@ -22,8 +40,7 @@ def make_producer(settings: Settings, *, client_id: str = "moodwire") -> KafkaPr
 def make_consumer(
     settings: Settings, *topics: str, group_id: str | None, client_id: str = "moodwire"
 ) -> KafkaConsumer:
-    return KafkaConsumer(
-        *topics,
+    consumer = KafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=client_id,
         group_id=group_id,
@@ -36,3 +53,6 @@ def make_consumer(
         # Oversized items must reach the worker to be dead-lettered, not stall the fetcher.
         max_partition_fetch_bytes=max(1 << 20, settings.max_message_bytes * 4),
     )
+    if topics:
+        consumer.subscribe(list(topics), listener=_LogRebalance() if group_id else None)
+    return consumer

@@ -1,0 +1,113 @@
+"""Shared fixtures: a real broker, a real (briefly fine-tuned) model, real databases."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from moodwire.settings import Settings, Topics
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PG_ADMIN_URL = os.environ.get(
+    "MOODWIRE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """A Tansu broker on a free loopback port for the whole session."""
+    from stream.broker import EmbeddedBroker, free_port
+
+    b = EmbeddedBroker(port=free_port()).start()
+    try:
+        yield b.bootstrap_servers
+    finally:
+        b.stop()
+
+
+@pytest.fixture(scope="session")
+def model_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry whose v1 is the default encoder, really fine-tuned for a few seconds."""
+    from learner.classifier import SentimentClassifier
+    from learner.data import LabelledText
+    from learner.registry import Registry
+    from learner.train import TrainConfig, fine_tune
+    from stream.synthetic import labelled_headlines
+
+    root = tmp_path_factory.mktemp("registry")
+    clf = SentimentClassifier.from_encoder(device="cpu")
+    data = [LabelledText(r["text"], r["label"]) for r in labelled_headlines(240, seed=3)]
+    fine_tune(
+        clf, data, TrainConfig(epochs=1, lr=2e-4, batch_size=16, time_budget_s=25), progress=False
+    )
+    reg = Registry(root)
+    version = reg.write_version(clf.save, {"kind": "test", "parent": None})
+    reg.promote(version)
+    return root
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def settings(broker: str, model_registry: Path, tmp_path: Path, unique: str) -> Settings:
+    """Settings for one test: its own topics, group, store and index on the shared broker."""
+    topics = Topics(
+        **{name: f"{default}-{unique}" for name, default in Topics().model_dump().items()}
+    )
+    return Settings(
+        bootstrap_servers=broker,
+        data_dir=tmp_path,
+        registry=model_registry,
+        topics=topics,
+        consumer_group=f"workers-{unique}",
+        device="cpu",
+        batch_size=32,
+    )
+
+
+def _pg_available() -> bool:
+    try:
+        import sqlalchemy as sa
+
+        with sa.create_engine(PG_ADMIN_URL).connect():
+            return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on the local server, dropped afterwards."""
+    import sqlalchemy as sa
+
+    if not _pg_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (CI must start it)")
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
+    name = f"moodwire_test_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
+                ),
+                {"n": name},
+            )
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval.index import IndexSpaceMismatch, VectorIndex
+
+
+def _unit(n: int, dim: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_exact_search_finds_itself_first() -> None:
+    idx = VectorIndex(16, exact_max=10_000)
+    vecs = _unit(500, 16, 0)
+    idx.add(np.arange(100, 600), vecs)
+    sims, ids = idx.search(vecs[:10], 3)
+    assert list(ids[:, 0]) == list(range(100, 110))
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)
+
+
+def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    # Sentence embeddings cluster by topic; uniform noise would be IVF's worst case.
+    rng = np.random.default_rng(seed)
+    centres = _unit(50, dim, seed + 100)
+    x = centres[rng.integers(0, 50, n)] + 0.35 * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_switches_to_ivf_past_threshold_with_high_recall() -> None:
+    idx = VectorIndex(32, exact_max=2000)
+    vecs = _clustered(5000, 32, 1)
+    idx.add(np.arange(2000), vecs[:2000])
+    assert idx.kind == "flat"
+    idx.add(np.arange(2000, 5000), vecs[2000:])
+    assert idx.kind == "ivf" and len(idx) == 5000
+    queries = _clustered(100, 32, 2)
+    exact = np.argsort(-(queries @ vecs.T), axis=1)[:, :10]
+    _, got = idx.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, got, strict=True)])
+    assert recall >= 0.9
+
+
+def test_save_load_and_space_check(tmp_path) -> None:
+    idx = VectorIndex(8, space_id="space-a")
+    idx.add(np.arange(3), _unit(3, 8, 3))
+    idx.save(tmp_path)
+    back = VectorIndex.load(tmp_path, space_id="space-a")
+    assert back is not None and len(back) == 3 and back.max_id == 2
+    with pytest.raises(IndexSpaceMismatch):
+        VectorIndex.load(tmp_path, space_id="space-b")
+    assert VectorIndex.load(tmp_path / "none", space_id="space-a") is None
+
+
+def test_empty_index_returns_no_hits() -> None:
+    sims, ids = VectorIndex(4).search(np.zeros((2, 4), np.float32), 3)
+    assert ids.shape == (2, 3) and (ids == -1).all()
