@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Ctrl-C stops everything it started.",
     )
     p.add_argument("--headless", action="store_true", help="no dashboard (for scripts)")
-    p.add_argument("--duration", type=float, help="stop cleanly after this many seconds")
+    p.add_argument(
+        "--duration",
+        type=float,
+        help="stop cleanly after this many seconds of streaming (set-up not counted)",
+    )
     p.add_argument("--rate", type=float, default=20.0, help="feed items per second (20)")
     p.add_argument("--items", type=int, default=3000, help="items in the generated feed (3000)")
     p.add_argument("--dashboard-port", type=int, default=8501)

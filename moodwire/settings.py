@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     # Operations
     operator_token: SecretStr | None = None
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -99,6 +100,25 @@ class Settings(BaseSettings):
 
     def resolved_index_dir(self) -> Path:
         return self.index_dir if self.index_dir is not None else self.data_dir / "index"
+
+    def to_env(self) -> dict[str, str]:
+        """``MOODWIRE_*`` variables that hand these settings to a child process."""
+        env = {
+            "MOODWIRE_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "MOODWIRE_DATA_DIR": str(self.data_dir),
+            "MOODWIRE_REGISTRY": str(self.resolved_registry()),
+            "MOODWIRE_STORE_URL": self.resolved_store_url(),
+            "MOODWIRE_INDEX_DIR": str(self.resolved_index_dir()),
+            "MOODWIRE_CONSUMER_GROUP": self.consumer_group,
+            "MOODWIRE_DEVICE": self.device,
+            "MOODWIRE_BATCH_SIZE": str(self.batch_size),
+            "MOODWIRE_LOG_LEVEL": self.log_level,
+        }
+        for name, value in self.topics.model_dump().items():
+            env[f"MOODWIRE_TOPICS__{name.upper()}"] = value
+        if self.operator_token is not None:
+            env["MOODWIRE_OPERATOR_TOKEN"] = self.operator_token.get_secret_value()
+        return env
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with the given fields replaced (``None`` values are ignored)."""

@@ -24,7 +24,7 @@ def build_worker(
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
         log.info("metrics_listening", port=settings.metrics_port)
     store = Store(settings.resolved_store_url())
     scorer = scorer or load_serving(settings)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import faiss
@@ -122,7 +123,8 @@ class VectorIndex:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / "index.faiss.tmp"
+        # Per-process temporary names: workers sharing a directory never clobber a half file.
+        tmp = directory / f"index.faiss.{os.getpid()}.tmp"
         faiss.write_index(self._cpu(), str(tmp))
         tmp.replace(directory / "index.faiss")
         meta = {
@@ -132,8 +134,9 @@ class VectorIndex:
             "max_id": self.max_id,
             "ntotal": len(self),
         }
-        (directory / "index.json.tmp").write_text(json.dumps(meta))
-        (directory / "index.json.tmp").replace(directory / "index.json")
+        tmp_meta = directory / f"index.json.{os.getpid()}.tmp"
+        tmp_meta.write_text(json.dumps(meta))
+        tmp_meta.replace(directory / "index.json")
 
     @classmethod
     def load(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -75,13 +76,14 @@ def wait_until(
 
 
 def start_process(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "moodwire", *args],
-        env=env,
-        stdout=open(log, "ab"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-        cwd=Path(__file__).resolve().parents[1],
-    )
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "moodwire", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[1],
+        )
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
@@ -99,29 +101,11 @@ def log_events(log: Path, event: str) -> list[dict]:
     out = []
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("{") and f'"{event}"' in line:
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
     return out
 
 
 def settings_env(s: Settings) -> dict[str, str]:
     """The environment that hands these settings to a `moodwire` subprocess."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "MOODWIRE_BOOTSTRAP_SERVERS": s.bootstrap_servers,
-            "MOODWIRE_DATA_DIR": str(s.data_dir),
-            "MOODWIRE_REGISTRY": str(s.resolved_registry()),
-            "MOODWIRE_STORE_URL": s.resolved_store_url(),
-            "MOODWIRE_CONSUMER_GROUP": s.consumer_group,
-            "MOODWIRE_DEVICE": s.device,
-            "MOODWIRE_BATCH_SIZE": str(s.batch_size),
-            "MOODWIRE_LOG_FORMAT": "json",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    for name, value in s.topics.model_dump().items():
-        env[f"MOODWIRE_TOPICS__{name.upper()}"] = value
-    return env
+    return {**os.environ, **s.to_env(), "MOODWIRE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}

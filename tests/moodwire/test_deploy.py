@@ -1,0 +1,32 @@
+"""docker-compose.yml is checked by parsing (no Docker engine runs here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from moodwire.cli import build_parser
+from moodwire.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_compose_runs_kafka_in_kraft_mode_with_postgres_and_workers() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "postgres", "worker", "dashboard"} <= set(services)
+    kafka_env = services["kafka"]["environment"]
+    assert (
+        "broker" in kafka_env["KAFKA_PROCESS_ROLES"]
+        and "controller" in kafka_env["KAFKA_PROCESS_ROLES"]
+    )
+    assert kafka_env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    for name in ("worker", "dashboard"):
+        env = services[name]["environment"]
+        fields = set(Settings.model_fields)
+        for key in env:
+            assert key.startswith("MOODWIRE_") and key[len("MOODWIRE_") :].lower() in fields, key
+    # The worker's command is a real CLI command.
+    build_parser().parse_args(services["worker"]["command"])
+    assert (ROOT / "Dockerfile").is_file()
