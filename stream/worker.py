@@ -226,7 +226,8 @@ class Worker:
         if replayed:
             # A previous attempt stored these and may or may not have published them.
             already = find_published(self.consumer.config, self.settings.topics.scored, replayed)
-            self.store.mark_published(already)
+            if already:
+                self.store.mark_published(already)
             replayed -= already
             result.republished = len(replayed)
             log.info(
