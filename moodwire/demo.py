@@ -43,7 +43,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def bootstrap_demo_model(settings: Settings, n: int = 900, progress: bool = True) -> str:
+def bootstrap_demo_model(settings: Settings, n: int = 600, progress: bool = True) -> str:
     """Train the demo's first version on generated news-style headlines."""
     import dataclasses
 

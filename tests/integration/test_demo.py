@@ -1,0 +1,102 @@
+"""`moodwire demo` as a newcomer runs it: everything starts, items flow, everything stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import wait_until
+
+from moodwire.store import Store
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOODWIRE_")}
+    return env | {
+        "MOODWIRE_DATA_DIR": str(tmp_path),
+        "MOODWIRE_DEVICE": "cpu",
+        "MOODWIRE_LOG_FORMAT": "json",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _children_gone(pid: int) -> bool:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return out.stdout.strip() == ""
+
+
+def test_demo_bootstraps_streams_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moodwire", "demo", "--headless", "--items", "400", "--rate", "40"],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        store_url = f"sqlite:///{(tmp_path / 'moodwire.db').resolve()}"
+        wait_until(lambda: (tmp_path / "moodwire.db").exists(), 400, "the store")
+        wait_until(lambda: Store(store_url).count_items() >= 50, 300, "items flowing", 1.0)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        lines = out.splitlines()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "\n".join(lines[-20:])
+    assert any(line.startswith("broker") for line in lines)
+    assert any(line.startswith("model       v1") for line in lines)
+    final = json.loads(lines[-1])
+    assert final["items"] >= 50 and final["by_model_version"].get("v1", 0) >= 50
+    assert (tmp_path / "registry" / "versions" / "v1" / "card.json").is_file()
+    assert _children_gone(proc.pid)
+    broker_line = next(line for line in lines if line.startswith("broker"))
+    port = int(broker_line.split()[1].rsplit(":", 1)[1])
+    import socket
+
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_demo_duration_stops_cleanly_with_an_existing_model(
+    tmp_path: Path, model_registry: Path
+) -> None:
+    t0 = time.monotonic()
+    env = _env(tmp_path) | {"MOODWIRE_REGISTRY": str(model_registry)}
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "moodwire",
+            "demo",
+            "--headless",
+            "--duration",
+            "25",
+            "--items",
+            "2000",
+            "--rate",
+            "30",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    assert not any("bootstrapping" in line for line in lines)
+    counts = [json.loads(line)["items"] for line in lines if line.startswith('{"items"')]
+    assert counts[-1] > 0 and counts == sorted(counts), counts
+    assert time.monotonic() - t0 < 200
