@@ -1,0 +1,1 @@
+"""The model and its life: data, classifier, fine-tuning and evaluation."""

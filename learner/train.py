@@ -1,0 +1,247 @@
+"""Supervised fine-tuning of a ``SentimentClassifier``, tuned for small CPUs too.
+
+The recipe: dynamic padding with length-grouped batches (short texts waste
+nothing on padding), a frozen word-embedding matrix (half the parameters of a
+MiniLM; its dense gradient and AdamW update dominate a CPU step), AdamW with
+linear warm-up and linear decay, and a schedule that also anneals against the
+time budget so a run stopped by the clock still ends at a low learning rate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import re
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from learner.classifier import SentimentClassifier
+from learner.data import LabelledText
+
+_LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
+_NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of a fine-tuning run; the defaults are the measured best recipe.
+
+    Measured on 2 CPU cores with all-MiniLM-L6-v2 and its mean-pool head (the
+    ``from_encoder`` default): 2 epochs at lr 2e-4, batch 32, frozen word
+    embeddings, on 95% of twitter-financial-news-sentiment train.
+
+    >>> TrainConfig(epochs=1.0).batch_size
+    32
+    """
+
+    epochs: float = 2.0
+    lr: float = 2e-4
+    batch_size: int = 32
+    max_length: int = 128
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    freeze_embeddings: bool = True
+    seed: int = 0
+    time_budget_s: float | None = None
+    layer_lr_decay: float = 1.0  # lr of layer i is lr * decay ** (layers - i); 1.0 = off
+    label_smoothing: float = 0.0
+    max_grad_norm: float = 1.0
+    group_by_length: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs > 0, "epochs must be positive"),
+            (self.lr > 0, "lr must be positive"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.max_length >= 2, "max_length must be at least 2"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be non-negative"),
+            (0 < self.layer_lr_decay <= 1, "layer_lr_decay must be in (0, 1]"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (self.max_grad_norm > 0, "max_grad_norm must be positive"),
+            (
+                self.time_budget_s is None or self.time_budget_s > 0,
+                "time_budget_s must be positive or None",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+
+
+@dataclass
+class TrainReport:
+    """What a fine-tuning run did."""
+
+    steps: int
+    samples_seen: int
+    epochs_done: float
+    seconds: float
+    samples_per_s: float
+    stopped_early: bool
+    final_loss: float
+
+
+def _batches(
+    lengths: list[int], batch_size: int, rng: random.Random, group_by_length: bool
+) -> Iterator[list[int]]:
+    """One epoch of index batches; length-grouped within shuffled mega-batches."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not group_by_length:
+        for start in range(0, len(order), batch_size):
+            yield order[start : start + batch_size]
+        return
+    mega = batch_size * 50
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start : start + mega], key=lengths.__getitem__, reverse=True)
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    yield from batches
+
+
+def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
+    layers = getattr(model.config, "num_hidden_layers", 0) or 0
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = 1.0
+        if config.layer_lr_decay < 1.0 and layers:
+            match = _LAYER_INDEX.search(name)
+            if match:
+                scale = config.layer_lr_decay ** (layers - int(match.group(1)))
+            elif "embeddings" in name:
+                scale = config.layer_lr_decay ** (layers + 1)
+        decay = 0.0 if name.endswith(_NO_DECAY) else config.weight_decay
+        groups.setdefault((scale, decay), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr": config.lr * scale,
+            "base_lr": config.lr * scale,
+            "weight_decay": decay,
+        }
+        for (scale, decay), params in groups.items()
+    ]
+
+
+def _lr_factor(progress: float, warmup: float) -> float:
+    if warmup > 0 and progress < warmup:
+        return progress / warmup
+    return max(0.0, (1.0 - progress) / (1.0 - warmup))
+
+
+def fine_tune(
+    classifier: SentimentClassifier,
+    data: list[LabelledText],
+    config: TrainConfig = TrainConfig(),
+    *,
+    progress: bool = True,
+) -> TrainReport:
+    """Fine-tune ``classifier`` in place on ``data``; returns what the run did.
+
+    Stops after ``config.epochs`` or at ``config.time_budget_s``, whichever
+    comes first; the learning rate decays against both, so an early stop
+    still leaves an annealed model.
+    """
+    if not data:
+        raise ValueError("fine_tune needs at least one labelled example")
+    model, tokenizer, device = classifier.model, classifier.tokenizer, classifier.device
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+
+    encoded = tokenizer(
+        [item.text for item in data], truncation=True, max_length=config.max_length
+    )["input_ids"]
+    lengths = [len(ids) for ids in encoded]
+    targets = torch.tensor(classifier.label_ids([item.label for item in data]))
+    pad_id = tokenizer.pad_token_id or 0
+
+    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+
+    embeddings = model.get_input_embeddings()
+    was_trainable = embeddings.weight.requires_grad
+    if config.freeze_embeddings:
+        embeddings.weight.requires_grad_(False)
+    groups = _param_groups(model, config)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=device.type == "cuda")
+
+    # final_loss averages about the last epoch (at most 50 steps) of batch losses.
+    recent_losses: deque[float] = deque(maxlen=min(50, steps_per_epoch))
+    steps = samples = 0
+    stopped_early = False
+    bar = tqdm(total=total_steps, desc="fine-tune", unit="step", disable=not progress)
+    start = time.perf_counter()
+    model.train()
+    try:
+        while steps < total_steps:
+            for idx in _batches(lengths, config.batch_size, rng, config.group_by_length):
+                elapsed = time.perf_counter() - start
+                progress_frac = steps / total_steps
+                if config.time_budget_s is not None:
+                    if elapsed >= config.time_budget_s:
+                        stopped_early = True
+                        break
+                    progress_frac = max(progress_frac, elapsed / config.time_budget_s)
+                factor = _lr_factor(progress_frac, config.warmup_ratio)
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * factor
+
+                width = max(lengths[i] for i in idx)
+                input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for row, i in enumerate(idx):
+                    input_ids[row, : lengths[i]] = torch.tensor(encoded[i])
+                    mask[row, : lengths[i]] = 1
+                with autocast:
+                    logits = model(
+                        input_ids=input_ids.to(device), attention_mask=mask.to(device)
+                    ).logits
+                loss = loss_fn(logits.float(), targets[idx].to(device))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in groups for p in g["params"]], config.max_grad_norm
+                )
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+                steps += 1
+                samples += len(idx)
+                recent_losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(recent_losses):.3f}", refresh=False)
+                if steps >= total_steps:
+                    break
+            if stopped_early:
+                break
+    finally:
+        bar.close()
+        model.eval()
+        embeddings.weight.requires_grad_(was_trainable)
+
+    seconds = time.perf_counter() - start
+    return TrainReport(
+        steps=steps,
+        samples_seen=samples,
+        epochs_done=samples / len(data),
+        seconds=seconds,
+        samples_per_s=samples / seconds if seconds > 0 else 0.0,
+        stopped_early=stopped_early,
+        final_loss=float(np.mean(recent_losses)) if recent_losses else float("nan"),
+    )
