@@ -33,15 +33,28 @@ def test_populated_store_shows_counts_and_items(store_url: str) -> None:
     rows = []
     for i in range(120):
         label = ("negative", "neutral", "positive")[i % 3]
-        rows.append({
-            "id": f"x{i}", "text": f"headline {i}", "ts": t0 + timedelta(seconds=20 * i),
-            "source": "t", "entities": ["ACME"], "meta": {}, "label": label,
-            "p_negative": 0.7 if label == "negative" else 0.1, "p_neutral": 0.2,
-            "p_positive": 0.7 if label == "positive" else 0.1, "confidence": 0.7,
-            "model_version": "v1", "neighbors": [],
-            "embedding": encode_embedding(np.ones(4, np.float32)), "src_partition": 0,
-            "src_offset": i, "kafka_ts": t0, "scored_at": t0,
-        })
+        rows.append(
+            {
+                "id": f"x{i}",
+                "text": f"headline {i}",
+                "ts": t0 + timedelta(seconds=20 * i),
+                "source": "t",
+                "entities": ["ACME"],
+                "meta": {},
+                "label": label,
+                "p_negative": 0.7 if label == "negative" else 0.1,
+                "p_neutral": 0.2,
+                "p_positive": 0.7 if label == "positive" else 0.1,
+                "confidence": 0.7,
+                "model_version": "v1",
+                "neighbors": [],
+                "embedding": encode_embedding(np.ones(4, np.float32)),
+                "src_partition": 0,
+                "src_offset": i,
+                "kafka_ts": t0,
+                "scored_at": t0,
+            }
+        )
     store.write_batch(rows, [])
     at = AppTest.from_file(APP, default_timeout=30).run()
     assert not at.exception

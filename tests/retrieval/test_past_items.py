@@ -18,13 +18,28 @@ def _rows(start: int, n: int, rng: np.random.Generator) -> list[dict]:
     out = []
     for i in range(start, start + n):
         v = rng.standard_normal(DIM).astype(np.float32)
-        out.append({
-            "id": f"i{i}", "text": "t", "ts": now, "source": None, "entities": [], "meta": {},
-            "label": ("negative", "neutral", "positive")[i % 3], "p_negative": 0.2,
-            "p_neutral": 0.6, "p_positive": 0.2, "confidence": 0.6, "model_version": "v1",
-            "neighbors": [], "embedding": encode_embedding(v / np.linalg.norm(v)),
-            "src_partition": 0, "src_offset": i, "kafka_ts": now, "scored_at": now,
-        })
+        out.append(
+            {
+                "id": f"i{i}",
+                "text": "t",
+                "ts": now,
+                "source": None,
+                "entities": [],
+                "meta": {},
+                "label": ("negative", "neutral", "positive")[i % 3],
+                "p_negative": 0.2,
+                "p_neutral": 0.6,
+                "p_positive": 0.2,
+                "confidence": 0.6,
+                "model_version": "v1",
+                "neighbors": [],
+                "embedding": encode_embedding(v / np.linalg.norm(v)),
+                "src_partition": 0,
+                "src_offset": i,
+                "kafka_ts": now,
+                "scored_at": now,
+            }
+        )
     return out
 
 
