@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, ge=1, le=4096)
     batch_timeout_ms: int = Field(100, ge=0)
     max_length: int = Field(128, ge=8, le=512)
+    # Forward passes in length-sorted micro-batches of this size (None: 16 on CPU,
+    # the whole batch on a GPU).
+    micro_batch_size: int | None = Field(None, ge=1, le=4096)
     neighbors_k: int = Field(5, ge=0, le=100)
     # Exact (flat) search up to this many vectors, then an approximate IVF index.
     exact_index_max: int = Field(200_000, ge=1000)

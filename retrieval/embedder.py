@@ -60,10 +60,12 @@ class FrozenEmbedder:
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
+        # Batches of similar length waste little compute on padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
             enc = self.tokenizer(
-                chunk,
+                [texts[i] for i in idx],
                 padding=True,
                 truncation=True,
                 max_length=self.max_length,
@@ -78,5 +80,5 @@ class FrozenEmbedder:
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-            out[start : start + len(chunk)] = pooled.cpu().numpy()
+            out[idx] = pooled.cpu().numpy()
         return out
