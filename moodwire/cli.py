@@ -131,16 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-model", help="encoder or checkpoint directory (default: all-MiniLM-L6-v2)"
     )
     p.add_argument("--holdout", type=float, default=0.05, help="fraction held out (0.05)")
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=float, help="passes over the training data (2)")
+    p.add_argument("--lr", type=float, help="peak learning rate (2e-4)")
+    p.add_argument("--batch-size", type=int, help="training batch size (32)")
     p.add_argument("--time-budget", type=float, help="stop training after this many seconds")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the training (0)")
     p.add_argument("--limit", type=int, help="train on at most this many examples")
     p.add_argument(
         "--promote", action="store_true", help="serve the new version even if one serves"
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
     p = add("eval", "accuracy, macro-F1 and confusion matrix of a version, as JSON")
     p.add_argument("--data", type=Path, required=True, help="labelled CSV or JSONL file")

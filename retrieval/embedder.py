@@ -32,8 +32,8 @@ def _space_id(path: Path) -> str:
 class FrozenEmbedder:
     """Mean-pooled, normalised embeddings of a frozen encoder.
 
-    >>> emb = FrozenEmbedder(device="cpu")                     # doctest: +SKIP
-    >>> emb.embed(["ACME beats estimates"]).shape              # doctest: +SKIP
+    >>> emb = FrozenEmbedder(device="cpu")
+    >>> emb.embed(["ACME beats estimates"]).shape
     (1, 384)
     """
 
@@ -44,13 +44,15 @@ class FrozenEmbedder:
         device: torch.device | str = "cpu",
         max_length: int = 128,
     ) -> None:
-        from learner.classifier import default_encoder_path
+        from learner.classifier import _quiet_transformers, default_encoder_path
 
         self.path = Path(path) if path is not None else default_encoder_path()
         self.device = torch.device(device)
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.model = AutoModel.from_pretrained(self.path, use_safetensors=True).to(self.device)
+        with _quiet_transformers():
+            model = AutoModel.from_pretrained(self.path, use_safetensors=True)
+        self.model = model.to(self.device)
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)

@@ -121,7 +121,21 @@ class Worker:
             records = self.poll_batch()
             if not records:
                 continue
-            result = self.process(records)
+            try:
+                result = self.process(records)
+            except Exception:
+                # The one error policy for a batch that cannot be finished (store or broker
+                # down, …): stop without committing. Nothing is lost: a restarted worker
+                # re-reads the batch, and the store's idempotence absorbs the replay.
+                first = records[0]
+                log.exception(
+                    "batch_failed_stopping",
+                    topic=first.topic,
+                    partition=first.partition,
+                    offset=first.offset,
+                    records=len(records),
+                )
+                raise
             if on_batch is not None:
                 on_batch(result)
         log.info(
