@@ -18,7 +18,10 @@ The headline is ``ratio = items_per_s / bare_forward_items_per_s``.
 from __future__ import annotations
 
 import json
+import os
 import platform
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -166,20 +169,23 @@ def throughput(
             busy = sum(m - s for s, m in zip(starts, marks, strict=False))
             log.info("bench_path", items_per_s=round(rate, 1))
 
-            # Latency at half the measured maximum rate.
+            # Latency at half the measured maximum rate, from a separate producer process
+            # (`moodwire produce`), as a real feed would be.
             target = rate / 2
-            t0 = time.monotonic()
-            for j in range(latency_items):
-                due = t0 + j / target
-                if (d := due - time.monotonic()) > 0:
-                    time.sleep(d)
-                k = items + j
-                producer.send(
-                    cfg.topics.news,
-                    key=f"lat-{k}".encode(),
-                    value=json.dumps({"id": f"lat-{k}", "text": texts[k]}).encode(),
+            feed = Path(tmp) / "latency.jsonl"
+            feed.write_text(
+                "".join(
+                    json.dumps({"id": f"lat-{items + j}", "text": texts[items + j]}) + "\n"
+                    for j in range(latency_items)
                 )
-            producer.flush()
+            )
+            subprocess.run(
+                [sys.executable, "-m", "moodwire", "produce", str(feed), "--rate", f"{target:.3f}"],
+                env={**os.environ, **cfg.to_env()},
+                check=True,
+                capture_output=True,
+                timeout=600 + latency_items / max(target, 0.1),
+            )
             _wait(lambda: store.count_items() >= items + latency_items, 600, "latency run")
         finally:
             stop.set()

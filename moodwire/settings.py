@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # it also bounds how long a killed worker's partitions stay orphaned.
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(1000, ge=100)
+    # How long the broker may hold an empty fetch. Apache Kafka answers as soon as data
+    # arrives; Tansu waits the whole time (measured: p50 produce-to-poll 26 ms at 100,
+    # 5.5 ms at 20), so keep it short for low latency.
+    fetch_max_wait_ms: int = Field(25, ge=1, le=5000)
 
     # Store and registry
     store_url: str | None = None
@@ -69,7 +73,7 @@ class Settings(BaseSettings):
     # Scoring
     device: str = "auto"
     batch_size: int = Field(64, ge=1, le=4096)
-    batch_timeout_ms: int = Field(100, ge=0)
+    batch_timeout_ms: int = Field(20, ge=0)
     max_length: int = Field(128, ge=8, le=512)
     # Forward passes in length-sorted micro-batches of this size (None: 16 on CPU,
     # the whole batch on a GPU).

@@ -49,7 +49,7 @@ def make_consumer(
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         max_poll_records=settings.batch_size,
-        fetch_max_wait_ms=100,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         # Oversized items must reach the worker to be dead-lettered, not stall the fetcher.
         max_partition_fetch_bytes=max(1 << 20, settings.max_message_bytes * 4),
     )
