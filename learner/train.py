@@ -9,7 +9,6 @@ time budget so a run stopped by the clock still ends at a low learning rate.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import re
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from learner.classifier import SentimentClassifier
+from learner.classifier import SentimentClassifier, autocast
 from learner.data import LabelledText
 
 _LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
@@ -169,11 +168,6 @@ def fine_tune(
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else contextlib.nullcontext()
-    )
 
     embeddings = model.get_input_embeddings()
     was_trainable = embeddings.weight.requires_grad
@@ -209,7 +203,7 @@ def fine_tune(
                 for row, i in enumerate(idx):
                     input_ids[row, : lengths[i]] = torch.tensor(encoded[i])
                     mask[row, : lengths[i]] = 1
-                with autocast:
+                with autocast(device):
                     logits = model(
                         input_ids=input_ids.to(device), attention_mask=mask.to(device)
                     ).logits

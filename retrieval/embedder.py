@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from learner.classifier import autocast, default_encoder_path, encoded_batches, quiet_transformers
+
 
 def _space_id(path: Path) -> str:
     weights = path / "model.safetensors"
@@ -44,13 +46,11 @@ class FrozenEmbedder:
         device: torch.device | str = "cpu",
         max_length: int = 128,
     ) -> None:
-        from learner.classifier import _quiet_transformers, default_encoder_path
-
         self.path = Path(path) if path is not None else default_encoder_path()
         self.device = torch.device(device)
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        with _quiet_transformers():
+        with quiet_transformers():
             model = AutoModel.from_pretrained(self.path, use_safetensors=True)
         self.model = model.to(self.device)
         self.model.eval()
@@ -62,22 +62,10 @@ class FrozenEmbedder:
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        # Batches of similar length waste little compute on padding.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = self.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            with torch.autocast(
-                device_type=self.device.type,
-                dtype=torch.bfloat16,
-                enabled=self.device.type == "cuda",
-            ):
+        for idx, enc in encoded_batches(
+            self.tokenizer, texts, batch_size, self.max_length, self.device
+        ):
+            with autocast(self.device):
                 hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
