@@ -196,7 +196,7 @@ def throughput(
         # run in time, which matters on a noisy machine.
         bare_after, _ = _bare_rate(scorer, texts[:items], cfg.batch_size)
         bare = (bare_before + bare_after) / 2
-        lat = _latencies(store, prefix="lat-")
+        lat = store.latencies_ms(id_prefix="lat-")
     return {
         "bench": "throughput",
         "device": str(device),
@@ -223,25 +223,6 @@ def throughput(
         "p99_latency_ms": round(float(np.percentile(lat, 99)), 1),
         "max_latency_ms": round(float(lat.max()), 1),
     }
-
-
-def _latencies(store: Any, prefix: str) -> np.ndarray:
-    import sqlalchemy as sa
-
-    from moodwire.store import items as items_table
-
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(items_table.c.kafka_ts, items_table.c.stored_at).where(
-                items_table.c.id.like(f"{prefix}%")
-            )
-        ).all()
-    from datetime import UTC
-
-    def utc(d: Any) -> Any:
-        return d if d.tzinfo else d.replace(tzinfo=UTC)
-
-    return np.array([(utc(s) - utc(k)).total_seconds() * 1000 for k, s in rows])
 
 
 def _wait(pred: Any, timeout_s: float, what: str) -> None:

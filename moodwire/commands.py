@@ -7,7 +7,6 @@ import dataclasses
 import getpass
 import hashlib
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -375,7 +374,3 @@ def demo_cmd(args: argparse.Namespace, settings: Settings) -> int:
         explicit_broker="bootstrap_servers" in Settings().model_fields_set
         or args.bootstrap_servers is not None,
     )
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

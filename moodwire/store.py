@@ -249,12 +249,13 @@ class Store:
             )
             yield from (tuple(r) for r in conn.execute(q))
 
-    def latencies_ms(self) -> np.ndarray:
-        """Produce-to-stored latency of every item that carries a Kafka timestamp."""
+    def latencies_ms(self, id_prefix: str = "") -> np.ndarray:
+        """Produce-to-stored latency of items with a Kafka timestamp (ids starting with a prefix)."""
+        q = sa.select(items.c.kafka_ts, items.c.stored_at).where(items.c.kafka_ts.is_not(None))
+        if id_prefix:
+            q = q.where(items.c.id.startswith(id_prefix, autoescape=True))
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(items.c.kafka_ts, items.c.stored_at).where(items.c.kafka_ts.is_not(None))
-            ).all()
+            rows = conn.execute(q).all()
         return np.array(
             [(_utc(s) - _utc(k)).total_seconds() * 1000.0 for k, s in rows], dtype=np.float64
         )

@@ -65,6 +65,28 @@ def read_all(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list:
         consumer.close()
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def moodwire_cli(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run ``moodwire ARGS`` as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "moodwire", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def last_json(stdout: str) -> dict:
+    """The JSON object a reporting command prints as its last line."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
 def wait_until(
     predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.25
 ) -> None:

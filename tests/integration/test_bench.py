@@ -3,43 +3,23 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import last_json, moodwire_cli
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_throughput_small_run(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "moodwire",
-            "bench",
-            "throughput",
-            "--items",
-            "128",
-            "--latency-items",
-            "24",
-            "--batch-size",
-            "32",
-            "--out",
-            str(out),
-            "--data-dir",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    res = moodwire_cli(
+        ["bench", "throughput", "--items", "128", "--latency-items", "24", "--batch-size", "32",
+         "--out", str(out), "--data-dir", str(tmp_path)],
         timeout=600,
-    )
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    result = json.loads(res.stdout.strip().splitlines()[-1])
+    result = last_json(res.stdout)
     assert json.loads(out.read_text()) == result
     for key in (
         "items_per_s",

@@ -7,11 +7,10 @@ Twitter Financial News, ``eval`` on its validation split.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import last_json, moodwire_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "twitter-financial-news-sentiment"
@@ -24,45 +23,19 @@ def test_bootstrap_reaches_086_accuracy_on_twitter_financial_news(tmp_path: Path
     if not (DATA / "sent_train.csv").is_file():
         pytest.skip(f"{DATA} is absent: the shared data set is needed for this test")
     common = ["--registry", str(tmp_path / "reg"), "--data-dir", str(tmp_path)]
-    boot = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "moodwire",
-            "bootstrap",
-            "--train",
-            str(DATA / "sent_train.csv"),
-            "--label-map",
-            LABEL_MAP,
-            "--no-progress",
-            *common,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    boot = moodwire_cli(
+        ["bootstrap", "--train", str(DATA / "sent_train.csv"), "--label-map", LABEL_MAP,
+         "--no-progress", *common],
         timeout=1800,
-    )
+    )  # fmt: skip
     assert boot.returncode == 0, boot.stderr[-3000:]
-    trained = json.loads(boot.stdout.strip().splitlines()[-1])
-    ev = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "moodwire",
-            "eval",
-            "--data",
-            str(DATA / "sent_valid.csv"),
-            "--label-map",
-            LABEL_MAP,
-            *common,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    trained = last_json(boot.stdout)
+    ev = moodwire_cli(
+        ["eval", "--data", str(DATA / "sent_valid.csv"), "--label-map", LABEL_MAP, *common],
         timeout=600,
     )
     assert ev.returncode == 0, ev.stderr[-3000:]
-    metrics = json.loads(ev.stdout.strip().splitlines()[-1])
+    metrics = last_json(ev.stdout)
     print(
         json.dumps(
             {

@@ -11,28 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import read_all, settings_env, wait_until
+from helpers import last_json, moodwire_cli, read_all, settings_env, wait_until
 
 from moodwire.settings import Settings
 from stream.broker import free_port
 from stream.synthetic import labelled_headlines
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(args: list[str], env: dict[str, str] | None = None, timeout: float = 300):
-    return subprocess.run(
-        [sys.executable, "-m", "moodwire", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def last_json(stdout: str) -> dict:
-    return json.loads(stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture
@@ -46,7 +31,7 @@ def labelled_csv(tmp_path: Path) -> Path:
 
 
 def test_help_explains_every_command() -> None:
-    out = run(["--help"]).stdout
+    out = moodwire_cli(["--help"]).stdout
     for name in ("demo", "broker", "worker", "produce", "bootstrap", "eval", "stats", "bench"):
         assert name in out
     assert "MOODWIRE_BOOTSTRAP_SERVERS" in out
@@ -101,20 +86,20 @@ def test_broker_command_prints_its_address_creates_topics_and_stops_on_sigterm(t
 @pytest.mark.integration
 def test_eval_and_stats_print_json_last(settings: Settings, labelled_csv: Path) -> None:
     env = settings_env(settings)
-    res = run(["eval", "--data", str(labelled_csv)], env)
+    res = moodwire_cli(["eval", "--data", str(labelled_csv)], env)
     assert res.returncode == 0, res.stderr[-2000:]
     out = last_json(res.stdout)
     assert out["version"] == "v1" and out["n"] == 90
     assert 0 <= out["accuracy"] <= 1 and 0 <= out["macro_f1"] <= 1
     assert sum(map(sum, out["confusion_matrix"])) == 90
-    stats = last_json(run(["stats"], env).stdout)
+    stats = last_json(moodwire_cli(["stats"], env).stdout)
     assert {"items", "rejected", "by_label", "by_model_version"} <= set(stats)
 
 
 @pytest.mark.integration
 def test_bootstrap_writes_a_version_with_its_card(tmp_path: Path, labelled_csv: Path) -> None:
     reg = tmp_path / "reg"
-    res = run(
+    res = moodwire_cli(
         [
             "bootstrap",
             "--train",
@@ -139,20 +124,26 @@ def test_bootstrap_writes_a_version_with_its_card(tmp_path: Path, labelled_csv: 
     assert card["train"]["samples_seen"] > 0 and card["params"]["epochs"] == 1
     assert (reg / "versions" / "v1" / "model.safetensors").is_file()
     assert not list((reg / "versions" / "v1").glob("*.bin"))
-    models = last_json(run(["models", "--registry", str(reg), "--data-dir", str(tmp_path)]).stdout)
+    models = last_json(
+        moodwire_cli(["models", "--registry", str(reg), "--data-dir", str(tmp_path)]).stdout
+    )
     assert models["serving"] == "v1" and models["versions"][0]["version"] == "v1"
 
 
 def test_user_errors_are_one_clear_line(tmp_path: Path) -> None:
     bad = tmp_path / "numeric.csv"
     bad.write_text("text,label\nup,1\ndown,0\n")
-    res = run(["bootstrap", "--train", str(bad), "--registry", str(tmp_path / "r")])
+    res = moodwire_cli(["bootstrap", "--train", str(bad), "--registry", str(tmp_path / "r")])
     assert res.returncode == 2 and "--label-map" in res.stderr and "Traceback" not in res.stderr
-    res = run(["eval", "--data", str(tmp_path / "missing.csv"), "--registry", str(tmp_path / "r")])
+    res = moodwire_cli(
+        ["eval", "--data", str(tmp_path / "missing.csv"), "--registry", str(tmp_path / "r")]
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    res = run(["promote", "v7", "--registry", str(tmp_path / "r"), "--data-dir", str(tmp_path)])
+    res = moodwire_cli(
+        ["promote", "v7", "--registry", str(tmp_path / "r"), "--data-dir", str(tmp_path)]
+    )
     assert res.returncode == 2 and "unknown model version 'v7'" in res.stderr
-    res = run(
+    res = moodwire_cli(
         [
             "worker",
             "--registry",
@@ -173,7 +164,7 @@ def test_produce_publishes_a_file_as_a_feed(settings: Settings, tmp_path: Path) 
     feed.write_text(
         "\n".join(json.dumps({"id": f"f{i}", "text": f"headline {i}"}) for i in range(25))
     )
-    res = run(["produce", str(feed), "--rate", "200"], settings_env(settings))
+    res = moodwire_cli(["produce", str(feed), "--rate", "200"], settings_env(settings))
     assert res.returncode == 0, res.stderr[-2000:]
     assert last_json(res.stdout)["sent"] == 25
     wait_until(
