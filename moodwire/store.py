@@ -92,6 +92,47 @@ audit_log = sa.Table(
 )
 
 
+labels = sa.Table(
+    "labels",
+    metadata,
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    # A stable hash of the label message: a label re-delivered by Kafka is stored once.
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("item_id", sa.String(256), index=True),  # joined to items.id at read time
+    sa.Column("text", sa.Text),
+    sa.Column("label", sa.String(16), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("annotator", sa.String(256)),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+drift_events = sa.Table(
+    "drift_events",
+    metadata,
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("detector", sa.String(64), nullable=False),
+    sa.Column("signal", sa.String(64), nullable=False),  # what was watched
+    sa.Column("statistic", sa.Float, nullable=False),
+    sa.Column("window", sa.Integer, nullable=False),  # items the detector looks back over
+    sa.Column("position", sa.BigInteger, nullable=False),  # items its emitter had seen
+    sa.Column("origin", sa.String(256), nullable=False),  # worker:<id> or learner
+    sa.Column("model_version", sa.String(64)),
+    sa.Column("details", sa.JSON, nullable=False),
+)
+
+
 def _utc(dt: datetime | None) -> datetime | None:
     # SQLite hands datetimes back naive; everything in the store is UTC.
     if dt is None:
@@ -205,7 +246,74 @@ class Store:
                 )
             )
 
+    def add_labels(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Store labels idempotently (on their ``id``); returns the rows that were new."""
+        if not rows:
+            return []
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            known: set[str] = set()
+            for chunk in _chunks([r["id"] for r in rows], 500):
+                known.update(
+                    conn.execute(sa.select(labels.c.id).where(labels.c.id.in_(chunk))).scalars()
+                )
+            fresh, seen = [], set()
+            for r in rows:
+                if r["id"] in known or r["id"] in seen:
+                    continue
+                seen.add(r["id"])
+                fresh.append(dict(r, received_at=now))
+            if fresh:
+                conn.execute(self._insert(labels), fresh)
+        return fresh
+
+    def record_drift(self, event: dict[str, Any]) -> int:
+        """Store one drift event; returns its sequence number."""
+        row = {"details": {}, "model_version": None, **event}
+        row.setdefault("ts", datetime.now(UTC))
+        with self.engine.begin() as conn:
+            return int(conn.execute(drift_events.insert().values(**row)).inserted_primary_key[0])
+
     # -- reads ----------------------------------------------------------------------------
+
+    def items_by_ids(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``id -> {text, label, model_version, confidence}`` for the stored ones among ``ids``."""
+        out: dict[str, dict[str, Any]] = {}
+        cols = (items.c.id, items.c.text, items.c.label, items.c.model_version, items.c.confidence)
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(ids), 500):
+                for r in conn.execute(sa.select(*cols).where(items.c.id.in_(chunk))).mappings():
+                    out[r["id"]] = dict(r)
+        return out
+
+    def recent_texts(self, n: int) -> list[str]:
+        """The texts of the last ``n`` items stored (for shadow-scoring a candidate)."""
+        with self.engine.connect() as conn:
+            q = sa.select(items.c.text).order_by(items.c.seq.desc()).limit(n)
+            return list(conn.execute(q).scalars())[::-1]
+
+    def labels_after(self, seq: int, limit: int = 10_000) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            q = sa.select(labels).where(labels.c.seq > seq).order_by(labels.c.seq).limit(limit)
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def drift_event_rows(self, limit: int = 1000) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            q = sa.select(drift_events).order_by(drift_events.c.seq.desc()).limit(limit)
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+        for r in rows:
+            r["ts"] = _utc(r["ts"])
+        return rows[::-1]
+
+    def audit_rows(self, action: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        q = sa.select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit)
+        if action is not None:
+            q = q.where(audit_log.c.action == action)
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+        for r in rows:
+            r["ts"] = _utc(r["ts"])
+        return rows[::-1]
 
     def count_items(self) -> int:
         with self.engine.connect() as conn:
@@ -286,6 +394,20 @@ class Store:
                 sa.select(sa.func.count()).select_from(items).where(items.c.published.is_(False))
             ).scalar_one()
             last = conn.execute(sa.select(sa.func.max(items.c.stored_at))).scalar_one()
+            label_stats = self._label_stats(conn)
+            drift_by_detector = dict(
+                conn.execute(
+                    sa.select(drift_events.c.detector, sa.func.count()).group_by(
+                        drift_events.c.detector
+                    )
+                ).all()
+            )
+            last_drift = conn.execute(sa.select(sa.func.max(drift_events.c.ts))).scalar_one()
+            actions = dict(
+                conn.execute(
+                    sa.select(audit_log.c.action, sa.func.count()).group_by(audit_log.c.action)
+                ).all()
+            )
         return {
             "items": int(n_items),
             "rejected": int(n_rej),
@@ -294,6 +416,42 @@ class Store:
             "rejected_by_reason": {k: int(v) for k, v in sorted(by_reason.items())},
             "unpublished": int(unpublished),
             "last_stored_at": _utc(last).isoformat() if last else None,
+            "labels": label_stats,
+            "drift_events": {
+                "total": int(sum(drift_by_detector.values())),
+                "by_detector": {k: int(v) for k, v in sorted(drift_by_detector.items())},
+                "last_at": _utc(last_drift).isoformat() if last_drift else None,
+            },
+            "promotions": {
+                "promoted": int(actions.get("promote", 0)),
+                "rolled_back": int(actions.get("rollback", 0)),
+                "candidates_rejected": int(actions.get("candidate_rejected", 0)),
+                "awaiting_approval": int(actions.get("candidate_awaiting_approval", 0)),
+            },
+        }
+
+    @staticmethod
+    def _label_stats(conn: Any) -> dict[str, Any]:
+        """Labels in all, by source, and joined to the scored items: accuracy per version."""
+        total = conn.execute(sa.select(sa.func.count()).select_from(labels)).scalar_one()
+        by_source = dict(
+            conn.execute(
+                sa.select(labels.c.source, sa.func.count()).group_by(labels.c.source)
+            ).all()
+        )
+        correct = sa.case((labels.c.label == items.c.label, 1), else_=0)
+        per_version = conn.execute(
+            sa.select(items.c.model_version, sa.func.count(), sa.func.sum(correct))
+            .select_from(labels.join(items, labels.c.item_id == items.c.id))
+            .group_by(items.c.model_version)
+        ).all()
+        return {
+            "total": int(total),
+            "by_source": {k: int(v) for k, v in sorted(by_source.items())},
+            "by_model_version": {
+                v: {"labelled": int(n), "correct": int(c or 0), "accuracy": round((c or 0) / n, 4)}
+                for v, n, c in sorted(per_version)
+            },
         }
 
 
