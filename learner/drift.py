@@ -14,6 +14,7 @@ event, not a storm. :class:`NoDrift` switches detection off.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -102,6 +103,8 @@ class EmbeddingShift:
     def __init__(
         self, reference: int = 500, window: int = 100, z: float = 6.0, seed: int = 0
     ) -> None:
+        if reference < 2 * window:
+            raise ValueError("reference must hold at least two windows")
         self.reference = reference
         self.window = window
         self.z = z
@@ -112,19 +115,26 @@ class EmbeddingShift:
         self._ref: list[np.ndarray] = []
         self._recent: deque[np.ndarray] = deque(maxlen=self.window)
         self._mean: np.ndarray | None = None
+        self._sum: np.ndarray | None = None
         self._null_mu = 0.0
         self._null_sd = 1.0
         self._stat = 0.0
         self._fired = False
 
     def _calibrate(self) -> None:
+        # The reference mean comes from the first half of the reference and the null
+        # distribution from windows of the second half: those windows are independent of
+        # the mean, exactly like a fresh window, so the null is not too narrow.
         ref = np.stack(self._ref)
-        self._mean = ref.mean(axis=0)
+        half = len(ref) // 2
+        self._mean = ref[:half].mean(axis=0)
+        rest = ref[half:]
+        size = min(self.window, len(rest))
         rng = np.random.default_rng(self.seed)
         draws = [
             float(
                 np.linalg.norm(
-                    ref[rng.choice(len(ref), self.window, replace=False)].mean(0) - self._mean
+                    rest[rng.choice(len(rest), size, replace=False)].mean(0) - self._mean
                 )
             )
             for _ in range(200)
@@ -140,9 +150,13 @@ class EmbeddingShift:
             if len(self._ref) >= self.reference:
                 self._calibrate()
             return self
-        self._recent.append(x)
+        # A running sum over the window: O(dim) per item, not O(window * dim).
         if len(self._recent) == self.window:
-            dist = float(np.linalg.norm(np.mean(self._recent, axis=0) - self._mean))
+            self._sum -= self._recent[0]
+        self._recent.append(x)
+        self._sum = x.copy() if self._sum is None else self._sum + x
+        if len(self._recent) == self.window:
+            dist = float(np.linalg.norm(self._sum / self.window - self._mean))
             self._stat = (dist - self._null_mu) / self._null_sd
             self._fired = self._stat > self.z
         return self
@@ -207,3 +221,126 @@ class NoDrift:
     @property
     def statistic(self) -> float:
         return 0.0
+
+
+@dataclass(frozen=True)
+class DriftEvent:
+    """One detected shift: which detector, on which signal, where and how strong."""
+
+    detector: str
+    signal: str
+    statistic: float
+    window: int
+    position: int  # the index, in its emitter's stream, of the item at which it fired
+
+    def as_row(self) -> dict:
+        return asdict(self)
+
+
+DETECTORS = ("adwin", "kswin", "page_hinkley", "ddm", "embedding_shift", "off")
+
+
+def make_detector(
+    kind: str,
+    *,
+    warmup: int = 100,
+    cooldown: int = 1000,
+    reference: int = 500,
+    window: int = 100,
+) -> DriftDetector:
+    """A guarded detector by name (``off`` switches the signal off).
+
+    >>> make_detector("adwin").name, make_detector("off").name
+    ('adwin', 'off')
+    """
+    if kind == "off":
+        return NoDrift()
+    if kind == "embedding_shift":
+        return Guarded(EmbeddingShift(reference, window), warmup=0, cooldown=cooldown)
+    if kind not in _RIVER:
+        raise ValueError(f"unknown drift detector {kind!r}; choose from {list(DETECTORS)}")
+    return Guarded(RiverDetector(kind), warmup=warmup, cooldown=cooldown)
+
+
+def _window(det: DriftDetector) -> int:
+    inner = getattr(det, "inner", det)
+    if isinstance(inner, EmbeddingShift):
+        return inner.window
+    width = getattr(getattr(inner, "_det", None), "width", None)
+    return int(width) if width is not None else 0
+
+
+class StreamMonitor:
+    """Unsupervised drift on what every scored item gives, as a worker sees it.
+
+    Three signals, each with its own detector (any can be ``off``): the
+    prediction confidence, the label mix (the sentiment score
+    ``p_positive - p_negative``, whose mean moves when the mix moves), and the
+    frozen embedding against a reference window. The first two depend on the
+    serving model, so :meth:`model_changed` restarts them; the embedding space
+    never moves, so its reference stays.
+
+    >>> mon = StreamMonitor(confidence="off", label_mix="off", embedding="off")
+    >>> mon.update(np.array([[0.1, 0.8, 0.1]]), np.zeros((1, 4)))
+    []
+    """
+
+    def __init__(
+        self,
+        confidence: str = "adwin",
+        label_mix: str = "adwin",
+        embedding: str = "embedding_shift",
+        warmup: int = 200,
+        cooldown: int = 1000,
+        embedding_reference: int = 500,
+        embedding_window: int = 100,
+    ) -> None:
+        self.confidence = confidence
+        self.label_mix = label_mix
+        self.embedding = embedding
+        self.warmup = warmup
+        self.cooldown = cooldown
+        self.embedding_reference = embedding_reference
+        self.embedding_window = embedding_window
+        self.seen = 0
+        self._model_detectors()
+        self._embedding = make_detector(
+            embedding,
+            warmup=warmup,
+            cooldown=cooldown,
+            reference=embedding_reference,
+            window=embedding_window,
+        )
+
+    def _model_detectors(self) -> None:
+        self._confidence = make_detector(
+            self.confidence, warmup=self.warmup, cooldown=self.cooldown
+        )
+        self._label_mix = make_detector(self.label_mix, warmup=self.warmup, cooldown=self.cooldown)
+
+    def model_changed(self) -> None:
+        """The serving model changed: its confidence and label mix start a new normal."""
+        self._model_detectors()
+
+    def update(self, probs: np.ndarray, vectors: np.ndarray) -> list[DriftEvent]:
+        """Feed one batch (rows in stream order); returns the events that fired."""
+        events = []
+        for p, v in zip(probs, vectors, strict=True):
+            signals = (
+                ("confidence", self._confidence, float(p.max())),
+                ("label_mix", self._label_mix, float(p[2] - p[0])),
+                ("embedding", self._embedding, v),
+            )
+            for signal, det, x in signals:
+                if det.name != "off" and det.update(x).drift_detected:
+                    events.append(
+                        DriftEvent(
+                            det.name,
+                            signal,
+                            round(float(det.statistic), 6),
+                            _window(det),
+                            self.seen,
+                        )
+                    )
+            self.seen += 1
+        return events

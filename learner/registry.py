@@ -56,7 +56,8 @@ class Registry:
         return self.root / "versions"
 
     @property
-    def _serving_file(self) -> Path:
+    def serving_file(self) -> Path:
+        """The serving pointer (replaced atomically on every change; cheap to ``stat``)."""
         return self.root / "serving.json"
 
     # -- versions -------------------------------------------------------------------------
@@ -118,9 +119,9 @@ class Registry:
     # -- serving pointer ------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
-        if not self._serving_file.is_file():
+        if not self.serving_file.is_file():
             return {"version": None, "history": []}
-        return json.loads(self._serving_file.read_text())
+        return json.loads(self.serving_file.read_text())
 
     def serving(self) -> str | None:
         return self._state().get("version")
@@ -158,7 +159,7 @@ class Registry:
             json.dump(state, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self._serving_file)
+        os.replace(tmp, self.serving_file)
 
 
 def _make_read_only(path: Path) -> None:

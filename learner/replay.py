@@ -20,8 +20,11 @@ import json
 import os
 import random
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Protocol
+
+import numpy as np
 
 from learner.data import LABELS, LabelledText
 
@@ -34,6 +37,8 @@ class ReplayBuffer(Protocol):
     def sample(self, n: int) -> list[LabelledText]: ...
 
     def __len__(self) -> int: ...
+
+    def items(self) -> list[LabelledText]: ...
 
 
 class Reservoir:
@@ -99,6 +104,10 @@ class ClassBalancedReservoir:
     def __len__(self) -> int:
         return sum(len(r) for r in self._by_label.values())
 
+    def seen_by_label(self) -> dict[str, int]:
+        """How many of each label were ever added (the proportions to replay them in)."""
+        return {lab: r._seen for lab, r in self._by_label.items()}
+
     def state(self) -> dict:
         return {lab: r.state() for lab, r in self._by_label.items()}
 
@@ -107,10 +116,79 @@ class ClassBalancedReservoir:
             self._by_label[lab].restore(s)
 
 
+class DiverseMemory:
+    """Keeps memory spread over the text space: a new item evicts its nearest neighbour.
+
+    When full, a new example replaces the most similar remembered one of its
+    label, so a flood from one new region of the space only recycles memory in
+    that region and never evicts what was remembered elsewhere (old domains).
+    Similarity is over hashed word features, cheap and model-free.
+
+    >>> mem = DiverseMemory(capacity=3)
+    >>> for t in ["old news one", "old news two", "old news three", "new slang wen moon"] * 5:
+    ...     mem.add(LabelledText(t, "neutral"))
+    >>> "old news one" in {x.text for x in mem.items()}
+    True
+    """
+
+    dim = 512
+
+    def __init__(self, capacity: int = 5000, seed: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self._items: list[LabelledText] = []
+        self._vectors = np.zeros((capacity, self.dim), dtype=np.float32)
+
+    @classmethod
+    def _vector(cls, text: str) -> np.ndarray:
+        v = np.zeros(cls.dim, dtype=np.float32)
+        for word in text.lower().split():
+            v[zlib.crc32(word.encode("utf-8")) % cls.dim] += 1.0
+        norm = float(np.linalg.norm(v))
+        return v / norm if norm else v
+
+    def add(self, item: LabelledText) -> None:
+        vec = self._vector(item.text)
+        if len(self._items) < self.capacity:
+            self._vectors[len(self._items)] = vec
+            self._items.append(item)
+            return
+        sims = self._vectors @ vec
+        same = np.array([x.label == item.label for x in self._items])
+        if same.any():
+            sims = np.where(same, sims, -np.inf)
+        j = int(np.argmax(sims))
+        self._items[j] = item
+        self._vectors[j] = vec
+
+    def items(self) -> list[LabelledText]:
+        return list(self._items)
+
+    def sample(self, n: int) -> list[LabelledText]:
+        return self._rng.sample(self._items, min(n, len(self._items)))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def state(self) -> dict:
+        return {"items": [[x.text, x.label] for x in self._items]}
+
+    def restore(self, state: dict) -> None:
+        self._items = []
+        for t, lab in state["items"]:
+            self.add(LabelledText(t, lab))
+
+
 class NoReplay:
     """Replay switched off."""
 
     capacity = 0
+
+    def items(self) -> list[LabelledText]:
+        return []
 
     def add(self, item: LabelledText) -> None:
         pass
@@ -122,11 +200,19 @@ class NoReplay:
         return 0
 
 
-def save(buffer: Reservoir | ClassBalancedReservoir, path: Path) -> None:
+Persistable = Reservoir | ClassBalancedReservoir | DiverseMemory
+
+
+def save(buffer: Persistable, path: Path) -> None:
     """Write the buffer atomically (a crash leaves the previous file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"kind": type(buffer).__name__, "capacity": buffer.capacity, "state": buffer.state()}
-    fd, tmp = tempfile.mkstemp(prefix=".replay-", dir=path.parent)
+    write_json_atomic(path, payload)
+
+
+def write_json_atomic(path: Path, payload: object) -> None:
+    """Write JSON so that a crash leaves either the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(payload, f, ensure_ascii=False)
         f.flush()
@@ -134,14 +220,12 @@ def save(buffer: Reservoir | ClassBalancedReservoir, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load(
-    path: Path, default: Reservoir | ClassBalancedReservoir
-) -> Reservoir | ClassBalancedReservoir:
+def load(path: Path, default: Persistable) -> Persistable:
     """The persisted buffer, or ``default`` when there is none yet."""
     if not path.is_file():
         return default
     payload = json.loads(path.read_text(encoding="utf-8"))
-    kinds = {"Reservoir": Reservoir, "ClassBalancedReservoir": ClassBalancedReservoir}
+    kinds = {k.__name__: k for k in (Reservoir, ClassBalancedReservoir, DiverseMemory)}
     buf = kinds[payload["kind"]](capacity=int(payload["capacity"]))
     buf.restore(payload["state"])
     return buf

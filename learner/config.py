@@ -1,0 +1,74 @@
+"""What the continual learner does, as one frozen config (light: no model imports).
+
+The ``moodwire`` settings carry one (``MOODWIRE_LEARNER__TIME_BUDGET_S=60``…);
+the benchmark overrides a few fields.
+
+>>> LearnerConfig(time_budget_s=30).strategy
+'moodwire'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from learner.train import TrainConfig
+
+STRATEGIES = ("moodwire", "naive", "joint", "frozen")
+REPLAY_KINDS = ("class_balanced", "reservoir", "diverse", "off")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """How the learner decides to retrain, what it trains on, and what it must prove."""
+
+    strategy: str = "moodwire"
+    retrain_every: int = 1000  # new labels since the last attempt that trigger one on their own
+    min_new_labels: int = 100  # fresh training labels a drift- or command-triggered retrain needs
+    holdout_every: int = 5  # one fresh label in this many is held out for the gate
+    replay_kind: str = "class_balanced"
+    replay_capacity: int = 5000
+    replay_ratio: float = 1.0  # replayed examples per fresh one
+    old_tolerance: float = 0.02  # accuracy the candidate may lose on old data
+    min_new_gain: float = 0.0  # it must beat the serving model on new data by more than this
+    min_holdout: int = 20  # held-out fresh labels needed to judge a candidate
+    old_holdout_max: int = 1000
+    shadow_items: int = 500
+    min_shadow_agreement: float = 0.0  # 0 = report only
+    require_approval: bool = False
+    error_detector: str = "adwin"
+    error_warmup: int = 100
+    error_cooldown: int = 500
+    epochs: float = 2.0
+    lr: float = 1e-4
+    batch_size: int = 32
+    time_budget_s: float | None = 180.0
+    max_fresh: int = 20_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
+            (self.replay_kind in REPLAY_KINDS, f"replay_kind must be one of {REPLAY_KINDS}"),
+            (self.retrain_every >= 1, "retrain_every must be at least 1"),
+            (self.min_new_labels >= 1, "min_new_labels must be at least 1"),
+            (self.holdout_every >= 2, "holdout_every must be at least 2"),
+            (self.replay_ratio >= 0, "replay_ratio must be non-negative"),
+            (0 <= self.old_tolerance < 1, "old_tolerance must be in [0, 1)"),
+            (self.min_holdout >= 1, "min_holdout must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"LearnerConfig: {message}")
+
+    def train_config(self) -> TrainConfig:
+        from learner.train import TrainConfig
+
+        return TrainConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            time_budget_s=self.time_budget_s,
+            seed=self.seed,
+        )

@@ -1,0 +1,390 @@
+"""Continual learning: fresh labels plus replayed ones → a candidate → gates → promotion.
+
+:class:`ContinualLearner` is the learner's logic with no I/O: the ``moodwire
+learner`` process feeds it labels from Kafka and writes what it decides to the
+registry; ``moodwire bench continual`` feeds it a labelled stream in memory.
+Both run exactly this code.
+
+How a label flows:
+
+* It updates the supervised drift detector on the serving model's error stream.
+* It joins the *fresh* pool: one label in ``holdout_every`` (chosen by a hash
+  of the text, so the choice is stable across restarts) is held out to judge
+  candidates on the new data; the rest are for training.
+* A retrain is due on drift or an operator's command (once there are
+  ``min_new_labels`` fresh training labels), or after ``retrain_every`` new
+  labels on their own.
+* The candidate is the serving model fine-tuned on the fresh training labels
+  mixed with examples replayed from memory (``replay_ratio`` per fresh one,
+  drawn in the proportions the classes were seen in).
+* Gates: the candidate must beat the serving model on the held-out fresh labels
+  and lose no more than ``old_tolerance`` on the held-out slice of the replay
+  memory (old knowledge); shadow scoring of recent live items reports agreement
+  and confidence beside the serving model.
+* On promotion the fresh labels become memory (the replay buffer) and the
+  fresh pool starts again; a rejected candidate leaves the pool to grow.
+
+Strategies (the benchmark compares them in one run): ``moodwire`` (the above),
+``naive`` (fresh labels only, no replay, no gates), ``joint`` (everything seen,
+no gates: the upper bound), ``frozen`` (never retrains).
+
+>>> LearnerConfig(strategy="naive").replay_ratio
+1.0
+>>> held_out("ACME beats estimates", 5) in (True, False)
+True
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from learner.classifier import SentimentClassifier
+from learner.config import REPLAY_KINDS, LearnerConfig
+from learner.data import LABELS, LabelledText
+from learner.drift import DriftEvent, make_detector
+from learner.replay import ClassBalancedReservoir, DiverseMemory, NoReplay, ReplayBuffer, Reservoir
+from learner.train import TrainConfig, TrainReport, fine_tune
+
+
+def held_out(text: str, every: int) -> bool:
+    """Whether a labelled text is held out for evaluation (stable: a hash of the text)."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % every == 0
+
+
+def make_replay(kind: str, capacity: int, seed: int = 0) -> ReplayBuffer:
+    if kind == "class_balanced":
+        return ClassBalancedReservoir(capacity, seed=seed)
+    if kind == "reservoir":
+        return Reservoir(capacity, seed=seed)
+    if kind == "diverse":
+        return DiverseMemory(capacity, seed=seed)
+    if kind == "off":
+        return NoReplay()
+    raise ValueError(f"unknown replay kind {kind!r}; choose from {REPLAY_KINDS}")
+
+
+@dataclass
+class GateResult:
+    """What a candidate showed beside the serving model, and the verdict."""
+
+    passed: bool
+    reasons: list[str]
+    new: dict[str, float | int]
+    old: dict[str, float | int]
+    shadow: dict[str, float | int]
+
+    def as_dict(self) -> dict[str, Any]:
+        def clean(d: dict) -> dict:  # NaN (nothing to measure on) is not JSON
+            return {k: None if isinstance(v, float) and v != v else v for k, v in d.items()}
+
+        out = asdict(self)
+        for key in ("new", "old", "shadow"):
+            out[key] = clean(out[key])
+        return out
+
+
+@dataclass
+class Outcome:
+    """One retrain attempt: the candidate, why it ran, what it trained on, the verdict."""
+
+    trigger: str
+    classifier: SentimentClassifier
+    report: TrainReport
+    data: dict[str, int]
+    gate: GateResult | None  # None for strategies without gates (naive, joint)
+    decision: str  # "promote", "reject" or "await_approval"
+    parent: str
+
+    def card(self) -> dict[str, Any]:
+        """What goes into the candidate version's card."""
+        return {
+            "kind": "incremental",
+            "parent": self.parent,
+            "trigger": self.trigger,
+            "training": {**asdict(self.report), "data": self.data},
+            "gate": self.gate.as_dict() if self.gate else None,
+            "decision": self.decision,
+        }
+
+
+def accuracy(classifier: SentimentClassifier, data: list[LabelledText]) -> float:
+    if not data:
+        return float("nan")
+    predicted = classifier.predict([x.text for x in data])
+    return float(np.mean([p == x.label for p, x in zip(predicted, data, strict=True)]))
+
+
+@dataclass
+class ContinualLearner:
+    """The learner's state and decisions (no I/O; see the module docstring)."""
+
+    classifier: SentimentClassifier
+    version: str
+    config: LearnerConfig = field(default_factory=LearnerConfig)
+    replay: ReplayBuffer | None = None
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        if self.replay is None:
+            kind = "off" if cfg.strategy in ("naive", "frozen") else cfg.replay_kind
+            self.replay = make_replay(kind, cfg.replay_capacity, cfg.seed)
+        self._rng = random.Random(cfg.seed)
+        self.fresh_train: list[LabelledText] = []
+        self.fresh_holdout: list[LabelledText] = []
+        self.everything: list[LabelledText] = []  # joint training's memory (unbounded)
+        self.labels_seen = 0
+        self._labels_at_attempt = 0
+        self.pending: str | None = None
+        self._drift_pending = False
+        self._errors = make_detector(
+            cfg.error_detector, warmup=cfg.error_warmup, cooldown=cfg.error_cooldown
+        )
+
+    # -- memory ---------------------------------------------------------------------------
+
+    def remember(self, items: list[LabelledText]) -> None:
+        """Put what the serving model already knows into memory (e.g. its training data)."""
+        for item in items:
+            self.replay.add(item)
+        if self.config.strategy == "joint":
+            self.everything.extend(items)
+
+    # -- labels and triggers --------------------------------------------------------------
+
+    def observe(
+        self,
+        items: list[LabelledText],
+        predicted: list[str] | None = None,
+        *,
+        position: int | None = None,
+    ) -> list[DriftEvent]:
+        """Take newly arrived labels; returns supervised drift events they fired.
+
+        ``predicted`` is what the serving model said about each item (computed
+        here when not given); ``position`` places the events in the caller's stream.
+        """
+        if not items:
+            return []
+        if predicted is None:
+            predicted = self.classifier.predict([x.text for x in items])
+        events = []
+        for item, guess in zip(items, predicted, strict=True):
+            self.labels_seen += 1
+            if self._errors.update(float(guess != item.label)).drift_detected:
+                events.append(
+                    DriftEvent(
+                        self._errors.name,
+                        "error_rate",
+                        round(float(self._errors.statistic), 6),
+                        0,
+                        position if position is not None else self.labels_seen,
+                    )
+                )
+                self.drift(f"drift: {self._errors.name} on the error rate")
+            if held_out(item.text, self.config.holdout_every):
+                self.fresh_holdout.append(item)
+            else:
+                self.fresh_train.append(item)
+        del self.fresh_train[: -self.config.max_fresh]
+        del self.fresh_holdout[: -self.config.max_fresh // self.config.holdout_every]
+        return events
+
+    def request(self, reason: str) -> None:
+        """Ask for a retrain on the fresh labels there are (an operator's command)."""
+        if self.pending is None:
+            self.pending = reason
+
+    def drift(self, reason: str) -> None:
+        """The stream shifted: retrain on what comes after the shift.
+
+        The fresh labels gathered before it describe the old world, so they move
+        into memory (replayed and held out as old data from now on), and the
+        retrain waits for ``min_new_labels`` fresh ones. Further drift events
+        before that retrain are the same shift and change nothing.
+        """
+        if self.config.strategy == "frozen" or self._drift_pending:
+            return
+        self._retire_fresh()
+        self.pending = reason
+        self._drift_pending = True
+
+    def _retire_fresh(self) -> None:
+        for item in self.fresh_train + self.fresh_holdout:
+            self.replay.add(item)
+        if self.config.strategy == "joint":
+            self.everything.extend(self.fresh_train)
+        self.fresh_train, self.fresh_holdout = [], []
+
+    def due(self) -> str | None:
+        """Why a retrain should run now, or None."""
+        if self.config.strategy == "frozen":
+            return None
+        if len(self.fresh_train) < self.config.min_new_labels:
+            return None
+        if self.pending is not None:
+            return self.pending
+        new = self.labels_seen - self._labels_at_attempt
+        if new >= self.config.retrain_every:
+            return f"{new} new labels"
+        return None
+
+    # -- a retrain ------------------------------------------------------------------------
+
+    def training_data(self) -> tuple[list[LabelledText], dict[str, int]]:
+        cfg = self.config
+        if cfg.strategy == "joint":
+            data = self.everything + self.fresh_train
+            return data, {"fresh": len(self.fresh_train), "everything": len(data)}
+        fresh = list(self.fresh_train)
+        replayed = (
+            self._replay_sample(round(len(fresh) * cfg.replay_ratio))
+            if cfg.strategy == "moodwire"
+            else []
+        )
+        return fresh + replayed, {"fresh": len(fresh), "replayed": len(replayed)}
+
+    def _replay_sample(self, n: int) -> list[LabelledText]:
+        """``n`` remembered (not held-out) examples, classes in the proportions seen."""
+        pool: dict[str, list[LabelledText]] = {lab: [] for lab in LABELS}
+        for x in self.replay.items():
+            if not held_out(x.text, self.config.holdout_every):
+                pool[x.label].append(x)
+        seen = getattr(self.replay, "seen_by_label", lambda: {})() or {
+            lab: len(v) for lab, v in pool.items()
+        }
+        total = sum(seen.values()) or 1
+        out = []
+        for lab, items in pool.items():
+            want = min(len(items), round(n * seen.get(lab, 0) / total))
+            out.extend(self._rng.sample(items, want))
+        return out
+
+    def old_holdout(self) -> list[LabelledText]:
+        items = [x for x in self.replay.items() if held_out(x.text, self.config.holdout_every)]
+        if len(items) > self.config.old_holdout_max:
+            items = random.Random(self.config.seed).sample(items, self.config.old_holdout_max)
+        return items
+
+    def train_candidate(self, trigger: str, *, progress: bool = False) -> Outcome:
+        """Fine-tune a copy of the serving model; the serving one is never touched."""
+        data, summary = self.training_data()
+        self._labels_at_attempt = self.labels_seen
+        self.pending = None
+        self._drift_pending = False
+        candidate = copy.deepcopy(self.classifier)
+        cfg = self.config.train_config()
+        if self.config.strategy == "joint":  # the upper bound: one full pass, no budget
+            cfg = TrainConfig(epochs=1.0, lr=self.config.lr, seed=self.config.seed)
+        report = fine_tune(candidate, data, cfg, progress=progress)
+        gate = None
+        decision = "promote"
+        if self.config.strategy == "moodwire":
+            decision = "reject"
+        return Outcome(trigger, candidate, report, summary, gate, decision, self.version)
+
+    def judge(self, outcome: Outcome, shadow_texts: list[str]) -> Outcome:
+        """Run the gates (moodwire strategy) and set the decision."""
+        if self.config.strategy != "moodwire":
+            return outcome
+        cfg = self.config
+        cand, serv = outcome.classifier, self.classifier
+        new, old = self.fresh_holdout, self.old_holdout()
+        reasons = []
+        new_stats = {
+            "n": len(new),
+            "serving": accuracy(serv, new),
+            "candidate": accuracy(cand, new),
+        }
+        old_stats = {
+            "n": len(old),
+            "serving": accuracy(serv, old),
+            "candidate": accuracy(cand, old),
+        }
+        shadow = _shadow(serv, cand, shadow_texts[-cfg.shadow_items :])
+        if len(new) < cfg.min_holdout:
+            reasons.append(f"only {len(new)} held-out new labels (need {cfg.min_holdout})")
+        elif not new_stats["candidate"] > new_stats["serving"] + cfg.min_new_gain:
+            reasons.append(
+                f"no gain on new data: {new_stats['candidate']:.3f} vs serving "
+                f"{new_stats['serving']:.3f}"
+            )
+        if old and old_stats["candidate"] < old_stats["serving"] - cfg.old_tolerance:
+            reasons.append(
+                f"forgets old data: {old_stats['candidate']:.3f} vs serving "
+                f"{old_stats['serving']:.3f} (tolerance {cfg.old_tolerance})"
+            )
+        if shadow["n"] and shadow["agreement"] < cfg.min_shadow_agreement:
+            reasons.append(
+                f"shadow agreement {shadow['agreement']:.3f} below {cfg.min_shadow_agreement}"
+            )
+        passed = not reasons
+        outcome.gate = GateResult(passed, reasons, new_stats, old_stats, shadow)
+        if not passed:
+            outcome.decision = "reject"
+        else:
+            outcome.decision = "await_approval" if cfg.require_approval else "promote"
+        return outcome
+
+    def adopt(self, classifier: SentimentClassifier, version: str) -> None:
+        """The candidate now serves: fresh labels become memory, the error stream restarts."""
+        self.classifier = classifier
+        self.version = version
+        self._retire_fresh()
+        self._errors = make_detector(
+            self.config.error_detector,
+            warmup=self.config.error_warmup,
+            cooldown=self.config.error_cooldown,
+        )
+
+    def state(self) -> dict[str, Any]:
+        """What must survive a restart besides the replay buffer (which saves itself)."""
+        return {
+            "version": self.version,
+            "labels_seen": self.labels_seen,
+            "labels_at_attempt": self._labels_at_attempt,
+            "pending": self.pending,
+            "drift_pending": self._drift_pending,
+            "fresh_train": [[x.text, x.label] for x in self.fresh_train],
+            "fresh_holdout": [[x.text, x.label] for x in self.fresh_holdout],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.labels_seen = int(state.get("labels_seen", 0))
+        self._labels_at_attempt = int(state.get("labels_at_attempt", 0))
+        self.pending = state.get("pending")
+        self._drift_pending = bool(state.get("drift_pending", False))
+        self.fresh_train = [LabelledText(t, lab) for t, lab in state.get("fresh_train", [])]
+        self.fresh_holdout = [LabelledText(t, lab) for t, lab in state.get("fresh_holdout", [])]
+
+    def serve(self, classifier: SentimentClassifier, version: str) -> None:
+        """Another version serves now (an operator promoted or rolled back)."""
+        self.classifier = classifier
+        self.version = version
+
+    def step(self, shadow_texts: list[str], *, progress: bool = False) -> Outcome | None:
+        """Retrain and judge if due (the caller writes, promotes and calls :meth:`adopt`)."""
+        trigger = self.due()
+        if trigger is None:
+            return None
+        return self.judge(self.train_candidate(trigger, progress=progress), shadow_texts)
+
+
+def _shadow(
+    serving: SentimentClassifier, candidate: SentimentClassifier, texts: list[str]
+) -> dict[str, float | int]:
+    if not texts:
+        return {"n": 0, "agreement": float("nan")}
+    ps, pc = serving.predict_proba(texts), candidate.predict_proba(texts)
+    return {
+        "n": len(texts),
+        "agreement": float(np.mean(ps.argmax(1) == pc.argmax(1))),
+        "serving_confidence": float(ps.max(1).mean()),
+        "candidate_confidence": float(pc.max(1).mean()),
+    }

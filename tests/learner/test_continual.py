@@ -1,0 +1,205 @@
+"""The continual learner's decisions: triggers, held-out splits, replay mix, gates, state."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from learner.config import LearnerConfig
+from learner.continual import ContinualLearner, held_out
+from learner.data import LABELS, LabelledText
+from learner.replay import ClassBalancedReservoir
+
+
+class _Fixed:
+    """A test double of the classifier: predicts one label for everything."""
+
+    labels = LABELS
+
+    def __init__(self, label: str = "neutral") -> None:
+        self.label = label
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> list[str]:
+        return [self.label] * len(texts)
+
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        p = np.full((len(texts), 3), 0.1, dtype=np.float32)
+        p[:, LABELS.index(self.label)] = 0.8
+        return p
+
+
+def _items(n: int, prefix: str = "t", label: str | None = None) -> list[LabelledText]:
+    return [LabelledText(f"{prefix} {i}", label or LABELS[i % 3]) for i in range(n)]
+
+
+def test_held_out_is_stable_and_about_one_in_n() -> None:
+    texts = [f"headline {i}" for i in range(5000)]
+    share = np.mean([held_out(t, 5) for t in texts])
+    assert 0.17 < share < 0.23
+    assert [held_out(t, 5) for t in texts[:50]] == [held_out(t, 5) for t in texts[:50]]
+
+
+def test_labels_split_into_train_and_holdout_by_hash() -> None:
+    learner = ContinualLearner(_Fixed(), "v1", LearnerConfig())  # type: ignore[arg-type]
+    items = _items(500)
+    learner.observe(items, ["neutral"] * 500)
+    assert len(learner.fresh_train) + len(learner.fresh_holdout) == 500
+    assert all(held_out(x.text, 5) for x in learner.fresh_holdout)
+    assert not any(held_out(x.text, 5) for x in learner.fresh_train)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "given", "pending", "due"),
+    [
+        ("moodwire", 50, None, False),  # too few, nothing asked
+        ("moodwire", 50, "drift", False),  # asked, but fewer than min_new_labels
+        ("moodwire", 200, "drift", True),  # asked and enough
+        ("moodwire", 200, None, False),  # enough for a command, not for the schedule
+        ("moodwire", 700, None, True),  # the schedule: retrain_every new labels
+        ("frozen", 700, "drift", False),  # frozen never retrains
+    ],
+)
+def test_when_a_retrain_is_due(strategy: str, given: int, pending: str | None, due: bool) -> None:
+    cfg = LearnerConfig(strategy=strategy, retrain_every=500, min_new_labels=100)
+    learner = ContinualLearner(_Fixed(), "v1", cfg)  # type: ignore[arg-type]
+    learner.observe(_items(given), ["neutral"] * given)
+    if pending:
+        learner.request(pending)
+    assert (learner.due() is not None) is due
+
+
+def test_supervised_drift_fires_once_when_the_error_rate_jumps() -> None:
+    cfg = LearnerConfig(error_warmup=50, error_cooldown=10_000)
+    learner = ContinualLearner(_Fixed("neutral"), "v1", cfg)  # type: ignore[arg-type]
+    right = [LabelledText(f"a {i}", "neutral") for i in range(600)]
+    assert learner.observe(right) == []
+    rng = np.random.default_rng(0)
+    wrong = [
+        LabelledText(f"b {i}", "positive" if rng.random() < 0.6 else "neutral") for i in range(300)
+    ]
+    events = [e for i in range(0, 300, 10) for e in learner.observe(wrong[i : i + 10])]
+    assert len(events) == 1 and events[0].signal == "error_rate"
+    assert learner.pending is not None and learner.pending.startswith("drift")
+
+
+def test_replay_mix_follows_the_seen_class_proportions_and_skips_held_out() -> None:
+    buf = ClassBalancedReservoir(capacity=3000, seed=0)
+    learner = ContinualLearner(_Fixed(), "v1", LearnerConfig(), buf)  # type: ignore[arg-type]
+    old = _items(600, "old", "neutral") + _items(200, "old-neg", "negative")
+    old += _items(200, "old-pos", "positive")
+    learner.remember(old)
+    learner.observe(_items(300, "new"), ["neutral"] * 300)
+    data, summary = learner.training_data()
+    replayed = data[summary["fresh"] :]
+    assert summary["replayed"] == len(replayed) > 0
+    shares = {lab: sum(x.label == lab for x in replayed) / len(replayed) for lab in LABELS}
+    assert shares["neutral"] == pytest.approx(0.6, abs=0.05)
+    assert not any(held_out(x.text, 5) for x in replayed)
+    assert all(held_out(x.text, 5) for x in learner.old_holdout())
+
+
+def test_naive_does_not_replay_and_joint_keeps_everything() -> None:
+    for strategy, key in (("naive", "replayed"), ("joint", "everything")):
+        learner = ContinualLearner(_Fixed(), "v1", LearnerConfig(strategy=strategy))  # type: ignore[arg-type]
+        learner.remember(_items(100, "old"))
+        learner.observe(_items(50, "new"), ["neutral"] * 50)
+        data, summary = learner.training_data()
+        if strategy == "naive":
+            assert summary[key] == 0 and all(x.text.startswith("new") for x in data)
+        else:
+            assert summary[key] == len(data) >= 140
+
+
+def test_state_survives_a_restart() -> None:
+    learner = ContinualLearner(_Fixed(), "v1", LearnerConfig())  # type: ignore[arg-type]
+    learner.observe(_items(120), ["neutral"] * 120)
+    learner.request("operator alice: try it")
+    again = ContinualLearner(_Fixed(), "v1", LearnerConfig())  # type: ignore[arg-type]
+    again.restore(copy.deepcopy(learner.state()))
+    assert again.fresh_train == learner.fresh_train
+    assert again.fresh_holdout == learner.fresh_holdout
+    assert again.due() == learner.due() == "operator alice: try it"
+
+
+def test_bad_config_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        LearnerConfig(strategy="magic")
+    with pytest.raises(ValueError, match="holdout_every"):
+        LearnerConfig(holdout_every=1)
+
+
+# -- gates, on the real model --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(model_registry: Path):  # noqa: ANN201
+    from learner.classifier import SentimentClassifier
+    from learner.registry import Registry
+
+    reg = Registry(model_registry)
+    return SentimentClassifier.from_pretrained(reg.path(reg.serving()), device="cpu")
+
+
+def _headlines(n: int, seed: int) -> list[LabelledText]:
+    from stream.synthetic import labelled_headlines
+
+    return [LabelledText(r["text"], r["label"]) for r in labelled_headlines(n, seed=seed)]
+
+
+def test_a_candidate_worse_on_old_data_is_never_promoted(served) -> None:  # noqa: ANN001
+    """Train on 'new' labels that contradict what the model knows: it must be rejected."""
+    # No replay, so the candidate really learns the contradiction (and gains on "new").
+    cfg = LearnerConfig(
+        min_new_labels=20, min_holdout=5, replay_ratio=0.0, epochs=3, lr=3e-4, time_budget_s=600
+    )
+    learner = ContinualLearner(copy.deepcopy(served), "v1", cfg)
+    learner.remember(_headlines(300, seed=11))
+    rotate = {"negative": "neutral", "neutral": "positive", "positive": "negative"}
+    poisoned = [LabelledText(x.text, rotate[x.label]) for x in _headlines(150, seed=12)]
+    learner.observe(poisoned)
+    learner.request("operator: test")
+    outcome = learner.step(shadow_texts=[x.text for x in _headlines(50, seed=13)])
+    assert outcome is not None and outcome.gate is not None
+    assert outcome.decision == "reject", outcome.gate
+    assert any("forgets old data" in r for r in outcome.gate.reasons), outcome.gate
+    assert outcome.gate.old["candidate"] < outcome.gate.old["serving"] - cfg.old_tolerance
+    assert learner.classifier is not outcome.classifier  # the serving one untouched
+
+
+def test_a_candidate_that_learns_the_new_domain_and_keeps_the_old_is_promoted(served) -> None:  # noqa: ANN001
+    from stream.synthetic import demo_feed
+
+    cfg = LearnerConfig(min_new_labels=60, min_holdout=15, epochs=2, lr=2e-4, time_budget_s=600)
+    learner = ContinualLearner(copy.deepcopy(served), "v1", cfg)
+    learner.remember(_headlines(300, seed=11))
+    chatter = [
+        LabelledText(i["text"], i["meta"]["true_label"])
+        for i in demo_feed(1200, seed=5, drift_at=0.0)
+        if i["meta"]["phase"] == "chatter"
+    ][:400]
+    learner.observe(chatter)
+    learner.request("drift: test")
+    outcome = learner.step(shadow_texts=[x.text for x in chatter[:100]])
+    assert outcome is not None and outcome.gate is not None
+    assert outcome.decision == "promote", outcome.gate
+    assert outcome.gate.new["candidate"] > outcome.gate.new["serving"]
+    learner.adopt(outcome.classifier, "v2")
+    assert learner.version == "v2" and learner.fresh_train == []
+    remembered = {x.text for x in learner.replay.items()}
+    assert {x.text for x in chatter} <= remembered  # what it learned is now memory
+
+
+def test_drift_makes_the_fresh_pool_old_memory_and_waits_for_new_labels() -> None:
+    cfg = LearnerConfig(min_new_labels=50)
+    learner = ContinualLearner(_Fixed(), "v1", cfg)  # type: ignore[arg-type]
+    learner.observe(_items(300, "before"), ["neutral"] * 300)
+    learner.drift("drift: embedding_shift on embedding")
+    assert learner.fresh_train == [] and learner.due() is None
+    assert {x.text for x in learner.replay.items()} >= {f"before {i}" for i in range(0, 300, 7)}
+    learner.drift("drift: adwin on confidence")  # the same shift: nothing more happens
+    learner.observe(_items(100, "after"), ["neutral"] * 100)
+    assert learner.due() == "drift: embedding_shift on embedding"
+    assert all(x.text.startswith("after") for x in learner.fresh_train)
