@@ -134,6 +134,7 @@ class ControlMessage(BaseModel):
     version: str | None = None
     actor: str = "system"
     reason: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
     ts: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 

@@ -1,16 +1,31 @@
-"""What the scoring path runs on the device: the served classifier and the frozen embedder."""
+"""What the scoring path runs on the device: the served classifier and the frozen embedder.
+
+The served classifier changes only between batches, when the registry's serving
+pointer moves (:class:`ServingWatcher`); the frozen embedder never changes.
+"""
 
 from __future__ import annotations
 
+import os
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+import structlog
 import torch
+from prometheus_client import Counter
 
 from learner.classifier import SentimentClassifier, select_device
 from learner.registry import Registry, RegistryError
 from moodwire.settings import Settings
 from retrieval.embedder import FrozenEmbedder
+
+log = structlog.get_logger(__name__)
+
+MODEL_SWAPS = Counter(
+    "moodwire_model_swaps_total", "Serving-model changes seen by the worker", ["outcome"]
+)
 
 
 @dataclass
@@ -58,3 +73,115 @@ def load_serving(settings: Settings, embedder: FrozenEmbedder | None = None) -> 
         version=version,
         micro_batch=settings.micro_batch_size,
     )
+
+
+# What identifies one write of serving.json: os.replace gives every write a new inode, and
+# the inode with mtime and size tells two writes apart even within one mtime tick.
+_Pointer = tuple[int, int, int] | None
+
+
+@dataclass(frozen=True)
+class ModelSwap:
+    """One change of the served classifier."""
+
+    previous: str
+    version: str
+    load_s: float
+    cached: bool
+
+
+class ServingWatcher:
+    """Keeps a :class:`Scorer` on the registry's serving version, swapping between batches.
+
+    :meth:`refresh` costs one ``os.stat`` while the serving pointer stays put.
+    When it moved, the new version is loaded synchronously (on the scorer's
+    device) and swapped in; the last ``keep`` classifiers stay loaded, so a
+    rollback to the previous one is instant. A version that cannot be loaded
+    is logged and the old one keeps serving; it is not retried until the
+    pointer moves again. The pointer's state is taken when the watcher is
+    built, so build it *before* loading the scorer: a promotion in between is
+    then seen at the first refresh.
+
+    >>> import tempfile
+    >>> registry = Registry(tempfile.mkdtemp())
+    >>> watcher = ServingWatcher(registry)
+    >>> watcher.moved()
+    False
+    >>> registry.promote(registry.write_version(lambda d: None, {"kind": "example"}))
+    >>> watcher.moved()
+    True
+    """
+
+    def __init__(self, registry: Registry, *, keep: int = 2) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        self.registry = registry
+        self.keep = keep
+        self._seen = self._pointer()
+        self._cache: OrderedDict[str, SentimentClassifier] = OrderedDict()
+
+    def _pointer(self) -> _Pointer:
+        try:
+            st = os.stat(self.registry.serving_file)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def moved(self) -> bool:
+        """Whether the serving pointer was written since the last refresh (or construction)."""
+        return self._pointer() != self._seen
+
+    def cached_versions(self) -> list[str]:
+        """Versions whose classifier is held, least recently served first."""
+        return list(self._cache)
+
+    def refresh(self, scorer: Scorer) -> ModelSwap | None:
+        """Serve the registry's serving version in ``scorer``; the swap, if there was one.
+
+        Call it between batches only: a batch is scored by one version throughout.
+        """
+        pointer = self._pointer()
+        if pointer == self._seen:
+            return None
+        # Stat before reading: a write after the stat is seen by the next refresh.
+        self._seen = pointer
+        previous = scorer.version
+        t0 = time.perf_counter()
+        try:
+            version = self.registry.serving()
+            if version is None:
+                raise RegistryError(f"no version serves in registry {self.registry.root}")
+            if version == previous:
+                return None
+            classifier = self._cache.get(version)
+            cached = classifier is not None
+            if classifier is None:
+                classifier = SentimentClassifier.from_pretrained(
+                    self.registry.path(version),
+                    device=str(scorer.device),
+                    max_length=scorer.classifier.max_length,
+                )
+        except Exception as exc:  # noqa: BLE001 - any load failure keeps the old version serving
+            MODEL_SWAPS.labels("failed").inc()
+            log.error(
+                "model_swap_failed",
+                serving=previous,
+                registry=str(self.registry.root),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return None
+        self._cache[previous] = scorer.classifier
+        self._cache[version] = classifier
+        self._cache.move_to_end(version)
+        while len(self._cache) > self.keep:
+            self._cache.popitem(last=False)
+        scorer.classifier, scorer.version = classifier, version
+        swap = ModelSwap(previous, version, round(time.perf_counter() - t0, 3), cached)
+        MODEL_SWAPS.labels("swapped").inc()
+        log.info(
+            "model_swapped",
+            **{"from": previous, "to": version},
+            load_s=swap.load_s,
+            cached=cached,
+        )
+        return swap

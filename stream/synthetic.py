@@ -162,3 +162,35 @@ def demo_feed(
             }
         )
     return items
+
+
+def annotations(
+    feed: list[dict[str, Any]], *, fraction: float = 0.5, seed: int = 0, error_rate: float = 0.03
+) -> list[dict[str, Any]]:
+    """Simulated analysts' labels for a share of the feed's items (in feed order).
+
+    Each is a ``news.labels`` message by item id; a few are wrong, as real
+    annotators sometimes are.
+
+    >>> feed = demo_feed(100, seed=1)
+    >>> labels = annotations(feed, fraction=0.5, seed=1)
+    >>> 30 < len(labels) < 70, labels[0]["source"]
+    (True, 'demo-annotator')
+    """
+    rng = random.Random(seed)
+    out = []
+    for item in feed:
+        if rng.random() >= fraction:
+            continue
+        label = item["meta"]["true_label"]
+        if rng.random() < error_rate:
+            label = rng.choice([x for x in ("negative", "neutral", "positive") if x != label])
+        out.append(
+            {
+                "item_id": item["id"],
+                "label": label,
+                "source": "demo-annotator",
+                "annotator": f"analyst-{rng.randint(1, 3)}",
+            }
+        )
+    return out

@@ -12,11 +12,20 @@ Delivery guarantees (DESIGN.md, invariant 1):
   leaves no gap and no duplicate.
 * Bad input is data: it goes to the dead-letter topic with a reason and the
   stream goes on.
+* The serving model changes only between batches: before each batch the worker
+  follows the registry's serving pointer (:class:`stream.scorer.ServingWatcher`),
+  so a batch polled after a promotion or rollback is scored by the new version,
+  and every stored item names the version that scored it.
+* Drift detection is advisory: the batch's items are fed to the drift monitor
+  after its offsets are committed, and an event is stored and announced on the
+  control topic then. A failure there is logged and never fails the batch.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,17 +33,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Histogram
 
+from learner.drift import DriftEvent, StreamMonitor
 from moodwire.settings import Settings
 from moodwire.store import Store, encode_embedding
 from retrieval.past_items import PastItems
-from stream.schemas import Rejection, ScoredItem
-from stream.scorer import Scorer
+from stream.schemas import ControlMessage, Rejection, ScoredItem
+from stream.scorer import Scorer, ServingWatcher
 from stream.validate import Accepted, Limits, Rejected, validate
 
 log = structlog.get_logger(__name__)
@@ -45,6 +56,9 @@ REJECTED = Counter(
 )
 DUPLICATES = Counter("moodwire_items_duplicate_total", "Records whose item was already stored")
 BATCH_SECONDS = Histogram("moodwire_batch_seconds", "Wall time per batch, by stage", ["stage"])
+DRIFT_EVENTS = Counter(
+    "moodwire_drift_events_total", "Unsupervised drift events", ["detector", "signal"]
+)
 
 _RAW_KEEP = 2000  # characters of a rejected value kept for the operator
 
@@ -56,11 +70,23 @@ class BatchResult:
     rejected: int = 0
     duplicates: int = 0
     republished: int = 0
+    drift_events: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def no_drift_monitor() -> StreamMonitor:
+    """A monitor with every signal switched off."""
+    return StreamMonitor(confidence="off", label_mix="off", embedding="off")
+
+
 class Worker:
-    """One member of the scoring consumer group."""
+    """One member of the scoring consumer group.
+
+    ``monitor`` watches the scored stream for drift (default: every signal
+    off); ``serving`` keeps the scorer on the registry's serving version
+    (default: none, the scorer's version serves for good); ``origin`` names
+    this worker in drift events (default: ``worker:HOST-PID``).
+    """
 
     def __init__(
         self,
@@ -70,6 +96,10 @@ class Worker:
         past: PastItems,
         consumer: KafkaConsumer,
         producer: KafkaProducer,
+        *,
+        monitor: StreamMonitor | None = None,
+        serving: ServingWatcher | None = None,
+        origin: str | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -77,6 +107,9 @@ class Worker:
         self.past = past
         self.consumer = consumer
         self.producer = producer
+        self.monitor = monitor if monitor is not None else no_drift_monitor()
+        self.serving = serving
+        self.origin = origin or f"worker:{socket.gethostname()}-{os.getpid()}"
         self.limits = Limits(
             max_message_bytes=settings.max_message_bytes,
             max_text_chars=settings.max_text_chars,
@@ -119,6 +152,9 @@ class Worker:
         )
         while not stop.is_set():
             records = self.poll_batch()
+            # Between batches, after the poll: a pointer moved before the poll returned
+            # already serves this batch. Idle polls check too, so a swap is loaded early.
+            self.follow_serving()
             if not records:
                 continue
             try:
@@ -144,8 +180,17 @@ class Worker:
             stored=self.totals.stored,
             rejected=self.totals.rejected,
             duplicates=self.totals.duplicates,
+            drift_events=self.totals.drift_events,
         )
         return self.totals
+
+    def follow_serving(self) -> None:
+        """Swap in the registry's serving version if it changed (call between batches only)."""
+        if self.serving is None:
+            return
+        if self.serving.refresh(self.scorer) is not None:
+            # Confidence and label mix depend on the model: they start a new normal.
+            self.monitor.model_changed()
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -177,6 +222,7 @@ class Worker:
         t1 = time.perf_counter()
         scored_rows: list[dict[str, Any]] = []
         messages: dict[str, bytes] = {}
+        probs = vectors = None
         if accepted:
             texts = [a.item.text for _, a in accepted]
             probs, vectors = self.scorer.score(texts)
@@ -267,6 +313,12 @@ class Worker:
         self._commit(records)
         t6 = time.perf_counter()
 
+        # Only now, with the batch stored, published and committed: drift is advisory and
+        # must neither delay delivery nor describe items that a crash could still lose.
+        if probs is not None and vectors is not None:
+            result.drift_events = self._watch_drift(accepted, probs, vectors)
+        t7 = time.perf_counter()
+
         result.stored = len(new_ids)
         result.rejected = len(rejections)
         result.timings = {
@@ -276,6 +328,7 @@ class Worker:
             "store": t4 - t3,
             "publish": t5 - t4,
             "commit": t6 - t5,
+            "drift": t7 - t6,
         }
         for stage, seconds in result.timings.items():
             BATCH_SECONDS.labels(stage).observe(seconds)
@@ -283,10 +336,91 @@ class Worker:
         for r in rejections:
             REJECTED.labels(r["reason"]).inc()
         DUPLICATES.inc(result.duplicates)
-        for key in ("records", "stored", "rejected", "duplicates", "republished"):
+        for key in ("records", "stored", "rejected", "duplicates", "republished", "drift_events"):
             setattr(self.totals, key, getattr(self.totals, key) + getattr(result, key))
         log.debug("batch_done", **{k: v for k, v in vars(result).items() if k != "timings"})
         return result
+
+    # -- drift --------------------------------------------------------------------------
+
+    def _watch_drift(
+        self,
+        accepted: list[tuple[ConsumerRecord, Accepted]],
+        probs: np.ndarray,
+        vectors: np.ndarray,
+    ) -> int:
+        """Feed the batch to the monitor and emit what fired; never fails the batch."""
+        first = self.monitor.seen
+        try:
+            events = self.monitor.update(probs, vectors)
+        except Exception:
+            log.exception("drift_monitor_failed", items=len(accepted), position=first)
+            return 0
+        for event in events:
+            i = event.position - first
+            rec, acc = accepted[i] if 0 <= i < len(accepted) else (None, None)
+            try:
+                self._emit_drift(event, rec, acc)
+            except Exception:
+                log.exception(
+                    "drift_emit_failed",
+                    detector=event.detector,
+                    signal=event.signal,
+                    position=event.position,
+                )
+        return len(events)
+
+    def _emit_drift(
+        self, event: DriftEvent, rec: ConsumerRecord | None, acc: Accepted | None
+    ) -> None:
+        details: dict[str, Any] = {
+            "warmup": self.monitor.warmup,
+            "cooldown": self.monitor.cooldown,
+        }
+        if rec is not None and acc is not None:
+            # The item at which it fired, so an operator can look at what changed.
+            details |= {
+                "item_id": acc.id,
+                "topic": rec.topic,
+                "partition": rec.partition,
+                "offset": rec.offset,
+            }
+        DRIFT_EVENTS.labels(event.detector, event.signal).inc()
+        log.warning(
+            "drift_detected",
+            origin=self.origin,
+            model_version=self.scorer.version,
+            **event.as_row(),
+            **details,
+        )
+        row = {**event.as_row(), "origin": self.origin, "model_version": self.scorer.version}
+        try:
+            self.store.record_drift({**row, "details": details})
+        except Exception:
+            log.exception("drift_record_failed", **row)
+        # `details` reaches the wire once ControlMessage has such a field (extra keys are
+        # ignored until then); the reason carries the essentials either way.
+        message = ControlMessage.model_validate(
+            {
+                "action": "drift",
+                "actor": self.origin,
+                "version": self.scorer.version,
+                "reason": f"{event.detector} on {event.signal} at item {event.position} "
+                f"(statistic {event.statistic:g})",
+                "details": {**event.as_row(), **details},
+            }
+        )
+        try:
+            # Not flushed: the producer sends it within linger_ms; a failure is logged.
+            self.producer.send(
+                self.settings.topics.control, value=message.model_dump_json().encode("utf-8")
+            ).add_errback(
+                lambda exc: log.error("drift_announce_failed", **row, error=str(exc)[:200])
+            )
+        except Exception:
+            log.exception("drift_announce_failed", **row)
+
+    # -- helpers --------------------------------------------------------------------------
 
     def _commit(self, records: list[ConsumerRecord]) -> None:
         offsets: dict[TopicPartition, int] = {}
