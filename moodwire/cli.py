@@ -85,7 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop cleanly after this many seconds of streaming (set-up not counted)",
     )
     p.add_argument("--rate", type=float, default=20.0, help="feed items per second (20)")
-    p.add_argument("--items", type=int, default=3000, help="items in the generated feed (3000)")
+    p.add_argument("--items", type=int, default=6000, help="items in the generated feed (6000)")
+    p.add_argument(
+        "--label-fraction", type=float, default=0.5, help="share of items analysts label (0.5)"
+    )
+    p.add_argument(
+        "--label-delay", type=float, default=5.0, help="seconds before a label arrives (5)"
+    )
     p.add_argument("--dashboard-port", type=int, default=8501)
 
     p = add(
@@ -106,6 +112,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", help="consumer group (moodwire-worker)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-items", type=int, help="exit after this many records (for scripts)")
+
+    p = add(
+        "learner",
+        "labels → drift → replay fine-tune → gates → promote (one active instance)",
+        "Consume `news.labels` and `moodwire.control`; store labels; watch the serving model's "
+        "error stream for drift; on drift, an operator's `moodwire retrain`, or after "
+        "MOODWIRE_LEARNER__RETRAIN_EVERY new labels, fine-tune a candidate on the new labels "
+        "mixed with replayed old ones, shadow-score it on recent items, and promote it only if "
+        "it beats the serving model on held-out new labels without losing more than "
+        "MOODWIRE_LEARNER__OLD_TOLERANCE on held-out old ones. A second learner waits and takes "
+        "over if the first dies. SIGTERM or Ctrl-C stops it (a training in progress is dropped; "
+        "nothing is promoted half-way).",
+    )
+    p.add_argument("--progress", action="store_true", help="show a progress bar while training")
+
+    p = add(
+        "retrain",
+        "ask the active learner to train a candidate now (operator action)",
+        "Publish a retrain command on `moodwire.control` and write it to the audit log. The "
+        "learner trains as soon as it has MOODWIRE_LEARNER__MIN_NEW_LABELS fresh labels.",
+    )
+    p.add_argument("--reason", default="")
+    p.add_argument("--actor", default=None)
 
     p = add("produce", "publish a CSV/JSONL file as a live feed to `news`")
     p.add_argument("file", type=Path)
@@ -175,6 +204,58 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=Path, help="texts to use (default: shared data if present, else generated)"
     )
     t.add_argument("--out", type=Path, help="also write the JSON here")
+
+    c = bench.add_parser(
+        "continual",
+        help="frozen / naive / moodwire / joint over labelled phases: accuracy matrix, forgetting, drift",
+        description="Bootstrap on phase A's stream part (80%%), stream every phase's stream part "
+        "in order with delayed labels through the learner, and evaluate each strategy on every "
+        "phase's held-out 20%% after each phase. Writes FILE.json and FILE.png.",
+    )
+    _common(c)
+    c.add_argument(
+        "--phases",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="labelled CSV/JSONL files, one per phase, in stream order",
+    )
+    c.add_argument(
+        "--out", type=Path, required=True, help="JSON result (a PNG is written beside it)"
+    )
+    c.add_argument(
+        "--label-map", help="e.g. 0=negative,1=positive,2=neutral (named labels map themselves)"
+    )
+    c.add_argument(
+        "--label-delay", type=int, default=50, help="items between an item and its label (50)"
+    )
+    c.add_argument(
+        "--label-fraction", type=float, default=1.0, help="share of items that get a label (1.0)"
+    )
+    c.add_argument(
+        "--strategies", nargs="+", default=None, help="subset of frozen naive moodwire joint"
+    )
+    c.add_argument(
+        "--null-items",
+        type=int,
+        default=5000,
+        help="items of the no-shift stream (phase A shuffled) checked for false alarms (5000)",
+    )
+    c.add_argument("--bootstrap-epochs", type=float, default=2.0)
+    c.add_argument(
+        "--keep-order",
+        action="store_true",
+        help="stream each phase in file order (default: shuffled, seeded: a steady state)",
+    )
+    c.add_argument(
+        "--retrain-every", type=int, help="new labels that trigger a retrain on their own"
+    )
+    c.add_argument(
+        "--min-new-labels", type=int, help="fresh labels a drift-triggered retrain needs"
+    )
+    c.add_argument("--time-budget", type=float, help="seconds per incremental fine-tune")
+    c.add_argument("--seed", type=int, default=0)
     return parser
 
 

@@ -97,6 +97,48 @@ def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("learner")
+@_guard
+def learner_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from moodwire.learning import SingleActive, build_learner
+
+    with stop_on_signals() as stop:
+        lock = SingleActive(settings.resolved_registry() / ".learner.lock")
+        if not lock.acquire(stop):
+            return 0
+        try:
+            proc, close = build_learner(settings, progress=args.progress)
+            try:
+                proc.run(stop)
+            finally:
+                close()
+        finally:
+            lock.release()
+    return 0
+
+
+@command("retrain")
+@_guard
+def retrain_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from stream.broker import ensure_topics
+    from stream.clients import make_producer
+    from stream.schemas import ControlMessage
+
+    actor = args.actor or getpass.getuser()
+    msg = ControlMessage(action="retrain", actor=actor, reason=args.reason or None)
+    ensure_topics(settings.bootstrap_servers, [settings.topics.control], settings.partitions)
+    producer = make_producer(settings, client_id="moodwire-cli")
+    try:
+        producer.send(settings.topics.control, value=msg.model_dump_json().encode()).get(timeout=30)
+    finally:
+        producer.close()
+    _audit(
+        settings, "retrain", None, args.reason, {"requested_at": msg.ts.isoformat()}, actor=actor
+    )
+    print_json({"requested": "retrain", "actor": actor, "reason": args.reason})
+    return 0
+
+
 @command("produce")
 @_guard
 def produce_cmd(args: argparse.Namespace, settings: Settings) -> int:
@@ -219,8 +261,13 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
     if promoted:
         registry.promote(version)
         _audit(settings, "promote", version, "bootstrap", {"previous": serving})
+    from moodwire.learning import seed_memory
+
+    # What v1 learned is the learner's first memory: replayed and held out as "old" data.
+    memory = seed_memory(settings, train + holdout)
     log.info(
         "bootstrap_done",
+        memory=memory,
         version=version,
         promoted=promoted,
         accuracy=metrics["accuracy"],
@@ -281,6 +328,9 @@ def models_cmd(args: argparse.Namespace, settings: Settings) -> int:
                 "parent": v.card.get("parent"),
                 "accuracy": holdout.get("accuracy"),
                 "macro_f1": holdout.get("macro_f1"),
+                "trigger": v.card.get("trigger"),
+                "decision": v.card.get("decision"),
+                "gate": v.card.get("gate"),
             }
         )
     print_json({"serving": serving, "versions": rows})
@@ -294,6 +344,7 @@ def promote_cmd(args: argparse.Namespace, settings: Settings) -> int:
     previous = registry.promote(args.version)
     actor = args.actor or getpass.getuser()
     _audit(settings, "promote", args.version, args.reason, {"previous": previous}, actor=actor)
+    _announce(settings, "promote", args.version, actor, args.reason)
     print_json({"serving": args.version, "previous": previous})
     return 0
 
@@ -305,8 +356,25 @@ def rollback_cmd(args: argparse.Namespace, settings: Settings) -> int:
     current, target = registry.rollback()
     actor = args.actor or getpass.getuser()
     _audit(settings, "rollback", target, args.reason, {"from": current}, actor=actor)
+    _announce(settings, "rollback", target, actor, args.reason)
     print_json({"serving": target, "previous": current})
     return 0
+
+
+def _announce(settings: Settings, action: str, version: str, actor: str, reason: str) -> None:
+    """Tell listeners on `moodwire.control`; best effort, since workers follow the registry."""
+    from stream.clients import make_producer
+    from stream.schemas import ControlMessage
+
+    msg = ControlMessage(action=action, version=version, actor=actor, reason=reason or None)
+    try:
+        producer = make_producer(settings, client_id="moodwire-cli")
+        try:
+            producer.send(settings.topics.control, value=msg.model_dump_json().encode()).get(10)
+        finally:
+            producer.close(timeout=5)
+    except Exception as exc:  # noqa: BLE001 - the registry switch already happened
+        log.warning("control_announce_failed", action=action, error=str(exc)[:200])
 
 
 def _audit(
@@ -359,6 +427,46 @@ def bench_throughput_cmd(args: argparse.Namespace, settings: Settings) -> int:
         import json
 
         args.out.write_text(json.dumps(result, indent=2))
+    print_json(result)
+    return 0
+
+
+@command("bench continual")
+@_guard
+def bench_continual_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from learner.config import STRATEGIES
+    from learner.data import parse_label_map
+    from moodwire.bench_continual import continual
+
+    for path in args.phases:
+        if not path.is_file():
+            raise UserError(f"phase file not found: {path}")
+    overrides = {
+        "retrain_every": args.retrain_every,
+        "min_new_labels": args.min_new_labels,
+        "time_budget_s": args.time_budget,
+        "seed": args.seed,
+    }
+    config = dataclasses.replace(
+        settings.learner, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    try:
+        result = continual(
+            args.phases,
+            args.out,
+            label_map=parse_label_map(args.label_map),
+            seed=args.seed,
+            label_delay=args.label_delay,
+            label_fraction=args.label_fraction,
+            strategies=tuple(args.strategies or STRATEGIES),
+            null_items=args.null_items,
+            bootstrap_epochs=args.bootstrap_epochs,
+            learner=config,
+            device=settings.device,
+            keep_order=args.keep_order,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     print_json(result)
     return 0
 

@@ -10,6 +10,7 @@ Ctrl-C (or ``--duration``) stops everything it started, in order.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -45,7 +46,6 @@ def _port_free(port: int) -> bool:
 
 def bootstrap_demo_model(settings: Settings, n: int = 600, progress: bool = True) -> str:
     """Train the demo's first version on generated news-style headlines."""
-    import dataclasses
 
     from learner.classifier import SentimentClassifier
     from learner.data import LabelledText, stratified_split
@@ -78,6 +78,12 @@ def bootstrap_demo_model(settings: Settings, n: int = 600, progress: bool = True
         },
     )
     registry.promote(version)
+    from moodwire.learning import seed_memory
+    from moodwire.store import Store
+
+    Store(settings.resolved_store_url()).audit("demo", "promote", version, "bootstrap", {})
+
+    seed_memory(settings, train + holdout)
     return version
 
 
@@ -86,7 +92,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
     from moodwire.store import Store
     from stream.clients import make_producer
     from stream.feed import publish
-    from stream.synthetic import demo_feed
+    from stream.synthetic import annotations, demo_feed
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     started: list[tuple[str, object]] = []  # what to stop, in reverse order
@@ -121,12 +127,17 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
             if stop.is_set():
                 return 130
 
-            # 3. Worker (and dashboard) processes.
+            # 3. Worker, learner (and dashboard) processes.
+            settings = _demo_learner_settings(settings)
             env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
             worker_log = settings.data_dir / "worker.log"
             worker = _spawn([sys.executable, "-m", "moodwire", "worker"], env, worker_log)
             started.append(("worker", worker))
             _say(f"worker      pid {worker.pid}, log {worker_log}")
+            learner_log = settings.data_dir / "learner.log"
+            learner = _spawn([sys.executable, "-m", "moodwire", "learner"], env, learner_log)
+            started.append(("learner", learner))
+            _say(f"learner     pid {learner.pid}, log {learner_log}")
             if not args.headless:
                 dash_log = settings.data_dir / "dashboard.log"
                 app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
@@ -152,26 +163,35 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
             )
             feeder.start()
             started.append(("feed", (feed_stop, feeder, producer)))
+            # Simulated analysts label half the items, a few seconds after they appear.
+            labels = annotations(feed, fraction=args.label_fraction, seed=seed)
+            annotator = threading.Thread(
+                target=_annotate,
+                args=(producer, settings.topics.labels, labels, args.rate * args.label_fraction),
+                kwargs={"delay": args.label_delay, "stop": feed_stop},
+                daemon=True,
+            )
+            annotator.start()
+            started.append(("annotators", (annotator,)))
             _say(
                 f"feed        {args.items} generated items at {args.rate}/s "
                 f"(surge on INIT at item {int(args.items * 0.35)}, drift at {int(args.items * 0.6)})"
             )
+            _say(f"labels      {len(labels)} simulated analyst labels, {args.label_delay:g} s late")
             _say("stats       every 5 s below; Ctrl-C stops everything\n")
 
             # 5. Watch. --duration counts from here: set-up time varies with the machine.
             deadline = time.monotonic() + args.duration if args.duration else None
             store = Store(settings.resolved_store_url())
             while not stop.wait(5.0):
-                if worker.poll() is not None:
-                    raise BrokerError(
-                        f"the worker exited with {worker.returncode}; see {worker_log}"
-                    )
+                for name, proc, path in (
+                    ("worker", worker, worker_log),
+                    ("learner", learner, learner_log),
+                ):
+                    if proc.poll() is not None:
+                        raise BrokerError(f"the {name} exited with {proc.returncode}; see {path}")
                 stats = store.stats()
-                _say(
-                    json.dumps(
-                        {k: stats[k] for k in ("items", "rejected", "by_label", "by_model_version")}
-                    )
-                )
+                _say(json.dumps(_summary(stats)))
                 if deadline is not None and time.monotonic() >= deadline:
                     break
         finally:
@@ -179,6 +199,48 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
     final = Store(settings.resolved_store_url()).stats()
     _say(json.dumps(final))
     return 0
+
+
+def _summary(stats: dict) -> dict:
+    return {
+        "items": stats["items"],
+        "rejected": stats["rejected"],
+        "by_model_version": stats["by_model_version"],
+        "labels": stats["labels"]["total"],
+        "drift_events": stats["drift_events"]["total"],
+        "promotions": stats["promotions"]["promoted"],
+        "candidates_rejected": stats["promotions"]["candidates_rejected"],
+    }
+
+
+def _demo_learner_settings(settings: Settings) -> Settings:
+    """Retrain soon after the scripted drift on a small machine, unless the user said otherwise."""
+    if any(k.startswith("MOODWIRE_LEARNER__") for k in os.environ):
+        return settings
+    learner = dataclasses.replace(
+        settings.learner,
+        retrain_every=3000,  # in the demo, retrain on drift (and commands), not on a schedule
+        min_new_labels=60,
+        min_holdout=15,
+        time_budget_s=45.0,
+        shadow_items=200,
+    )
+    return settings.with_overrides(learner=learner)
+
+
+def _annotate(
+    producer: object,
+    topic: str,
+    labels: list[dict],
+    rate: float,
+    *,
+    delay: float,
+    stop: threading.Event,
+) -> None:
+    from stream.feed import publish
+
+    if not stop.wait(delay):
+        publish(producer, topic, labels, rate=rate, stop=stop)  # type: ignore[arg-type]
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -197,7 +259,9 @@ def _shutdown(started: list[tuple[str, object]]) -> None:
                 feed_stop.set()
                 feeder.join(10)
                 producer.close()
-            elif name in ("worker", "dashboard"):
+            elif name == "annotators":
+                thing[0].join(10)  # type: ignore[index]
+            elif name in ("worker", "learner", "dashboard"):
                 proc: subprocess.Popen = thing  # type: ignore[assignment]
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)

@@ -13,11 +13,14 @@ CLI flags override the environment. Components never read ``os.environ``.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from learner.config import LearnerConfig
 
 
 class Topics(BaseModel):
@@ -83,6 +86,16 @@ class Settings(BaseSettings):
     exact_index_max: int = Field(200_000, ge=1000)
     index_snapshot_every: int = Field(5000, ge=100, description="items between index snapshots")
 
+    # Drift detectors per worker, on every scored item ("off" switches one off).
+    drift_confidence: str = "adwin"
+    drift_label_mix: str = "adwin"
+    drift_embedding: str = "embedding_shift"
+    drift_warmup: int = Field(200, ge=0)
+    drift_cooldown: int = Field(1000, ge=0)
+
+    # The continual learner (see learner/config.py for every field).
+    learner: LearnerConfig = LearnerConfig()
+
     # Operations
     operator_token: SecretStr | None = None
     metrics_port: int | None = None
@@ -123,6 +136,13 @@ class Settings(BaseSettings):
         }
         for name, value in self.topics.model_dump().items():
             env[f"MOODWIRE_TOPICS__{name.upper()}"] = value
+        for name in ("drift_confidence", "drift_label_mix", "drift_embedding"):
+            env[f"MOODWIRE_{name.upper()}"] = getattr(self, name)
+        env["MOODWIRE_DRIFT_WARMUP"] = str(self.drift_warmup)
+        env["MOODWIRE_DRIFT_COOLDOWN"] = str(self.drift_cooldown)
+        for name, value in dataclasses.asdict(self.learner).items():
+            if value is not None:
+                env[f"MOODWIRE_LEARNER__{name.upper()}"] = str(value)
         if self.operator_token is not None:
             env["MOODWIRE_OPERATOR_TOKEN"] = self.operator_token.get_secret_value()
         return env

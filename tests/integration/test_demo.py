@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,9 +35,10 @@ def _children_gone(pid: int) -> bool:
     return out.stdout.strip() == ""
 
 
-def test_demo_bootstraps_streams_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+def test_demo_learns_the_scripted_drift_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    """Bootstrap, stream, detect the drift, retrain, promote, hot-swap; then Ctrl-C."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moodwire", "demo", "--headless", "--items", "400", "--rate", "40"],
+        [sys.executable, "-m", "moodwire", "demo", "--headless", "--items", "3200", "--rate", "40"],
         cwd=ROOT,
         env=_env(tmp_path),
         stdout=subprocess.PIPE,
@@ -48,6 +50,12 @@ def test_demo_bootstraps_streams_and_stops_everything_on_ctrl_c(tmp_path: Path) 
         store_url = f"sqlite:///{(tmp_path / 'moodwire.db').resolve()}"
         wait_until(lambda: (tmp_path / "moodwire.db").exists(), 400, "the store")
         wait_until(lambda: Store(store_url).count_items() >= 50, 300, "items flowing", 1.0)
+        wait_until(
+            lambda: len(Store(store_url).stats()["by_model_version"]) >= 2,
+            240,
+            "items scored by a second, learned version",
+            2.0,
+        )
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
         lines = out.splitlines()
@@ -59,6 +67,9 @@ def test_demo_bootstraps_streams_and_stops_everything_on_ctrl_c(tmp_path: Path) 
     assert any(line.startswith("model       v1") for line in lines)
     final = json.loads(lines[-1])
     assert final["items"] >= 50 and final["by_model_version"].get("v1", 0) >= 50
+    assert len(final["by_model_version"]) >= 2
+    assert final["drift_events"]["total"] >= 1 and final["promotions"]["promoted"] >= 2
+    assert final["labels"]["total"] > 0
     assert (tmp_path / "registry" / "versions" / "v1" / "card.json").is_file()
     assert _children_gone(proc.pid)
     broker_line = next(line for line in lines if line.startswith("broker"))
@@ -73,7 +84,9 @@ def test_demo_duration_stops_cleanly_with_an_existing_model(
     tmp_path: Path, model_registry: Path
 ) -> None:
     t0 = time.monotonic()
-    env = _env(tmp_path) | {"MOODWIRE_REGISTRY": str(model_registry)}
+    registry = tmp_path / "registry"
+    shutil.copytree(model_registry, registry)  # the demo's learner may promote into it
+    env = _env(tmp_path) | {"MOODWIRE_REGISTRY": str(registry)}
     res = subprocess.run(
         [
             sys.executable,

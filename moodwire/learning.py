@@ -1,0 +1,419 @@
+"""The ``moodwire learner`` process: labels → drift → replay fine-tune → gates → promotion.
+
+Wiring around :class:`~learner.continual.ContinualLearner`:
+
+* **One active learner.** An exclusive ``flock`` on ``REGISTRY/.learner.lock``:
+  a second instance waits, and takes over when the first dies (the kernel
+  releases the lock of a dead process). The standby consumes nothing.
+* **Labels in.** One consumer in group ``<consumer_group>-learner`` reads
+  ``news.labels`` and ``moodwire.control``. Labels are stored idempotently
+  (``labels`` table, joined to the scored items by id) before offsets are
+  committed; a label for an item not yet scored waits until the item is stored.
+* **State survives restarts.** The replay buffer and the fresh-label pools are
+  written atomically to ``DATA_DIR/learner/`` after every change; the registry
+  is only written by :meth:`Registry.write_version` (temporary directory,
+  atomic rename), so a learner killed mid-training leaves the serving version
+  and the registry as they were.
+* **Decisions are audited.** Every candidate becomes an immutable version whose
+  card holds its training report, gates and decision; promotion switches
+  ``serving.json``, is announced on ``moodwire.control`` and written to the
+  audit log (who: ``learner``, why: the trigger, metrics: the gates).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from kafka import KafkaProducer
+from prometheus_client import Counter, Gauge
+from pydantic import ValidationError
+
+from learner import replay as replay_store
+from learner.classifier import SentimentClassifier
+from learner.continual import ContinualLearner, Outcome, make_replay
+from learner.data import LabelledText
+from learner.drift import DriftEvent
+from learner.registry import Registry
+from moodwire.settings import Settings
+from moodwire.store import Store
+from stream.schemas import ControlMessage, LabelMessage
+
+log = structlog.get_logger(__name__)
+
+LABELS_IN = Counter("moodwire_labels_total", "Labels stored", ["source"])
+RETRAINS = Counter("moodwire_retrains_total", "Candidates trained", ["decision"])
+FRESH = Gauge("moodwire_fresh_labels", "Fresh labels waiting to be learned")
+
+_PENDING_MAX_AGE_S = 3600.0  # a label whose item never arrives is dropped after this (s)
+
+
+def learner_dir(settings: Settings) -> Path:
+    return settings.data_dir / "learner"
+
+
+def label_id(msg: LabelMessage) -> str:
+    """A stable id for a label message, so a re-delivered one is stored once."""
+    basis = json.dumps(
+        [msg.item_id, msg.text, msg.label, msg.source, msg.annotator, msg.ts.isoformat()],
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(basis.encode("utf-8")).hexdigest()[:32]
+
+
+def seed_memory(settings: Settings, items: list[LabelledText]) -> int:
+    """Add what a bootstrapped model was trained on to the learner's replay memory."""
+    path = learner_dir(settings) / "replay.json"
+    cfg = settings.learner
+    buffer = replay_store.load(path, make_replay(cfg.replay_kind, cfg.replay_capacity, cfg.seed))
+    for item in items:
+        buffer.add(item)
+    if cfg.replay_kind != "off":
+        replay_store.save(buffer, path)
+    return len(buffer)
+
+
+class SingleActive:
+    """An exclusive lock on a file: held by one process at a time, freed when it dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, stop: threading.Event, poll_s: float = 1.0) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        waiting_logged = False
+        while not stop.is_set():
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waiting_logged:
+                    log.info("learner_standby", lock=str(self.path))
+                    waiting_logged = True
+                stop.wait(poll_s)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._fd = fd
+            return True
+        os.close(fd)
+        return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class LearnerProcess:
+    """Consume labels and commands, keep the learner's state, write what it decides."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        registry: Registry,
+        consumer: Any,
+        producer: KafkaProducer,
+        load: Callable[[str], SentimentClassifier],
+        *,
+        progress: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.consumer = consumer
+        self.producer = producer
+        self.load = load
+        self.progress = progress
+        self.dir = learner_dir(settings)
+        cfg = settings.learner
+        version = registry.serving()
+        if version is None:
+            raise RuntimeError("no model serves: bootstrap one before starting the learner")
+        buffer = replay_store.load(
+            self.dir / "replay.json", make_replay(cfg.replay_kind, cfg.replay_capacity, cfg.seed)
+        )
+        self.learner = ContinualLearner(load(version), version, cfg, buffer)
+        self._label_seq = 0  # every stored label up to this sequence number is learned
+        self._learned: set[int] = set()  # learned ones above it (others wait for their item)
+        self._awaiting: str | None = None  # a candidate waiting for an operator's approval
+        state_file = self.dir / "state.json"
+        if state_file.is_file():
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+            self.learner.restore(state.get("learner", {}))
+            self._label_seq = int(state.get("label_seq", 0))
+            self._learned = set(state.get("learned_above", []))
+            self._awaiting = state.get("awaiting")
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        log.info(
+            "learner_active",
+            serving=self.learner.version,
+            replay=len(self.learner.replay),
+            fresh=len(self.learner.fresh_train) + len(self.learner.fresh_holdout),
+            strategy=self.settings.learner.strategy,
+        )
+        while not stop.is_set():
+            self.poll_once(timeout_ms=500)
+            self.sync_serving()
+            self.retrain_if_due()
+
+    def poll_once(self, timeout_ms: int = 500) -> int:
+        """Read labels and commands, store and learn from them, then commit; returns records."""
+        polled = self.consumer.poll(timeout_ms=timeout_ms)
+        records = [r for recs in polled.values() for r in recs]
+        topics = self.settings.topics
+        rows = []
+        for rec in records:
+            if rec.topic == topics.control:
+                self._on_control(rec.value)
+                continue
+            try:
+                msg = LabelMessage.model_validate_json(rec.value)
+                if msg.item_id is None and not msg.text:
+                    raise ValueError("a label needs an item_id or a text")
+            except (ValidationError, ValueError) as exc:
+                log.warning(
+                    "label_rejected",
+                    error=str(exc).splitlines()[0][:200],
+                    topic=rec.topic,
+                    partition=rec.partition,
+                    offset=rec.offset,
+                )
+                continue
+            rows.append(
+                {
+                    "id": label_id(msg),
+                    "item_id": msg.item_id,
+                    "text": msg.text,
+                    "label": msg.label,
+                    "source": msg.source,
+                    "annotator": msg.annotator,
+                    "ts": msg.ts,
+                }
+            )
+        fresh = self.store.add_labels(rows)
+        for row in fresh:
+            LABELS_IN.labels(row["source"]).inc()
+        if records:
+            self.consumer.commit()
+        self.learn_stored_labels()
+        return len(records)
+
+    def learn_stored_labels(self) -> int:
+        """Learn from labels in the store not learned yet; returns how many were learned.
+
+        The store, not Kafka, feeds the learner: a learner that dies after a label
+        is stored but before it is learned picks it up again on restart. Labels
+        whose item is not scored yet wait (at most an hour).
+        """
+        rows = [
+            r for r in self.store.labels_after(self._label_seq) if r["seq"] not in self._learned
+        ]
+        if not rows:
+            return 0
+        ids = [r["item_id"] for r in rows if r["item_id"] and not r["text"]]
+        known = self.store.items_by_ids(ids) if ids else {}
+        now = datetime.now(UTC)
+        ready, waiting = [], []
+        for r in rows:
+            text = r["text"] or known.get(r["item_id"] or "", {}).get("text")
+            received = (
+                r["received_at"]
+                if r["received_at"].tzinfo
+                else r["received_at"].replace(tzinfo=UTC)
+            )
+            if text:
+                ready.append(LabelledText(text, r["label"]))
+                self._learned.add(r["seq"])
+            elif (now - received).total_seconds() < _PENDING_MAX_AGE_S:
+                waiting.append(r["seq"])
+            else:
+                log.warning("label_dropped_item_never_seen", item_id=r["item_id"])
+                self._learned.add(r["seq"])
+        # Everything up to the first waiting label is done; remember only what lies above.
+        self._label_seq = (min(waiting) - 1) if waiting else max(r["seq"] for r in rows)
+        self._learned = {q for q in self._learned if q > self._label_seq}
+        if ready:
+            for event in self.learner.observe(ready):
+                self._announce_drift(event)
+            FRESH.set(len(self.learner.fresh_train) + len(self.learner.fresh_holdout))
+        self._save_state()
+        return len(ready)
+
+    def _on_control(self, value: bytes) -> None:
+        try:
+            msg = ControlMessage.model_validate_json(value)
+        except ValidationError as exc:
+            log.warning("control_message_rejected", error=str(exc).splitlines()[0][:200])
+            return
+        if msg.action == "retrain":
+            self.learner.request(f"operator {msg.actor}: {msg.reason or 'retrain'}")
+            log.info("retrain_requested", actor=msg.actor, reason=msg.reason)
+        elif msg.action == "drift":
+            self.learner.drift(f"drift seen by {msg.actor}: {msg.reason}")
+        self._save_state()
+
+    def _announce_drift(self, event: DriftEvent) -> None:
+        self.store.record_drift(
+            {
+                **event.as_row(),
+                "origin": "learner",
+                "model_version": self.learner.version,
+                "details": {"labels_seen": self.learner.labels_seen},
+            }
+        )
+        log.info("drift_detected", origin="learner", **event.as_row())
+        self._send(
+            ControlMessage(
+                action="drift",
+                actor="learner",
+                version=self.learner.version,
+                reason=f"{event.detector} on {event.signal}",
+            )
+        )
+
+    # -- serving version changes made by operators --------------------------------------
+
+    def sync_serving(self) -> None:
+        current = self.registry.serving()
+        if current is None or current == self.learner.version:
+            return
+        classifier = self.load(current)
+        if current == self._awaiting:
+            self.learner.adopt(classifier, current)  # an operator approved our candidate
+            self._awaiting = None
+        else:
+            self.learner.serve(classifier, current)
+        log.info("learner_follows_serving", version=current)
+        self._save_state(memory=True)
+
+    # -- retraining -----------------------------------------------------------------------
+
+    def retrain_if_due(self) -> Outcome | None:
+        trigger = self.learner.due()
+        if trigger is None:
+            return None
+        log.info("retrain_started", trigger=trigger, fresh=len(self.learner.fresh_train))
+        shadow = self.store.recent_texts(self.settings.learner.shadow_items)
+        outcome = self.learner.judge(
+            self.learner.train_candidate(trigger, progress=self.progress), shadow
+        )
+        self._save_state()
+        card = {
+            **outcome.card(),
+            "created_at": datetime.now(UTC).isoformat(),
+            "created_by": "learner",
+            "metrics": {"holdout": _holdout_metrics(outcome)},
+        }
+        version = self.registry.write_version(outcome.classifier.save, card)
+        RETRAINS.labels(outcome.decision).inc()
+        details = {"trigger": trigger, "gate": card["gate"], "training": card["training"]}
+        if outcome.decision == "promote":
+            previous = self.registry.promote(version)
+            self.store.audit(
+                "learner", "promote", version, trigger, {**details, "previous": previous}
+            )
+            self.learner.adopt(outcome.classifier, version)
+            self._send(
+                ControlMessage(action="promote", version=version, actor="learner", reason=trigger)
+            )
+            log.info("model_promoted", version=version, previous=previous, **_gate_log(outcome))
+        elif outcome.decision == "await_approval":
+            self._awaiting = version
+            self.store.audit("learner", "candidate_awaiting_approval", version, trigger, details)
+            log.info("candidate_awaiting_approval", version=version, **_gate_log(outcome))
+        else:
+            reasons = outcome.gate.reasons if outcome.gate else []
+            self.store.audit("learner", "candidate_rejected", version, "; ".join(reasons), details)
+            log.info("candidate_rejected", version=version, reasons=reasons, **_gate_log(outcome))
+        self._save_state(memory=True)
+        return outcome
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _send(self, msg: ControlMessage) -> None:
+        self.producer.send(self.settings.topics.control, value=msg.model_dump_json().encode())
+        self.producer.flush()
+
+    def _save_state(self, *, memory: bool = False) -> None:
+        state = {
+            "learner": self.learner.state(),
+            "label_seq": self._label_seq,
+            "learned_above": sorted(self._learned),
+            "awaiting": self._awaiting,
+        }
+        replay_store.write_json_atomic(self.dir / "state.json", state)
+        if memory and hasattr(self.learner.replay, "state"):
+            replay_store.save(self.learner.replay, self.dir / "replay.json")
+
+
+def _holdout_metrics(outcome: Outcome) -> dict[str, Any]:
+    if outcome.gate is None:
+        return {}
+    return {"accuracy": outcome.gate.new.get("candidate"), "n": outcome.gate.new.get("n")}
+
+
+def _gate_log(outcome: Outcome) -> dict[str, Any]:
+    if outcome.gate is None:
+        return {}
+    g = outcome.gate
+    return {
+        "acc_new": round(float(g.new["candidate"]), 4),
+        "acc_new_serving": round(float(g.new["serving"]), 4),
+        "acc_old": round(float(g.old["candidate"]), 4),
+        "acc_old_serving": round(float(g.old["serving"]), 4),
+        "shadow_agreement": g.shadow.get("agreement"),
+    }
+
+
+def build_learner(
+    settings: Settings, *, progress: bool = False
+) -> tuple[LearnerProcess, Callable[[], None]]:
+    """A ready learner process and the function that closes what it opened."""
+    from learner.classifier import SentimentClassifier
+    from stream.broker import ensure_topics
+    from stream.clients import make_consumer, make_producer
+
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    registry = Registry(settings.resolved_registry())
+    store = Store(settings.resolved_store_url())
+    topics = settings.topics
+    ensure_topics(settings.bootstrap_servers, [topics.labels, topics.control], settings.partitions)
+
+    def load(version: str) -> SentimentClassifier:
+        return SentimentClassifier.from_pretrained(
+            registry.path(version), device=settings.device, max_length=settings.max_length
+        )
+
+    consumer = make_consumer(
+        settings,
+        topics.labels,
+        topics.control,
+        group_id=f"{settings.consumer_group}-learner",
+        client_id="moodwire-learner",
+    )
+    producer = make_producer(settings, client_id="moodwire-learner")
+    proc = LearnerProcess(settings, store, registry, consumer, producer, load, progress=progress)
+
+    def close() -> None:
+        consumer.close(autocommit=False)
+        producer.close()
+
+    return proc, close
