@@ -42,3 +42,55 @@ def test_bench_throughput_small_run(tmp_path: Path) -> None:
         "publish",
         "commit",
     }
+
+
+def _phase_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    return path
+
+
+def test_bench_continual_small_run(tmp_path: Path) -> None:
+    """Two generated phases (news, then chatter): every strategy reports what the issue asks."""
+    from stream.synthetic import demo_feed, labelled_headlines
+
+    news = [(r["text"], r["label"]) for r in labelled_headlines(300, seed=1)]
+    chatter = [
+        (i["text"], i["meta"]["true_label"])
+        for i in demo_feed(300, seed=2, drift_at=0.0)
+        if i["meta"]["phase"] == "chatter"
+    ]
+    a = _phase_csv(tmp_path / "news.csv", news)
+    b = _phase_csv(tmp_path / "chatter.csv", chatter)
+    out = tmp_path / "continual.json"
+    res = moodwire_cli(
+        ["bench", "continual", "--phases", str(a), str(b), "--out", str(out),
+         "--null-items", "400", "--bootstrap-epochs", "1", "--time-budget", "8",
+         "--retrain-every", "120", "--min-new-labels", "40", "--label-delay", "20",
+         "--data-dir", str(tmp_path)],
+        timeout=900,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = last_json(res.stdout)
+    assert json.loads(out.read_text()) == result
+    assert set(result["strategies"]) == {"frozen", "naive", "moodwire", "joint"}
+    assert result["phase_starts"] == [0, 240]  # 80 % of 300 streamed per phase
+    for name, s in result["strategies"].items():
+        m = s["acc_matrix"]
+        assert len(m) == 2 and all(len(row) == 2 for row in m), name
+        assert all(0.0 <= x <= 1.0 for row in m for x in row)
+        assert s["final_avg_acc"] == pytest.approx(sum(m[-1]) / 2, abs=1e-3)
+        assert s["forgetting"] == pytest.approx(m[0][0] - m[1][0], abs=1e-3)
+    assert result["strategies"]["frozen"]["promotions"] == []
+    assert (
+        result["strategies"]["frozen"]["acc_matrix"][0]
+        == result["strategies"]["frozen"]["acc_matrix"][1]
+    )
+    for event in result["drift_events"]:
+        assert {"position", "detector", "signal", "statistic"} <= set(event)
+    assert result["null_stream"]["items"] == 400
+    assert Path(result["plot"]).is_file() and Path(result["plot"]).stat().st_size > 10_000
