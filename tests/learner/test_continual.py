@@ -203,3 +203,19 @@ def test_drift_makes_the_fresh_pool_old_memory_and_waits_for_new_labels() -> Non
     learner.observe(_items(100, "after"), ["neutral"] * 100)
     assert learner.due() == "drift: embedding_shift on embedding"
     assert all(x.text.startswith("after") for x in learner.fresh_train)
+
+
+def test_a_passing_candidate_waits_for_an_operator_when_approval_is_required() -> None:
+    from learner.continual import Outcome
+    from learner.train import TrainReport
+
+    cfg = LearnerConfig(require_approval=True, min_holdout=5)
+    learner = ContinualLearner(_Fixed("neutral"), "v1", cfg)  # type: ignore[arg-type]
+    learner.remember(_items(200, "old", "positive"))
+    learner.observe(_items(200, "new", "positive"), ["neutral"] * 200)
+    report = TrainReport(1, 1, 1.0, 0.1, 10.0, False, 0.1)
+    outcome = Outcome("test", _Fixed("positive"), report, {}, None, "reject", "v1")  # type: ignore[arg-type]
+    judged = learner.judge(outcome, ["a", "b"])
+    assert judged.gate is not None and judged.gate.passed, judged.gate
+    assert judged.decision == "await_approval"
+    assert judged.gate.shadow["agreement"] == 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from moodwire.cli import build_parser
@@ -15,18 +16,26 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_compose_runs_kafka_in_kraft_mode_with_postgres_and_workers() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"kafka", "postgres", "worker", "dashboard"} <= set(services)
+    assert {"kafka", "postgres", "worker", "learner", "dashboard"} <= set(services)
     kafka_env = services["kafka"]["environment"]
     assert (
         "broker" in kafka_env["KAFKA_PROCESS_ROLES"]
         and "controller" in kafka_env["KAFKA_PROCESS_ROLES"]
     )
     assert kafka_env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-    for name in ("worker", "dashboard"):
+    for name in ("worker", "learner", "dashboard"):
         env = services[name]["environment"]
         fields = set(Settings.model_fields)
         for key in env:
-            assert key.startswith("MOODWIRE_") and key[len("MOODWIRE_") :].lower() in fields, key
-    # The worker's command is a real CLI command.
+            head = key[len("MOODWIRE_") :].lower().split("__")[0]
+            assert key.startswith("MOODWIRE_") and head in fields, key
+    # Every environment the services get builds valid settings.
+    for name in ("worker", "learner"):
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in services[name]["environment"].items():
+                mp.setenv(key, str(value))
+            Settings()
+    # The services' commands are real CLI commands.
     build_parser().parse_args(services["worker"]["command"])
+    build_parser().parse_args(services["learner"]["command"])
     assert (ROOT / "Dockerfile").is_file()
