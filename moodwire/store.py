@@ -22,16 +22,22 @@ from sqlalchemy.engine import Engine
 
 metadata = sa.MetaData()
 
-items = sa.Table(
-    "items",
-    metadata,
-    # seq orders items by arrival in the store: the index catches up by it.
-    sa.Column(
+
+def _seq() -> sa.Column:
+    """An autoincrementing sequence number: the order rows arrived in (readers catch up by it)."""
+    return sa.Column(
         "seq",
         sa.BigInteger().with_variant(sa.Integer, "sqlite"),
         primary_key=True,
         autoincrement=True,
-    ),
+    )
+
+
+items = sa.Table(
+    "items",
+    metadata,
+    # seq orders items by arrival in the store: the index catches up by it.
+    _seq(),
     sa.Column("id", sa.String(256), nullable=False, unique=True),
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
@@ -57,12 +63,7 @@ items = sa.Table(
 rejected = sa.Table(
     "rejected",
     metadata,
-    sa.Column(
-        "seq",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _seq(),
     sa.Column("topic", sa.String(256), nullable=False),
     sa.Column("partition", sa.Integer, nullable=False),
     sa.Column("offset", sa.BigInteger, nullable=False),
@@ -77,12 +78,7 @@ rejected = sa.Table(
 audit_log = sa.Table(
     "audit_log",
     metadata,
-    sa.Column(
-        "seq",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _seq(),
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
     sa.Column("actor", sa.String(256), nullable=False),
     sa.Column("action", sa.String(64), nullable=False),
@@ -95,12 +91,7 @@ audit_log = sa.Table(
 labels = sa.Table(
     "labels",
     metadata,
-    sa.Column(
-        "seq",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _seq(),
     # A stable hash of the label message: a label re-delivered by Kafka is stored once.
     sa.Column("id", sa.String(64), nullable=False, unique=True),
     sa.Column("item_id", sa.String(256), index=True),  # joined to items.id at read time
@@ -115,12 +106,7 @@ labels = sa.Table(
 drift_events = sa.Table(
     "drift_events",
     metadata,
-    sa.Column(
-        "seq",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _seq(),
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
     sa.Column("detector", sa.String(64), nullable=False),
     sa.Column("signal", sa.String(64), nullable=False),  # what was watched

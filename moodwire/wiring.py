@@ -19,6 +19,18 @@ from stream.worker import Worker
 log = structlog.get_logger(__name__)
 
 
+def stream_monitor(settings: Settings, **overrides: int) -> StreamMonitor:
+    """The worker's drift detectors, as the settings name them."""
+    return StreamMonitor(
+        confidence=settings.drift_confidence,
+        label_mix=settings.drift_label_mix,
+        embedding=settings.drift_embedding,
+        warmup=settings.drift_warmup,
+        cooldown=settings.drift_cooldown,
+        **overrides,
+    )
+
+
 def build_worker(
     settings: Settings, *, scorer: Scorer | None = None
 ) -> tuple[Worker, Callable[[], None]]:
@@ -36,13 +48,7 @@ def build_worker(
     # Watch the pointer before loading: a promotion while the model loads is seen at once.
     serving = ServingWatcher(Registry(settings.resolved_registry()))
     scorer = scorer or load_serving(settings)
-    monitor = StreamMonitor(
-        confidence=settings.drift_confidence,
-        label_mix=settings.drift_label_mix,
-        embedding=settings.drift_embedding,
-        warmup=settings.drift_warmup,
-        cooldown=settings.drift_cooldown,
-    )
+    monitor = stream_monitor(settings)
     past = PastItems(
         store,
         dim=scorer.embedder.dim,

@@ -29,7 +29,7 @@ from learner.drift import StreamMonitor
 from learner.registry import Registry
 from moodwire.settings import Settings
 from moodwire.store import Store
-from moodwire.wiring import build_worker
+from moodwire.wiring import build_worker, stream_monitor
 from stream.schemas import ControlMessage
 from stream.scorer import Scorer, load_serving
 from stream.synthetic import labelled_headlines
@@ -170,12 +170,8 @@ def test_an_abrupt_shift_is_stored_and_announced_on_the_control_topic(
     settings: Settings, scorer: Scorer
 ) -> None:
     settings = settings.with_overrides(drift_warmup=50, drift_cooldown=5000)
-    monitor = StreamMonitor(
-        confidence=settings.drift_confidence,
-        label_mix=settings.drift_label_mix,
-        embedding=settings.drift_embedding,
-        warmup=settings.drift_warmup,
-        cooldown=settings.drift_cooldown,
+    monitor = stream_monitor(
+        settings,
         # The default reference (500 items) makes for a slow test on a CPU; a shorter
         # one detects the same shift.
         embedding_reference=120,
