@@ -18,18 +18,21 @@ How a label flows:
   mixed with examples replayed from memory (``replay_ratio`` per fresh one,
   drawn in the proportions the classes were seen in).
 * Gates: the candidate must beat the serving model on the held-out fresh labels
-  and lose no more than ``old_tolerance`` on the held-out slice of the replay
-  memory (old knowledge); shadow scoring of recent live items reports agreement
+  and lose no more than ``old_tolerance`` on the held-out memory (old labelled
+  data no version trained on: the bootstrap's held-out part, then held-out
+  fresh labels of earlier worlds); shadow scoring of recent live items reports agreement
   and confidence beside the serving model.
-* On promotion the fresh labels become memory (the replay buffer) and the
-  fresh pool starts again; a rejected candidate leaves the pool to grow.
+* On promotion the fresh labels become memory (training ones replayed, held-out
+  ones held out) and the fresh pool starts again; a rejected candidate leaves the
+  pool to grow. A drift event does the same to the pool gathered before it, so
+  the retrain it asks for learns the world after the shift.
 
 Strategies (the benchmark compares them in one run): ``moodwire`` (the above),
 ``naive`` (fresh labels only, no replay, no gates), ``joint`` (everything seen,
 no gates: the upper bound), ``frozen`` (never retrains).
 
 >>> LearnerConfig(strategy="naive").replay_ratio
-1.0
+2.0
 >>> held_out("ACME beats estimates", 5) in (True, False)
 True
 """
@@ -129,12 +132,15 @@ class ContinualLearner:
     version: str
     config: LearnerConfig = field(default_factory=LearnerConfig)
     replay: ReplayBuffer | None = None
+    heldout: Reservoir | None = None  # old labelled data no version trained on (the old gate)
 
     def __post_init__(self) -> None:
         cfg = self.config
         if self.replay is None:
             kind = "off" if cfg.strategy in ("naive", "frozen") else cfg.replay_kind
             self.replay = make_replay(kind, cfg.replay_capacity, cfg.seed)
+        if self.heldout is None:
+            self.heldout = Reservoir(cfg.old_holdout_max, seed=cfg.seed + 1)
         self._rng = random.Random(cfg.seed)
         self.fresh_train: list[LabelledText] = []
         self.fresh_holdout: list[LabelledText] = []
@@ -149,10 +155,17 @@ class ContinualLearner:
 
     # -- memory ---------------------------------------------------------------------------
 
-    def remember(self, items: list[LabelledText]) -> None:
-        """Put what the serving model already knows into memory (e.g. its training data)."""
+    def remember(self, items: list[LabelledText], heldout: list[LabelledText] = ()) -> None:
+        """Memory of what the serving model knows: its training data, and data it never saw.
+
+        ``items`` are replayed in later fine-tunes; ``heldout`` (old data that no
+        version trained on, e.g. the bootstrap's held-out part) is what the old-data
+        gate measures forgetting on.
+        """
         for item in items:
             self.replay.add(item)
+        for item in heldout:
+            self.heldout.add(item)
         if self.config.strategy == "joint":
             self.everything.extend(items)
 
@@ -216,8 +229,14 @@ class ContinualLearner:
         self._drift_pending = True
 
     def _retire_fresh(self) -> None:
-        for item in self.fresh_train + self.fresh_holdout:
+        # Held-out fresh labels become held-out memory, unless their text was trained on
+        # before (a re-sent item): measuring forgetting on memorised items flatters the
+        # serving model.
+        known = {x.text for x in self.replay.items()}
+        for item in self.fresh_train:
             self.replay.add(item)
+        for item in self.fresh_holdout:
+            (self.replay if item.text in known else self.heldout).add(item)
         if self.config.strategy == "joint":
             self.everything.extend(self.fresh_train)
         self.fresh_train, self.fresh_holdout = [], []
@@ -251,11 +270,10 @@ class ContinualLearner:
         return fresh + replayed, {"fresh": len(fresh), "replayed": len(replayed)}
 
     def _replay_sample(self, n: int) -> list[LabelledText]:
-        """``n`` remembered (not held-out) examples, classes in the proportions seen."""
+        """``n`` remembered examples, classes in the proportions they were seen in."""
         pool: dict[str, list[LabelledText]] = {lab: [] for lab in LABELS}
         for x in self.replay.items():
-            if not held_out(x.text, self.config.holdout_every):
-                pool[x.label].append(x)
+            pool[x.label].append(x)
         seen = getattr(self.replay, "seen_by_label", lambda: {})() or {
             lab: len(v) for lab, v in pool.items()
         }
@@ -267,10 +285,7 @@ class ContinualLearner:
         return out
 
     def old_holdout(self) -> list[LabelledText]:
-        items = [x for x in self.replay.items() if held_out(x.text, self.config.holdout_every)]
-        if len(items) > self.config.old_holdout_max:
-            items = random.Random(self.config.seed).sample(items, self.config.old_holdout_max)
-        return items
+        return self.heldout.items()
 
     def train_candidate(self, trigger: str, *, progress: bool = False) -> Outcome:
         """Fine-tune a copy of the serving model; the serving one is never touched."""

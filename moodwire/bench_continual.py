@@ -1,7 +1,9 @@
 """``moodwire bench continual``: strategies compared on a sequence of labelled phases.
 
 Each phase file keeps a seeded, stratified 20 % held out; the rest is its
-stream part. A model is bootstrapped on phase A's stream part; then the stream
+stream part. A model is bootstrapped on phase A's stream part (less a seeded
+10 % that the learner keeps as its held-out memory of A, to measure forgetting
+on data no version trained on); then the stream
 parts of all phases are streamed in order, in batches, through the same
 :class:`~learner.continual.ContinualLearner` and
 :class:`~learner.drift.StreamMonitor` the learner and worker processes run.
@@ -95,10 +97,11 @@ class _Run:
         base: SentimentClassifier,
         config: LearnerConfig,
         memory: list[LabelledText],
+        memory_heldout: list[LabelledText],
     ) -> None:
         self.name = name
         self.learner = ContinualLearner(copy.deepcopy(base), "v1", replace(config, strategy=name))
-        self.learner.remember(memory)
+        self.learner.remember(memory, memory_heldout)
         self.monitor = StreamMonitor()
         self.correct: list[bool] = []
         self.events: list[DriftEvent] = []
@@ -148,6 +151,7 @@ def continual(
     strategies: tuple[str, ...] = STRATEGIES,
     null_items: int = 5000,
     bootstrap_epochs: float = 2.0,
+    reserve: float = 0.1,
     learner: LearnerConfig | None = None,
     device: str = "auto",
     keep_order: bool = False,
@@ -168,13 +172,17 @@ def continual(
     stream = [x for p in phases for x in p.stream]
     phase_starts = list(np.cumsum([0] + [len(p.stream) for p in phases[:-1]]).astype(int))
 
+    # The learner's held-out memory of phase A: a seeded slice of its stream part that the
+    # bootstrap does not train on, so forgetting is measured on unseen old data.
+    trained, reserved = stratified_split(phases[0].stream, reserve, seed + 7)
     t0 = time.perf_counter()
     base = SentimentClassifier.from_encoder(device=device, seed=seed)
     boot = fine_tune(
-        base, phases[0].stream, TrainConfig(epochs=bootstrap_epochs, seed=seed), progress=progress
+        base, trained, TrainConfig(epochs=bootstrap_epochs, seed=seed), progress=progress
     )
     bootstrap = {
-        "trained_on": len(phases[0].stream),
+        "trained_on": len(trained),
+        "reserved_as_heldout_memory": len(reserved),
         "seconds": round(time.perf_counter() - t0, 1),
         "heldout_acc": [round(accuracy(base, p.heldout), 4) for p in phases],
         "samples_per_s": round(boot.samples_per_s, 1),
@@ -188,7 +196,7 @@ def continual(
 
     rng = random.Random(seed)
     labelled = [rng.random() < label_fraction for _ in stream]
-    runs = {name: _Run(name, base, config, phases[0].stream) for name in strategies}
+    runs = {name: _Run(name, base, config, trained, reserved) for name in strategies}
     for run in runs.values():
         _stream(run, phases, stream, stream_vectors, labelled, label_delay, batch)
     results = {}

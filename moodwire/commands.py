@@ -264,7 +264,7 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from moodwire.learning import seed_memory
 
     # What v1 learned is the learner's first memory: replayed and held out as "old" data.
-    memory = seed_memory(settings, train + holdout)
+    memory = seed_memory(settings, train, holdout)
     log.info(
         "bootstrap_done",
         memory=memory,

@@ -83,7 +83,7 @@ def bootstrap_demo_model(settings: Settings, n: int = 600, progress: bool = True
 
     Store(settings.resolved_store_url()).audit("demo", "promote", version, "bootstrap", {})
 
-    seed_memory(settings, train + holdout)
+    seed_memory(settings, train, holdout)
     return version
 
 

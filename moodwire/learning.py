@@ -43,6 +43,7 @@ from learner.continual import ContinualLearner, Outcome, make_replay
 from learner.data import LabelledText
 from learner.drift import DriftEvent
 from learner.registry import Registry
+from learner.replay import Reservoir
 from moodwire.settings import Settings
 from moodwire.store import Store
 from stream.schemas import ControlMessage, LabelMessage
@@ -69,16 +70,35 @@ def label_id(msg: LabelMessage) -> str:
     return hashlib.sha256(basis.encode("utf-8")).hexdigest()[:32]
 
 
-def seed_memory(settings: Settings, items: list[LabelledText]) -> int:
-    """Add what a bootstrapped model was trained on to the learner's replay memory."""
-    path = learner_dir(settings) / "replay.json"
+def _memories(settings: Settings) -> tuple[Any, Reservoir]:
     cfg = settings.learner
-    buffer = replay_store.load(path, make_replay(cfg.replay_kind, cfg.replay_capacity, cfg.seed))
-    for item in items:
-        buffer.add(item)
-    if cfg.replay_kind != "off":
-        replay_store.save(buffer, path)
-    return len(buffer)
+    d = learner_dir(settings)
+    replay = replay_store.load(
+        d / "replay.json", make_replay(cfg.replay_kind, cfg.replay_capacity, cfg.seed)
+    )
+    heldout = replay_store.load(d / "heldout.json", Reservoir(cfg.old_holdout_max, cfg.seed + 1))
+    return replay, heldout
+
+
+def _save_memories(settings: Settings, replay: Any, heldout: Reservoir) -> None:
+    d = learner_dir(settings)
+    if hasattr(replay, "state"):
+        replay_store.save(replay, d / "replay.json")
+    replay_store.save(heldout, d / "heldout.json")
+
+
+def seed_memory(
+    settings: Settings, trained: list[LabelledText], heldout: list[LabelledText] = ()
+) -> int:
+    """Give the learner what a bootstrapped model knows: the data it was trained on
+    (replayed later) and held-out data it never saw (to measure forgetting on)."""
+    replay, held = _memories(settings)
+    for item in trained:
+        replay.add(item)
+    for item in heldout:
+        held.add(item)
+    _save_memories(settings, replay, held)
+    return len(replay) + len(held)
 
 
 class SingleActive:
@@ -137,14 +157,11 @@ class LearnerProcess:
         self.load = load
         self.progress = progress
         self.dir = learner_dir(settings)
-        cfg = settings.learner
         version = registry.serving()
         if version is None:
             raise RuntimeError("no model serves: bootstrap one before starting the learner")
-        buffer = replay_store.load(
-            self.dir / "replay.json", make_replay(cfg.replay_kind, cfg.replay_capacity, cfg.seed)
-        )
-        self.learner = ContinualLearner(load(version), version, cfg, buffer)
+        replay, heldout = _memories(settings)
+        self.learner = ContinualLearner(load(version), version, settings.learner, replay, heldout)
         self._label_seq = 0  # every stored label up to this sequence number is learned
         self._learned: set[int] = set()  # learned ones above it (others wait for their item)
         self._awaiting: str | None = None  # a candidate waiting for an operator's approval
@@ -357,8 +374,8 @@ class LearnerProcess:
             "awaiting": self._awaiting,
         }
         replay_store.write_json_atomic(self.dir / "state.json", state)
-        if memory and hasattr(self.learner.replay, "state"):
-            replay_store.save(self.learner.replay, self.dir / "replay.json")
+        if memory:
+            _save_memories(self.settings, self.learner.replay, self.learner.heldout)
 
 
 def _holdout_metrics(outcome: Outcome) -> dict[str, Any]:

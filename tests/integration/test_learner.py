@@ -43,7 +43,7 @@ def _own_registry(settings: Settings, tmp_path: Path, **learner: object) -> Sett
     )
     s = settings.with_overrides(registry=root, learner=cfg)
     old = [LabelledText(r["text"], r["label"]) for r in labelled_headlines(300, seed=11)]
-    seed_memory(s, old)
+    seed_memory(s, old[:200], old[200:])
     return s
 
 

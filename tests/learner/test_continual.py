@@ -97,8 +97,7 @@ def test_replay_mix_follows_the_seen_class_proportions_and_skips_held_out() -> N
     assert summary["replayed"] == len(replayed) > 0
     shares = {lab: sum(x.label == lab for x in replayed) / len(replayed) for lab in LABELS}
     assert shares["neutral"] == pytest.approx(0.6, abs=0.05)
-    assert not any(held_out(x.text, 5) for x in replayed)
-    assert all(held_out(x.text, 5) for x in learner.old_holdout())
+    assert learner.old_holdout() == []  # nothing held out yet: remember() got no held-out data
 
 
 def test_naive_does_not_replay_and_joint_keeps_everything() -> None:
@@ -156,7 +155,8 @@ def test_a_candidate_worse_on_old_data_is_never_promoted(served) -> None:  # noq
         min_new_labels=20, min_holdout=5, replay_ratio=0.0, epochs=3, lr=3e-4, time_budget_s=600
     )
     learner = ContinualLearner(copy.deepcopy(served), "v1", cfg)
-    learner.remember(_headlines(300, seed=11))
+    old = _headlines(300, seed=11)
+    learner.remember(old[:200], old[200:])
     rotate = {"negative": "neutral", "neutral": "positive", "positive": "negative"}
     poisoned = [LabelledText(x.text, rotate[x.label]) for x in _headlines(150, seed=12)]
     learner.observe(poisoned)
@@ -174,7 +174,8 @@ def test_a_candidate_that_learns_the_new_domain_and_keeps_the_old_is_promoted(se
 
     cfg = LearnerConfig(min_new_labels=60, min_holdout=15, epochs=2, lr=2e-4, time_budget_s=600)
     learner = ContinualLearner(copy.deepcopy(served), "v1", cfg)
-    learner.remember(_headlines(300, seed=11))
+    old = _headlines(300, seed=11)
+    learner.remember(old[:200], old[200:])
     chatter = [
         LabelledText(i["text"], i["meta"]["true_label"])
         for i in demo_feed(1200, seed=5, drift_at=0.0)
@@ -188,7 +189,7 @@ def test_a_candidate_that_learns_the_new_domain_and_keeps_the_old_is_promoted(se
     assert outcome.gate.new["candidate"] > outcome.gate.new["serving"]
     learner.adopt(outcome.classifier, "v2")
     assert learner.version == "v2" and learner.fresh_train == []
-    remembered = {x.text for x in learner.replay.items()}
+    remembered = {x.text for x in learner.replay.items() + learner.old_holdout()}
     assert {x.text for x in chatter} <= remembered  # what it learned is now memory
 
 
@@ -198,7 +199,8 @@ def test_drift_makes_the_fresh_pool_old_memory_and_waits_for_new_labels() -> Non
     learner.observe(_items(300, "before"), ["neutral"] * 300)
     learner.drift("drift: embedding_shift on embedding")
     assert learner.fresh_train == [] and learner.due() is None
-    assert {x.text for x in learner.replay.items()} >= {f"before {i}" for i in range(0, 300, 7)}
+    memory = {x.text for x in learner.replay.items() + learner.old_holdout()}
+    assert memory >= {f"before {i}" for i in range(300)}
     learner.drift("drift: adwin on confidence")  # the same shift: nothing more happens
     learner.observe(_items(100, "after"), ["neutral"] * 100)
     assert learner.due() == "drift: embedding_shift on embedding"
@@ -211,7 +213,7 @@ def test_a_passing_candidate_waits_for_an_operator_when_approval_is_required() -
 
     cfg = LearnerConfig(require_approval=True, min_holdout=5)
     learner = ContinualLearner(_Fixed("neutral"), "v1", cfg)  # type: ignore[arg-type]
-    learner.remember(_items(200, "old", "positive"))
+    learner.remember(_items(200, "old", "positive"), _items(50, "old-heldout", "positive"))
     learner.observe(_items(200, "new", "positive"), ["neutral"] * 200)
     report = TrainReport(1, 1, 1.0, 0.1, 10.0, False, 0.1)
     outcome = Outcome("test", _Fixed("positive"), report, {}, None, "reject", "v1")  # type: ignore[arg-type]
