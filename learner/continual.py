@@ -42,6 +42,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import random
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -287,7 +288,9 @@ class ContinualLearner:
     def old_holdout(self) -> list[LabelledText]:
         return self.heldout.items()
 
-    def train_candidate(self, trigger: str, *, progress: bool = False) -> Outcome:
+    def train_candidate(
+        self, trigger: str, *, progress: bool = False, stop: threading.Event | None = None
+    ) -> Outcome:
         """Fine-tune a copy of the serving model; the serving one is never touched."""
         data, summary = self.training_data()
         self._labels_at_attempt = self.labels_seen
@@ -297,7 +300,7 @@ class ContinualLearner:
         cfg = self.config.train_config()
         if self.config.strategy == "joint":  # the upper bound: one full pass, no budget
             cfg = TrainConfig(epochs=1.0, lr=self.config.lr, seed=self.config.seed)
-        report = fine_tune(candidate, data, cfg, progress=progress)
+        report = fine_tune(candidate, data, cfg, progress=progress, stop=stop)
         gate = None
         decision = "promote"
         if self.config.strategy == "moodwire":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -86,6 +87,7 @@ class TrainReport:
     samples_per_s: float
     stopped_early: bool
     final_loss: float
+    interrupted: bool = False  # stopped by the caller (e.g. the process is shutting down)
 
 
 def _batches(
@@ -145,12 +147,14 @@ def fine_tune(
     config: TrainConfig = TrainConfig(),
     *,
     progress: bool = True,
+    stop: threading.Event | None = None,
 ) -> TrainReport:
     """Fine-tune ``classifier`` in place on ``data``; returns what the run did.
 
     Stops after ``config.epochs`` or at ``config.time_budget_s``, whichever
     comes first; the learning rate decays against both, so an early stop
-    still leaves an annealed model.
+    still leaves an annealed model. Setting ``stop`` ends it after the current
+    step with ``interrupted`` in the report (the model is then half-trained).
     """
     if not data:
         raise ValueError("fine_tune needs at least one labelled example")
@@ -179,13 +183,16 @@ def fine_tune(
     # final_loss averages about the last epoch (at most 50 steps) of batch losses.
     recent_losses: deque[float] = deque(maxlen=min(50, steps_per_epoch))
     steps = samples = 0
-    stopped_early = False
+    stopped_early = interrupted = False
     bar = tqdm(total=total_steps, desc="fine-tune", unit="step", disable=not progress)
     start = time.perf_counter()
     model.train()
     try:
         while steps < total_steps:
             for idx in _batches(lengths, config.batch_size, rng, config.group_by_length):
+                if stop is not None and stop.is_set():
+                    stopped_early = interrupted = True
+                    break
                 elapsed = time.perf_counter() - start
                 progress_frac = steps / total_steps
                 if config.time_budget_s is not None:
@@ -238,4 +245,5 @@ def fine_tune(
         samples_per_s=samples / seconds if seconds > 0 else 0.0,
         stopped_early=stopped_early,
         final_loss=float(np.mean(recent_losses)) if recent_losses else float("nan"),
+        interrupted=interrupted,
     )

@@ -186,7 +186,7 @@ class LearnerProcess:
         while not stop.is_set():
             self.poll_once(timeout_ms=500)
             self.sync_serving()
-            self.retrain_if_due()
+            self.retrain_if_due(stop)
 
     def poll_once(self, timeout_ms: int = 500) -> int:
         """Read labels and commands, store and learn from them, then commit; returns records."""
@@ -320,15 +320,19 @@ class LearnerProcess:
 
     # -- retraining -----------------------------------------------------------------------
 
-    def retrain_if_due(self) -> Outcome | None:
+    def retrain_if_due(self, stop: threading.Event | None = None) -> Outcome | None:
         trigger = self.learner.due()
         if trigger is None:
             return None
         log.info("retrain_started", trigger=trigger, fresh=len(self.learner.fresh_train))
         shadow = self.store.recent_texts(self.settings.learner.shadow_items)
-        outcome = self.learner.judge(
-            self.learner.train_candidate(trigger, progress=self.progress), shadow
-        )
+        candidate = self.learner.train_candidate(trigger, progress=self.progress, stop=stop)
+        if candidate.report.interrupted:
+            # Shutting down: drop the half-trained candidate. The saved state still asks
+            # for this retrain, so the next learner runs it.
+            log.info("retrain_abandoned", trigger=trigger, steps=candidate.report.steps)
+            return None
+        outcome = self.learner.judge(candidate, shadow)
         self._save_state()
         card = {
             **outcome.card(),

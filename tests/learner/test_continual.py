@@ -221,3 +221,17 @@ def test_a_passing_candidate_waits_for_an_operator_when_approval_is_required() -
     assert judged.gate is not None and judged.gate.passed, judged.gate
     assert judged.decision == "await_approval"
     assert judged.gate.shadow["agreement"] == 0.0
+
+
+def test_a_stop_request_interrupts_training_and_says_so(served) -> None:  # noqa: ANN001
+    import threading
+
+    from learner.train import TrainConfig, fine_tune
+
+    stop = threading.Event()
+    stop.set()
+    clf = copy.deepcopy(served)
+    report = fine_tune(
+        clf, _headlines(64, seed=3), TrainConfig(epochs=1), progress=False, stop=stop
+    )
+    assert report.interrupted and report.stopped_early and report.steps == 0
