@@ -149,7 +149,8 @@ class ContinualLearner:
         self.labels_seen = 0
         self._labels_at_attempt = 0
         self.pending: str | None = None
-        self._drift_pending = False
+        self._episode = False  # a drift was seen and no candidate has been promoted since
+        self._fresh_at_attempt = 0
         self._errors = make_detector(
             cfg.error_detector, warmup=cfg.error_warmup, cooldown=cfg.error_cooldown
         )
@@ -220,14 +221,18 @@ class ContinualLearner:
 
         The fresh labels gathered before it describe the old world, so they move
         into memory (replayed and held out as old data from now on), and the
-        retrain waits for ``min_new_labels`` fresh ones. Further drift events
-        before that retrain are the same shift and change nothing.
+        retrain waits for ``min_new_labels`` fresh ones. Until a candidate is
+        promoted, further drift events are the same episode: they ask for a retrain
+        but keep the fresh labels; and a rejected candidate is retried each time
+        the fresh pool has doubled.
         """
-        if self.config.strategy == "frozen" or self._drift_pending:
+        if self.config.strategy == "frozen":
             return
-        self._retire_fresh()
-        self.pending = reason
-        self._drift_pending = True
+        if not self._episode:
+            self._retire_fresh()
+            self._episode = True
+        if self.pending is None:
+            self.pending = reason
 
     def _retire_fresh(self) -> None:
         # Held-out fresh labels become held-out memory, unless their text was trained on
@@ -250,6 +255,9 @@ class ContinualLearner:
             return None
         if self.pending is not None:
             return self.pending
+        fresh = len(self.fresh_train)
+        if self._episode and self._fresh_at_attempt and fresh >= 2 * self._fresh_at_attempt:
+            return f"drift episode: {fresh} fresh labels, twice the last attempt's"
         new = self.labels_seen - self._labels_at_attempt
         if new >= self.config.retrain_every:
             return f"{new} new labels"
@@ -295,7 +303,7 @@ class ContinualLearner:
         data, summary = self.training_data()
         self._labels_at_attempt = self.labels_seen
         self.pending = None
-        self._drift_pending = False
+        self._fresh_at_attempt = len(self.fresh_train)
         candidate = copy.deepcopy(self.classifier)
         cfg = self.config.train_config()
         if self.config.strategy == "joint":  # the upper bound: one full pass, no budget
@@ -355,6 +363,8 @@ class ContinualLearner:
         self.classifier = classifier
         self.version = version
         self._retire_fresh()
+        self._episode = False
+        self._fresh_at_attempt = 0
         self._errors = make_detector(
             self.config.error_detector,
             warmup=self.config.error_warmup,
@@ -368,7 +378,8 @@ class ContinualLearner:
             "labels_seen": self.labels_seen,
             "labels_at_attempt": self._labels_at_attempt,
             "pending": self.pending,
-            "drift_pending": self._drift_pending,
+            "episode": self._episode,
+            "fresh_at_attempt": self._fresh_at_attempt,
             "fresh_train": [[x.text, x.label] for x in self.fresh_train],
             "fresh_holdout": [[x.text, x.label] for x in self.fresh_holdout],
         }
@@ -377,7 +388,8 @@ class ContinualLearner:
         self.labels_seen = int(state.get("labels_seen", 0))
         self._labels_at_attempt = int(state.get("labels_at_attempt", 0))
         self.pending = state.get("pending")
-        self._drift_pending = bool(state.get("drift_pending", False))
+        self._episode = bool(state.get("episode", False))
+        self._fresh_at_attempt = int(state.get("fresh_at_attempt", 0))
         self.fresh_train = [LabelledText(t, lab) for t, lab in state.get("fresh_train", [])]
         self.fresh_holdout = [LabelledText(t, lab) for t, lab in state.get("fresh_holdout", [])]
 

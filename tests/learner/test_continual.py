@@ -235,3 +235,20 @@ def test_a_stop_request_interrupts_training_and_says_so(served) -> None:  # noqa
         clf, _headlines(64, seed=3), TrainConfig(epochs=1), progress=False, stop=stop
     )
     assert report.interrupted and report.stopped_early and report.steps == 0
+
+
+def test_after_a_rejected_drift_retrain_it_retries_when_the_fresh_pool_doubles() -> None:
+    cfg = LearnerConfig(min_new_labels=50, retrain_every=100_000)
+    learner = ContinualLearner(_Fixed(), "v1", cfg)  # type: ignore[arg-type]
+    learner.drift("drift: embedding_shift on embedding")
+    learner.observe(_items(80, "a"), ["neutral"] * 80)
+    assert learner.due() is not None
+    learner._labels_at_attempt = learner.labels_seen  # what train_candidate records
+    learner._fresh_at_attempt, learner.pending = len(learner.fresh_train), None
+    learner.drift("drift: adwin on confidence")  # same episode: keeps the fresh labels
+    assert len(learner.fresh_train) == learner._fresh_at_attempt
+    learner.pending = None
+    learner.observe(_items(40, "b"), ["neutral"] * 40)
+    assert learner.due() is None  # grown, not doubled
+    learner.observe(_items(60, "c"), ["neutral"] * 60)
+    assert learner.due() is not None and learner.due().startswith("drift episode")
