@@ -51,7 +51,7 @@ import numpy as np
 from learner.classifier import SentimentClassifier
 from learner.config import REPLAY_KINDS, LearnerConfig
 from learner.data import LABELS, LabelledText
-from learner.drift import DriftEvent, make_detector
+from learner.drift import DriftEvent, detector_window, make_detector
 from learner.replay import ClassBalancedReservoir, DiverseMemory, NoReplay, ReplayBuffer, Reservoir
 from learner.train import TrainConfig, TrainReport, fine_tune
 
@@ -149,8 +149,10 @@ class ContinualLearner:
         self.labels_seen = 0
         self._labels_at_attempt = 0
         self.pending: str | None = None
-        self._episode = False  # a drift was seen and no candidate has been promoted since
-        self._fresh_at_attempt = 0
+        # After a drift, the learner catches up on a geometric schedule: it retrains each
+        # time the labels since the drift have doubled, until ``retrain_every`` of them.
+        self._episode_start: int | None = None  # labels_seen at the drift
+        self._episode_next = 0  # labels since the drift at which to retrain next
         self._errors = make_detector(
             cfg.error_detector, warmup=cfg.error_warmup, cooldown=cfg.error_cooldown
         )
@@ -198,7 +200,7 @@ class ContinualLearner:
                         self._errors.name,
                         "error_rate",
                         round(float(self._errors.statistic), 6),
-                        0,
+                        detector_window(self._errors),
                         position if position is not None else self.labels_seen,
                     )
                 )
@@ -221,16 +223,17 @@ class ContinualLearner:
 
         The fresh labels gathered before it describe the old world, so they move
         into memory (replayed and held out as old data from now on), and the
-        retrain waits for ``min_new_labels`` fresh ones. Until a candidate is
-        promoted, further drift events are the same episode: they ask for a retrain
-        but keep the fresh labels; and a rejected candidate is retried each time
-        the fresh pool has doubled.
+        retrain waits for ``min_new_labels`` fresh ones. Then, to catch up with the
+        new world, it retrains again each time the labels since the drift have
+        doubled, until there are ``retrain_every`` of them. Drift events during
+        that catch-up are the same shift: they keep the fresh labels.
         """
         if self.config.strategy == "frozen":
             return
-        if not self._episode:
+        if self._episode_start is None:
             self._retire_fresh()
-            self._episode = True
+            self._episode_start = self.labels_seen
+            self._episode_next = 0
         if self.pending is None:
             self.pending = reason
 
@@ -255,9 +258,12 @@ class ContinualLearner:
             return None
         if self.pending is not None:
             return self.pending
-        fresh = len(self.fresh_train)
-        if self._episode and self._fresh_at_attempt and fresh >= 2 * self._fresh_at_attempt:
-            return f"drift episode: {fresh} fresh labels, twice the last attempt's"
+        if self._episode_start is not None:
+            since = self.labels_seen - self._episode_start
+            if since >= self.config.retrain_every:
+                self._episode_start = None  # caught up: back to the regular schedule
+            elif self._episode_next and since >= self._episode_next:
+                return f"catching up after drift: {since} labels since"
         new = self.labels_seen - self._labels_at_attempt
         if new >= self.config.retrain_every:
             return f"{new} new labels"
@@ -303,7 +309,8 @@ class ContinualLearner:
         data, summary = self.training_data()
         self._labels_at_attempt = self.labels_seen
         self.pending = None
-        self._fresh_at_attempt = len(self.fresh_train)
+        if self._episode_start is not None:
+            self._episode_next = 2 * max(1, self.labels_seen - self._episode_start)
         candidate = copy.deepcopy(self.classifier)
         cfg = self.config.train_config()
         if self.config.strategy == "joint":  # the upper bound: one full pass, no budget
@@ -363,8 +370,6 @@ class ContinualLearner:
         self.classifier = classifier
         self.version = version
         self._retire_fresh()
-        self._episode = False
-        self._fresh_at_attempt = 0
         self._errors = make_detector(
             self.config.error_detector,
             warmup=self.config.error_warmup,
@@ -378,8 +383,8 @@ class ContinualLearner:
             "labels_seen": self.labels_seen,
             "labels_at_attempt": self._labels_at_attempt,
             "pending": self.pending,
-            "episode": self._episode,
-            "fresh_at_attempt": self._fresh_at_attempt,
+            "episode_start": self._episode_start,
+            "episode_next": self._episode_next,
             "fresh_train": [[x.text, x.label] for x in self.fresh_train],
             "fresh_holdout": [[x.text, x.label] for x in self.fresh_holdout],
         }
@@ -388,8 +393,8 @@ class ContinualLearner:
         self.labels_seen = int(state.get("labels_seen", 0))
         self._labels_at_attempt = int(state.get("labels_at_attempt", 0))
         self.pending = state.get("pending")
-        self._episode = bool(state.get("episode", False))
-        self._fresh_at_attempt = int(state.get("fresh_at_attempt", 0))
+        self._episode_start = state.get("episode_start")
+        self._episode_next = int(state.get("episode_next", 0))
         self.fresh_train = [LabelledText(t, lab) for t, lab in state.get("fresh_train", [])]
         self.fresh_holdout = [LabelledText(t, lab) for t, lab in state.get("fresh_holdout", [])]
 

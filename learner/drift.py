@@ -185,12 +185,15 @@ class Guarded:
         self._n = 0
         self._quiet_until = warmup
         self._fired = False
+        self._at_fire = (0.0, 0)
 
     def update(self, x: float) -> Guarded:
         self._n += 1
         self.inner.update(x)
         self._fired = self._n > self._quiet_until and self.inner.drift_detected
         if self._fired:
+            # What the event reports is read before the reset wipes it.
+            self._at_fire = (float(self.inner.statistic), detector_window(self.inner))
             self._quiet_until = self._n + self.cooldown
             reset = getattr(self.inner, "reset", None)
             if reset is not None:
@@ -203,7 +206,12 @@ class Guarded:
 
     @property
     def statistic(self) -> float:
-        return self.inner.statistic
+        return self._at_fire[0] if self._fired else self.inner.statistic
+
+    @property
+    def window(self) -> int:
+        """Items the detector looked back over when it last fired."""
+        return self._at_fire[1] if self._fired else detector_window(self.inner)
 
 
 class NoDrift:
@@ -262,8 +270,11 @@ def make_detector(
     return Guarded(RiverDetector(kind), warmup=warmup, cooldown=cooldown)
 
 
-def _window(det: DriftDetector) -> int:
-    inner = getattr(det, "inner", det)
+def detector_window(det: DriftDetector) -> int:
+    """How many items a detector looks back over now (0 where it has no notion of it)."""
+    if isinstance(det, Guarded):
+        return det.window
+    inner = det
     if isinstance(inner, EmbeddingShift):
         return inner.window
     width = getattr(getattr(inner, "_det", None), "width", None)
@@ -338,7 +349,7 @@ class StreamMonitor:
                             det.name,
                             signal,
                             round(float(det.statistic), 6),
-                            _window(det),
+                            detector_window(det),
                             self.seen,
                         )
                     )

@@ -237,18 +237,21 @@ def test_a_stop_request_interrupts_training_and_says_so(served) -> None:  # noqa
     assert report.interrupted and report.stopped_early and report.steps == 0
 
 
-def test_after_a_rejected_drift_retrain_it_retries_when_the_fresh_pool_doubles() -> None:
-    cfg = LearnerConfig(min_new_labels=50, retrain_every=100_000)
+def test_after_a_drift_it_retrains_each_time_the_labels_since_have_doubled() -> None:
+    cfg = LearnerConfig(min_new_labels=50, retrain_every=1000)
     learner = ContinualLearner(_Fixed(), "v1", cfg)  # type: ignore[arg-type]
     learner.drift("drift: embedding_shift on embedding")
-    learner.observe(_items(80, "a"), ["neutral"] * 80)
-    assert learner.due() is not None
-    learner._labels_at_attempt = learner.labels_seen  # what train_candidate records
-    learner._fresh_at_attempt, learner.pending = len(learner.fresh_train), None
-    learner.drift("drift: adwin on confidence")  # same episode: keeps the fresh labels
-    assert len(learner.fresh_train) == learner._fresh_at_attempt
-    learner.pending = None
-    learner.observe(_items(40, "b"), ["neutral"] * 40)
-    assert learner.due() is None  # grown, not doubled
-    learner.observe(_items(60, "c"), ["neutral"] * 60)
-    assert learner.due() is not None and learner.due().startswith("drift episode")
+    attempts = []
+    for i in range(0, 1500, 10):
+        learner.observe(_items(10, f"x{i}"), ["neutral"] * 10)
+        if learner.due() is not None:
+            attempts.append(learner.labels_seen)
+            learner._labels_at_attempt = learner.labels_seen  # what train_candidate records
+            learner.pending = None
+            learner._episode_next = 2 * learner.labels_seen
+        if i == 150:
+            learner.drift("drift: adwin on confidence")  # the same shift: fresh labels stay
+            assert len(learner.fresh_train) + len(learner.fresh_holdout) == 160
+    # First once min_new_labels (50) of the 60 are for training; then at each doubling
+    # and once for the second event; after 1000 labels, the regular schedule.
+    assert attempts == [60, 120, 170, 340, 680], attempts
