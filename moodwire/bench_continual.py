@@ -170,7 +170,7 @@ def continual(
         phase_files, label_map=label_map, holdout=holdout, seed=seed, keep_order=keep_order
     )
     stream = [x for p in phases for x in p.stream]
-    phase_starts = list(np.cumsum([0] + [len(p.stream) for p in phases[:-1]]).astype(int))
+    phase_starts = [int(x) for x in np.cumsum([0] + [len(p.stream) for p in phases[:-1]])]
 
     # The learner's held-out memory of phase A: a seeded slice of its stream part that the
     # bootstrap does not train on, so forgetting is measured on unseen old data.
@@ -347,7 +347,7 @@ def _first_after(events: list[dict[str, Any]], starts: list[int]) -> list[int | 
     bounds = [*starts[1:], None]
     for s, e in zip(starts[1:], bounds[1:], strict=True):
         hits = [
-            ev["position"] - s
+            int(ev["position"]) - int(s)
             for ev in events
             if ev["position"] >= s and (e is None or ev["position"] < e)
         ]

@@ -92,5 +92,7 @@ def test_bench_continual_small_run(tmp_path: Path) -> None:
     )
     for event in result["drift_events"]:
         assert {"position", "detector", "signal", "statistic"} <= set(event)
+    (first,) = result["first_drift_after_phase_start"]
+    assert first is None or (isinstance(first, int) and first >= 0)
     assert result["null_stream"]["items"] == 400
     assert Path(result["plot"]).is_file() and Path(result["plot"]).stat().st_size > 10_000
