@@ -117,19 +117,24 @@ class ClassBalancedReservoir:
 
 
 class DiverseMemory:
-    """Keeps memory spread over the text space: a new item evicts its nearest neighbour.
+    """Keeps memory spread over the text space: a flood from one region recycles that region.
 
-    When full, a new example replaces the most similar remembered one of its
-    label, so a flood from one new region of the space only recycles memory in
-    that region and never evicts what was remembered elsewhere (old domains).
-    Similarity is over hashed word features, cheap and model-free.
+    When full, a new example close to a remembered one of its label replaces it;
+    one far from everything evicts the most crowded remembered example (of a
+    sample of its label), so a flood of new-domain items never wipes out the old
+    domains. Similarity is over hashed word features, cheap and model-free.
 
-    >>> mem = DiverseMemory(capacity=3)
-    >>> for t in ["old news one", "old news two", "old news three", "new slang wen moon"] * 5:
+    >>> mem = DiverseMemory(capacity=4)
+    >>> for t in ["old news one", "old news two", "bank results due", "rates on hold"]:
     ...     mem.add(LabelledText(t, "neutral"))
-    >>> "old news one" in {x.text for x in mem.items()}
-    True
+    >>> for i in range(100):
+    ...     mem.add(LabelledText(f"new slang wen moon {i}", "neutral"))
+    >>> sorted(x.text for x in mem.items())[:2]
+    ['bank results due', 'new slang wen moon 99']
     """
+
+    close = 0.5  # cosine similarity above which a new example replaces its neighbour
+    crowd_sample = 64
 
     dim = 512
 
@@ -156,11 +161,16 @@ class DiverseMemory:
             self._vectors[len(self._items)] = vec
             self._items.append(item)
             return
-        sims = self._vectors @ vec
         same = np.array([x.label == item.label for x in self._items])
-        if same.any():
-            sims = np.where(same, sims, -np.inf)
-        j = int(np.argmax(sims))
+        pool = np.flatnonzero(same) if same.any() else np.arange(len(self._items))
+        sims = self._vectors[pool] @ vec
+        if sims.max() >= self.close:
+            j = int(pool[int(np.argmax(sims))])
+        else:
+            sample = np.array(self._rng.sample(list(pool), min(self.crowd_sample, len(pool))))
+            pair = self._vectors[sample] @ self._vectors[sample].T
+            np.fill_diagonal(pair, -np.inf)
+            j = int(sample[int(np.argmax(pair.max(axis=1)))])
         self._items[j] = item
         self._vectors[j] = vec
 

@@ -54,7 +54,9 @@ def test_no_drift_never_fires() -> None:
     assert not any(det.update(x).drift_detected for x in [0, 1] * 100)
 
 
-@pytest.mark.parametrize("kind", [replay.Reservoir, replay.ClassBalancedReservoir])
+@pytest.mark.parametrize(
+    "kind", [replay.Reservoir, replay.ClassBalancedReservoir, replay.DiverseMemory]
+)
 def test_replay_buffers_bound_memory_sample_and_persist(kind, tmp_path: Path) -> None:  # noqa: ANN001
     buf = kind(capacity=30, seed=0)
     for i in range(1000):
