@@ -316,11 +316,9 @@ class ContinualLearner:
         if self.config.strategy == "joint":  # the upper bound: one full pass, no budget
             cfg = TrainConfig(epochs=1.0, lr=self.config.lr, seed=self.config.seed)
         report = fine_tune(candidate, data, cfg, progress=progress, stop=stop)
-        gate = None
-        decision = "promote"
-        if self.config.strategy == "moodwire":
-            decision = "reject"
-        return Outcome(trigger, candidate, report, summary, gate, decision, self.version)
+        # Only a judged moodwire candidate may serve; the baselines promote unconditionally.
+        decision = "reject" if self.config.strategy == "moodwire" else "promote"
+        return Outcome(trigger, candidate, report, summary, None, decision, self.version)
 
     def judge(self, outcome: Outcome, shadow_texts: list[str]) -> Outcome:
         """Run the gates (moodwire strategy) and set the decision."""

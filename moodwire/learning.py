@@ -165,6 +165,7 @@ class LearnerProcess:
         self._label_seq = 0  # every stored label up to this sequence number is learned
         self._learned: set[int] = set()  # learned ones above it (others wait for their item)
         self._awaiting: str | None = None  # a candidate waiting for an operator's approval
+        self._waiting = True  # labels in the store may wait for their items (catch up at start)
         state_file = self.dir / "state.json"
         if state_file.is_file():
             state = json.loads(state_file.read_text(encoding="utf-8"))
@@ -227,7 +228,8 @@ class LearnerProcess:
             LABELS_IN.labels(row["source"]).inc()
         if records:
             self.consumer.commit()
-        self.learn_stored_labels()
+        if fresh or self._waiting:  # otherwise the store holds nothing new to learn
+            self.learn_stored_labels()
         return len(records)
 
     def learn_stored_labels(self) -> int:
@@ -241,6 +243,7 @@ class LearnerProcess:
             r for r in self.store.labels_after(self._label_seq) if r["seq"] not in self._learned
         ]
         if not rows:
+            self._waiting = False
             return 0
         ids = [r["item_id"] for r in rows if r["item_id"] and not r["text"]]
         known = self.store.items_by_ids(ids) if ids else {}
@@ -262,13 +265,14 @@ class LearnerProcess:
                 log.warning("label_dropped_item_never_seen", item_id=r["item_id"])
                 self._learned.add(r["seq"])
         # Everything up to the first waiting label is done; remember only what lies above.
+        self._waiting = bool(waiting)
         self._label_seq = (min(waiting) - 1) if waiting else max(r["seq"] for r in rows)
         self._learned = {q for q in self._learned if q > self._label_seq}
-        if ready:
-            for event in self.learner.observe(ready):
-                self._announce_drift(event)
-            FRESH.set(len(self.learner.fresh_train) + len(self.learner.fresh_holdout))
-        self._save_state()
+        events = self.learner.observe(ready) if ready else []
+        for event in events:
+            self._announce_drift(event)
+        FRESH.set(len(self.learner.fresh_train) + len(self.learner.fresh_holdout))
+        self._save_state(memory=bool(events))  # a drift moved the fresh pool into memory
         return len(ready)
 
     def _on_control(self, value: bytes) -> None:
@@ -280,9 +284,11 @@ class LearnerProcess:
         if msg.action == "retrain":
             self.learner.request(f"operator {msg.actor}: {msg.reason or 'retrain'}")
             log.info("retrain_requested", actor=msg.actor, reason=msg.reason)
+            self._save_state()
         elif msg.action == "drift":
+            # A drift moves the fresh pool into memory: both files must change together.
             self.learner.drift(f"drift seen by {msg.actor}: {msg.reason}")
-        self._save_state()
+            self._save_state(memory=True)
 
     def _announce_drift(self, event: DriftEvent) -> None:
         self.store.record_drift(
