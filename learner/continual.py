@@ -20,7 +20,9 @@ How a label flows:
 * Gates: the candidate must beat the serving model on the held-out fresh labels
   and lose no more than ``old_tolerance`` on the held-out memory (old labelled
   data no version trained on: the bootstrap's held-out part, then held-out
-  fresh labels of earlier worlds); shadow scoring of recent live items reports agreement
+  fresh labels of earlier worlds), and no more than that on the memory as it was
+  when the current shift began against the version serving then (so promotions
+  in a row cannot add their losses up); shadow scoring of recent live items reports agreement
   and confidence beside the serving model.
 * On promotion the fresh labels become memory (training ones replayed, held-out
   ones held out) and the fresh pool starts again; a rejected candidate leaves the
@@ -81,7 +83,7 @@ class GateResult:
     passed: bool
     reasons: list[str]
     new: dict[str, float | int]
-    old: dict[str, float | int]
+    old: dict[str, Any]
     shadow: dict[str, float | int]
 
     def as_dict(self) -> dict[str, Any]:
@@ -156,6 +158,14 @@ class ContinualLearner:
         self._errors = make_detector(
             cfg.error_detector, warmup=cfg.error_warmup, cooldown=cfg.error_cooldown
         )
+        # The held-out memory as it was when the current shift began, and how well the
+        # version serving then did on it. Every candidate until the next shift is held to
+        # that, so promotions in a row, each within the tolerance of its parent, cannot add
+        # up to more forgetting than one is allowed; and labels of the new world that join
+        # the memory later cannot hide a loss on the old one.
+        self.before_shift: list[LabelledText] = []
+        self.before_shift_acc: float | None = None
+        self.before_shift_version: str | None = None
 
     # -- memory ---------------------------------------------------------------------------
 
@@ -234,8 +244,16 @@ class ContinualLearner:
             self._retire_fresh()
             self._episode_start = self.labels_seen
             self._episode_next = 0
+            self._mark_before_shift()
         if self.pending is None:
             self.pending = reason
+
+    def _mark_before_shift(self) -> None:
+        self.before_shift = list(self.heldout.items())
+        self.before_shift_acc = (
+            accuracy(self.classifier, self.before_shift) if self.before_shift else None
+        )
+        self.before_shift_version = self.version
 
     def _retire_fresh(self) -> None:
         # Held-out fresh labels become held-out memory, unless their text was trained on
@@ -338,6 +356,11 @@ class ContinualLearner:
             "serving": accuracy(serv, old),
             "candidate": accuracy(cand, old),
         }
+        if self.before_shift and self.before_shift_acc is not None:
+            old_stats["before_shift_n"] = len(self.before_shift)
+            old_stats["before_shift_version"] = self.before_shift_version
+            old_stats["before_shift_then"] = self.before_shift_acc
+            old_stats["before_shift_candidate"] = accuracy(cand, self.before_shift)
         shadow = _shadow(serv, cand, shadow_texts[-cfg.shadow_items :])
         if len(new) < cfg.min_holdout:
             reasons.append(f"only {len(new)} held-out new labels (need {cfg.min_holdout})")
@@ -350,6 +373,12 @@ class ContinualLearner:
             reasons.append(
                 f"forgets old data: {old_stats['candidate']:.3f} vs serving "
                 f"{old_stats['serving']:.3f} (tolerance {cfg.old_tolerance})"
+            )
+        then = old_stats.get("before_shift_then")
+        if then is not None and old_stats["before_shift_candidate"] < then - cfg.old_tolerance:
+            reasons.append(
+                f"forgets the world before the shift: {old_stats['before_shift_candidate']:.3f}"
+                f" vs {self.before_shift_version}'s {then:.3f} (tolerance {cfg.old_tolerance})"
             )
         if shadow["n"] and shadow["agreement"] < cfg.min_shadow_agreement:
             reasons.append(
@@ -383,6 +412,9 @@ class ContinualLearner:
             "pending": self.pending,
             "episode_start": self._episode_start,
             "episode_next": self._episode_next,
+            "before_shift": [[x.text, x.label] for x in self.before_shift],
+            "before_shift_acc": self.before_shift_acc,
+            "before_shift_version": self.before_shift_version,
             "fresh_train": [[x.text, x.label] for x in self.fresh_train],
             "fresh_holdout": [[x.text, x.label] for x in self.fresh_holdout],
         }
@@ -393,13 +425,21 @@ class ContinualLearner:
         self.pending = state.get("pending")
         self._episode_start = state.get("episode_start")
         self._episode_next = int(state.get("episode_next", 0))
+        self.before_shift = [LabelledText(t, lab) for t, lab in state.get("before_shift", [])]
+        self.before_shift_acc = state.get("before_shift_acc")
+        self.before_shift_version = state.get("before_shift_version")
         self.fresh_train = [LabelledText(t, lab) for t, lab in state.get("fresh_train", [])]
         self.fresh_holdout = [LabelledText(t, lab) for t, lab in state.get("fresh_holdout", [])]
 
     def serve(self, classifier: SentimentClassifier, version: str) -> None:
-        """Another version serves now (an operator promoted or rolled back)."""
+        """Another version serves now (an operator promoted or rolled back).
+
+        The operator's choice is the new reference for the world before the shift.
+        """
         self.classifier = classifier
         self.version = version
+        if self.before_shift:
+            self._mark_before_shift()
 
     def step(self, shadow_texts: list[str], *, progress: bool = False) -> Outcome | None:
         """Retrain and judge if due (the caller writes, promotes and calls :meth:`adopt`)."""

@@ -255,3 +255,64 @@ def test_after_a_drift_it_retrains_each_time_the_labels_since_have_doubled() -> 
     # First once min_new_labels (50) of the 60 are for training; then at each doubling
     # and once for the second event; after 1000 labels, the regular schedule.
     assert attempts == [60, 120, 170, 340, 680], attempts
+
+
+class _Knows:
+    """A test double that gets right exactly the texts it knows (else says neutral)."""
+
+    labels = LABELS
+
+    def __init__(self, known: dict[str, str]) -> None:
+        self.known = known
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> list[str]:
+        return [self.known.get(t, "neutral") for t in texts]
+
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        p = np.full((len(texts), 3), 0.1, dtype=np.float32)
+        for i, label in enumerate(self.predict(texts)):
+            p[i, LABELS.index(label)] = 0.8
+        return p
+
+
+def test_promotions_in_a_row_cannot_add_their_forgetting_up() -> None:
+    """Each candidate forgets 1.5 points of the old world (tolerance 2) and learns more
+    of the new. The first passes; the second looks fine against its parent on a memory
+    that now holds new-world labels too, but is 3 points below the version that served
+    before the shift on the old world, and is rejected."""
+    from learner.continual import Outcome
+    from learner.train import TrainReport
+
+    old = _items(200, "old", "positive")
+    new = _items(400, "new", "negative")
+    knows = {x.text: x.label for x in old}
+    new_known = {x.text: x.label for x in new}
+
+    def model(forgets: int, learns: int) -> _Knows:
+        known = {t: lab for i, (t, lab) in enumerate(knows.items()) if i >= forgets}
+        known.update(dict(list(new_known.items())[:learns]))
+        return _Knows(known)
+
+    cfg = LearnerConfig(min_holdout=5, old_tolerance=0.02)
+    learner = ContinualLearner(_Knows(knows), "v1", cfg)  # type: ignore[arg-type]
+    learner.remember([], old)
+    learner.drift("drift: test")
+    assert learner.before_shift_version == "v1" and learner.before_shift_acc == 1.0
+    learner.observe(new)
+    report = TrainReport(1, 1, 1.0, 0.1, 10.0, False, 0.1)
+
+    first = Outcome("t", model(3, 200), report, {}, None, "reject", "v1")  # type: ignore[arg-type]
+    assert learner.judge(first, []).decision == "promote", first.gate
+    learner.adopt(first.classifier, "v2")  # its held-out new labels join the memory
+    learner.observe(_items(400, "newer", "negative"))
+
+    second = Outcome("t", model(6, 400), report, {}, None, "reject", "v2")  # type: ignore[arg-type]
+    gate = learner.judge(second, []).gate
+    assert gate is not None and not gate.passed
+    assert gate.old["candidate"] >= gate.old["serving"]  # the mixed memory hides the loss
+    assert gate.old["before_shift_candidate"] == pytest.approx(0.97)
+    assert any("forgets the world before the shift" in r for r in gate.reasons), gate
+
+    restored = ContinualLearner(_Knows(knows), "v2", cfg)  # type: ignore[arg-type]
+    restored.restore(learner.state())
+    assert restored.before_shift_acc == 1.0 and len(restored.before_shift) == 200
