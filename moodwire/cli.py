@@ -179,6 +179,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("stats", "counts from the store, as JSON")
 
+    p = add(
+        "alerts",
+        "list alerts (newest first): surges, spikes, shifts and drift, with their evidence",
+        "List the alerts in the store, newest window first. Each names its kind "
+        "(negative_surge, sentiment_shift, volume_spike, drift), the entity or topic, the "
+        "statistic against its baseline, the items behind it and similar past episodes. "
+        "With --json, one JSON array of the full alerts.",
+    )
+    p.add_argument(
+        "--since", help="only alerts whose window ends after this: ISO time, or 30m, 24h, 7d"
+    )
+    p.add_argument("--entity", help="only this entity (ticker, e.g. ACME or $ACME)")
+    p.add_argument("--kind", choices=["negative_surge", "sentiment_shift", "volume_spike", "drift"])
+    p.add_argument("--limit", type=int, default=100, help="at most this many (100)")
+    p.add_argument("--json", action="store_true", help="one JSON array of the full alerts")
+
+    p = add(
+        "backtest",
+        "replay a file with timestamps through the alert rules, print the alerts as JSON",
+        "Score every row of a CSV/JSONL file with the serving model, tag entities and "
+        "topics, and replay the rows in their own time order through the alert rules "
+        "(MOODWIRE_ALERTS__*), exactly as the workers judge live windows. Prints one JSON "
+        "object: counts per day and kind, and every alert with its evidence.",
+    )
+    p.add_argument("file", type=Path)
+    p.add_argument("--text-col", help="column holding the text (default: auto-detect)")
+    p.add_argument(
+        "--window", type=int, help="window length in seconds (MOODWIRE_ALERTS__WINDOW_S)"
+    )
+    p.add_argument(
+        "--shuffle-times",
+        type=int,
+        metavar="SEED",
+        help="deal the timestamps out at random first (a stream with no real episodes)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+
     add("models", "list the registry's versions, as JSON")
     p = add("promote", "serve a version (operator action)")
     p.add_argument("version")

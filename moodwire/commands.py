@@ -10,7 +10,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -407,6 +407,68 @@ def stats_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from moodwire.store import Store
 
     print_json(Store(settings.resolved_store_url()).stats())
+    return 0
+
+
+@command("alerts")
+@_guard
+def alerts_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from moodwire.store import Store
+
+    since = _since(args.since) if args.since else None
+    rows = Store(settings.resolved_store_url()).alert_rows(
+        since=since, entity=args.entity, kind=args.kind, limit=args.limit
+    )
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no alerts" + (f" since {since.isoformat()}" if since else ""))
+        return 0
+    for a in rows:
+        key = a["entity"] or a["topic"] or a["scope"]
+        top = (a["evidence"].get("top") or [{}])[0].get("text", "")
+        print(
+            f"{a['window_end'][:19]}  {a['severity']:<8} {a['kind']:<16} {key:<22} "
+            f"z={a['statistic']:+.1f} (baseline {a['baseline']:.3g}, n={a['n']})  "
+            f"{top[:70]!r}"
+        )
+    return 0
+
+
+def _since(text: str) -> datetime:
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(f"--since {text!r}: give an ISO time or 30m, 24h, 7d") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@command("backtest")
+@_guard
+def backtest_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from moodwire.backtest import BacktestError, run_backtest
+
+    if not args.file.is_file():
+        raise UserError(f"no such file: {args.file}")
+    if args.window:
+        settings = settings.with_overrides(
+            alerts=dataclasses.replace(settings.alerts, window_s=args.window)
+        )
+    try:
+        result = run_backtest(
+            settings,
+            args.file,
+            text_col=args.text_col,
+            shuffle_times=args.shuffle_times,
+            progress=not args.no_progress,
+        )
+    except BacktestError as exc:
+        raise UserError(str(exc)) from None
+    print_json(result)
     return 0
 
 

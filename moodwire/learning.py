@@ -64,7 +64,8 @@ def learner_dir(settings: Settings) -> Path:
 def label_id(msg: LabelMessage) -> str:
     """A stable id for a label message, so a re-delivered one is stored once."""
     basis = json.dumps(
-        [msg.item_id, msg.text, msg.label, msg.source, msg.annotator, msg.ts.isoformat()],
+        [msg.item_id, msg.text, msg.label, msg.source, msg.annotator, msg.ts.isoformat()]
+        + ([msg.topic] if msg.topic is not None else []),
         ensure_ascii=False,
     )
     return hashlib.sha256(basis.encode("utf-8")).hexdigest()[:32]
@@ -203,6 +204,8 @@ class LearnerProcess:
                 msg = LabelMessage.model_validate_json(rec.value)
                 if msg.item_id is None and not msg.text:
                     raise ValueError("a label needs an item_id or a text")
+                if msg.label is None and msg.topic is None:
+                    raise ValueError("a label needs a label or a topic")
             except (ValidationError, ValueError) as exc:
                 log.warning(
                     "label_rejected",
@@ -218,6 +221,7 @@ class LearnerProcess:
                     "item_id": msg.item_id,
                     "text": msg.text,
                     "label": msg.label,
+                    "topic": msg.topic,
                     "source": msg.source,
                     "annotator": msg.annotator,
                     "ts": msg.ts,
@@ -250,6 +254,9 @@ class LearnerProcess:
         now = datetime.now(UTC)
         ready, waiting = [], []
         for r in rows:
+            if r["label"] is None:  # a topic correction: the workers' topic model takes it
+                self._learned.add(r["seq"])
+                continue
             text = r["text"] or known.get(r["item_id"] or "", {}).get("text")
             received = (
                 r["received_at"]

@@ -14,6 +14,7 @@ CLI flags override the environment. Components never read ``os.environ``.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learner.config import LearnerConfig
+from stream.alerts import AlertConfig
 
 
 class Topics(BaseModel):
@@ -96,6 +98,15 @@ class Settings(BaseSettings):
     # The continual learner (see learner/config.py for every field).
     learner: LearnerConfig = LearnerConfig()
 
+    # Entities, topics and alerts (see stream/alerts.py for every rule setting:
+    # MOODWIRE_ALERTS__WINDOW_S=300, MOODWIRE_ALERTS__NEGATIVE_SURGE__Z=5, …).
+    watchlist: Path | None = None  # YAML/CSV of tickers, names, aliases (None: the shipped one)
+    taxonomy: Path | None = None  # YAML of topics with descriptions and examples (None: shipped)
+    alerts: AlertConfig = AlertConfig()
+    webhook_url: str | None = None  # alerts are also POSTed here as JSON
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_retries: int = Field(3, ge=0)
+
     # Operations
     operator_token: SecretStr | None = None
     metrics_port: int | None = None
@@ -140,6 +151,10 @@ class Settings(BaseSettings):
             env[f"MOODWIRE_{name.upper()}"] = getattr(self, name)
         env["MOODWIRE_DRIFT_WARMUP"] = str(self.drift_warmup)
         env["MOODWIRE_DRIFT_COOLDOWN"] = str(self.drift_cooldown)
+        env["MOODWIRE_ALERTS"] = json.dumps(dataclasses.asdict(self.alerts))
+        for name in ("watchlist", "taxonomy", "webhook_url"):
+            if getattr(self, name) is not None:
+                env[f"MOODWIRE_{name.upper()}"] = str(getattr(self, name))
         for name, value in dataclasses.asdict(self.learner).items():
             if value is not None:
                 env[f"MOODWIRE_LEARNER__{name.upper()}"] = str(value)

@@ -45,6 +45,7 @@ items = sa.Table(
     sa.Column("entities", sa.JSON, nullable=False),
     sa.Column("meta", sa.JSON, nullable=False),
     sa.Column("label", sa.String(16), nullable=False, index=True),
+    sa.Column("topic", sa.String(64), index=True),
     sa.Column("p_negative", sa.Float, nullable=False),
     sa.Column("p_neutral", sa.Float, nullable=False),
     sa.Column("p_positive", sa.Float, nullable=False),
@@ -58,6 +59,18 @@ items = sa.Table(
     sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("stored_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("published", sa.Boolean, nullable=False, default=False),
+)
+
+# One row per (item, entity): per-entity trends and alerts aggregate in SQL.
+item_entities = sa.Table(
+    "item_entities",
+    metadata,
+    sa.Column("item_id", sa.String(256), primary_key=True),
+    sa.Column("entity", sa.String(64), primary_key=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("label", sa.String(16), nullable=False),
+    sa.Column("score", sa.Float, nullable=False),  # p_positive - p_negative
+    sa.Index("ix_item_entities_entity_ts", "entity", "ts"),
 )
 
 rejected = sa.Table(
@@ -96,11 +109,37 @@ labels = sa.Table(
     sa.Column("id", sa.String(64), nullable=False, unique=True),
     sa.Column("item_id", sa.String(256), index=True),  # joined to items.id at read time
     sa.Column("text", sa.Text),
-    sa.Column("label", sa.String(16), nullable=False),
+    sa.Column("label", sa.String(16)),  # None: a topic correction only
+    sa.Column("topic", sa.String(64)),
     sa.Column("source", sa.String(64), nullable=False),
     sa.Column("annotator", sa.String(256)),
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    _seq(),
+    # A hash of the key and the episode's first window: every worker computes the same.
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("kind", sa.String(32), nullable=False, index=True),
+    sa.Column("scope", sa.String(16), nullable=False),
+    sa.Column("entity", sa.String(64), index=True),
+    sa.Column("topic", sa.String(64), index=True),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("window_end", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("first_window_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("statistic", sa.Float, nullable=False),
+    sa.Column("baseline", sa.Float, nullable=False),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),  # the whole alert, as published
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("acknowledged_by", sa.String(256)),
+    sa.Column("acknowledged_at", sa.DateTime(timezone=True)),
+    sa.Column("muted_until", sa.DateTime(timezone=True)),
 )
 
 drift_events = sa.Table(
@@ -186,6 +225,19 @@ class Store:
             ]
             if fresh:
                 conn.execute(self._insert(items), fresh)
+                tags = [
+                    {
+                        "item_id": row["id"],
+                        "entity": entity,
+                        "ts": row["ts"],
+                        "label": row["label"],
+                        "score": row["p_positive"] - row["p_negative"],
+                    }
+                    for row in fresh
+                    for entity in dict.fromkeys(row.get("entities") or ())
+                ]
+                if tags:
+                    conn.execute(self._insert(item_entities), tags)
             replayed = {i for i, published in before.items() if not published}
             rej_seqs: list[int] = []
             if rejections:
@@ -260,17 +312,165 @@ class Store:
         with self.engine.begin() as conn:
             return int(conn.execute(drift_events.insert().values(**row)).inserted_primary_key[0])
 
+    def upsert_alert(self, alert: dict[str, Any]) -> bool:
+        """Store an alert or a newer revision of it; False when it was there already.
+
+        Several workers compute the same alerts: the first to store a revision is the
+        one that announces it.
+        """
+        now = datetime.now(UTC)
+        row = {
+            "id": alert["id"],
+            "kind": alert["kind"],
+            "scope": alert["scope"],
+            "entity": alert.get("entity"),
+            "topic": alert.get("topic"),
+            "severity": alert["severity"],
+            "window_start": datetime.fromisoformat(alert["window_start"]),
+            "window_end": datetime.fromisoformat(alert["window_end"]),
+            "first_window_start": datetime.fromisoformat(alert["first_window_start"]),
+            "statistic": float(alert["statistic"]),
+            "baseline": float(alert["baseline"]),
+            "revision": int(alert["revision"]),
+            "payload": alert,
+            "updated_at": now,
+        }
+        try:
+            with self.engine.begin() as conn:
+                have = conn.execute(
+                    sa.select(alerts.c.revision).where(alerts.c.id == row["id"])
+                ).scalar_one_or_none()
+                if have is None:
+                    conn.execute(alerts.insert().values(**row, created_at=now))
+                    return True
+                if have >= row["revision"]:
+                    return False
+                conn.execute(
+                    alerts.update()
+                    .where(alerts.c.id == row["id"], alerts.c.revision < row["revision"])
+                    .values(**row)
+                )
+                return True
+        except sa.exc.IntegrityError:  # another worker stored it in the same instant
+            return False
+
+    def alert_rows(
+        self,
+        *,
+        since: datetime | None = None,
+        entity: str | None = None,
+        kind: str | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Alerts, newest window first: each its stored payload plus its acknowledgement."""
+        q = sa.select(alerts).order_by(alerts.c.window_end.desc(), alerts.c.seq.desc())
+        if since is not None:
+            q = q.where(alerts.c.window_end >= since)
+        if entity is not None:
+            q = q.where(sa.func.upper(alerts.c.entity) == entity.upper().lstrip("$"))
+        if kind is not None:
+            q = q.where(alerts.c.kind == kind)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q.limit(limit)).mappings().all()
+        out = []
+        for r in rows:
+            payload = dict(r["payload"])
+            payload["acknowledged_by"] = r["acknowledged_by"]
+            ack = _utc(r["acknowledged_at"])
+            payload["acknowledged_at"] = ack.isoformat() if ack else None
+            out.append(payload)
+        return out
+
     # -- reads ----------------------------------------------------------------------------
 
+    def items_for_alerts(self, after_seq: int, limit: int = 5000) -> list[dict[str, Any]]:
+        """What the alert rules need of items stored after ``after_seq``, in order."""
+        cols = (
+            items.c.seq,
+            items.c.id,
+            items.c.ts,
+            items.c.entities,
+            items.c.topic,
+            items.c.label,
+            items.c.p_negative,
+            items.c.p_positive,
+            items.c.text,
+            items.c.src_partition,
+        )
+        with self.engine.connect() as conn:
+            q = sa.select(*cols).where(items.c.seq > after_seq).order_by(items.c.seq).limit(limit)
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+        for r in rows:
+            r["ts"] = _utc(r["ts"])
+        return rows
+
+    def first_seq_since(self, ts: datetime) -> int:
+        """The sequence number just before the first item with an event time at or after ``ts``."""
+        with self.engine.connect() as conn:
+            seq = conn.execute(sa.select(sa.func.min(items.c.seq)).where(items.c.ts >= ts)).scalar()
+            last = conn.execute(sa.select(sa.func.max(items.c.seq))).scalar()
+        if seq is None:
+            return int(last or 0)
+        return int(seq) - 1
+
+    def latest_item_ts(self) -> datetime | None:
+        with self.engine.connect() as conn:
+            return _utc(conn.execute(sa.select(sa.func.max(items.c.ts))).scalar())
+
+    def drift_events_after(self, seq: int) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            q = sa.select(drift_events).where(drift_events.c.seq > seq).order_by(drift_events.c.seq)
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+        for r in rows:
+            r["ts"] = _utc(r["ts"])
+        return rows
+
+    def last_drift_seq(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(drift_events.c.seq))).scalar() or 0)
+
     def items_by_ids(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """``id -> {text, label, model_version, confidence}`` for the stored ones among ``ids``."""
+        """``id -> {text, label, model_version, confidence, ts, entities, topic}`` of stored ones."""
         out: dict[str, dict[str, Any]] = {}
-        cols = (items.c.id, items.c.text, items.c.label, items.c.model_version, items.c.confidence)
+        cols = (
+            items.c.id,
+            items.c.text,
+            items.c.label,
+            items.c.model_version,
+            items.c.confidence,
+            items.c.ts,
+            items.c.entities,
+            items.c.topic,
+        )
         with self.engine.connect() as conn:
             for chunk in _chunks(list(ids), 500):
                 for r in conn.execute(sa.select(*cols).where(items.c.id.in_(chunk))).mappings():
-                    out[r["id"]] = dict(r)
+                    out[r["id"]] = dict(r, ts=_utc(r["ts"]))
         return out
+
+    def embeddings_by_ids(self, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """The stored ones among ``ids`` (in the order given) and their frozen-space embeddings."""
+        found: dict[str, bytes] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(ids), 500):
+                q = sa.select(items.c.id, items.c.embedding).where(items.c.id.in_(chunk))
+                found.update(dict(conn.execute(q).all()))
+        order = [i for i in dict.fromkeys(ids) if i in found]
+        if not order:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        blobs = [found[i] for i in order]
+        return order, decode_embeddings(blobs, len(blobs[0]) // 2)
+
+    def topic_corrections(self, after_seq: int = 0) -> list[dict[str, Any]]:
+        """Analysts' topic corrections by item id, in arrival order (``seq, item_id, topic``)."""
+        q = (
+            sa.select(labels.c.seq, labels.c.item_id, labels.c.topic)
+            .where(labels.c.seq > after_seq, labels.c.topic.is_not(None))
+            .where(labels.c.item_id.is_not(None))
+            .order_by(labels.c.seq)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
 
     def recent_texts(self, n: int) -> list[str]:
         """The texts of the last ``n`` items stored (for shadow-scoring a candidate)."""
@@ -389,6 +589,22 @@ class Store:
                 ).all()
             )
             last_drift = conn.execute(sa.select(sa.func.max(drift_events.c.ts))).scalar_one()
+            alert_kinds = dict(
+                conn.execute(
+                    sa.select(alerts.c.kind, sa.func.count()).group_by(alerts.c.kind)
+                ).all()
+            )
+            alert_severity = dict(
+                conn.execute(
+                    sa.select(alerts.c.severity, sa.func.count()).group_by(alerts.c.severity)
+                ).all()
+            )
+            last_alert = conn.execute(sa.select(sa.func.max(alerts.c.window_end))).scalar_one()
+            unacked = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(alerts)
+                .where(alerts.c.acknowledged_at.is_(None))
+            ).scalar_one()
             actions = dict(
                 conn.execute(
                     sa.select(audit_log.c.action, sa.func.count()).group_by(audit_log.c.action)
@@ -408,6 +624,13 @@ class Store:
                 "by_detector": {k: int(v) for k, v in sorted(drift_by_detector.items())},
                 "last_at": _utc(last_drift).isoformat() if last_drift else None,
             },
+            "alerts": {
+                "total": int(sum(alert_kinds.values())),
+                "unacknowledged": int(unacked),
+                "by_kind": {k: int(v) for k, v in sorted(alert_kinds.items())},
+                "by_severity": {k: int(v) for k, v in sorted(alert_severity.items())},
+                "last_window_end": _utc(last_alert).isoformat() if last_alert else None,
+            },
             "promotions": {
                 "promoted": int(actions.get("promote", 0)),
                 "rolled_back": int(actions.get("rollback", 0)),
@@ -419,20 +642,30 @@ class Store:
     @staticmethod
     def _label_stats(conn: Any) -> dict[str, Any]:
         """Labels in all, by source, and joined to the scored items: accuracy per version."""
-        total = conn.execute(sa.select(sa.func.count()).select_from(labels)).scalar_one()
+        sentiment = labels.c.label.is_not(None)
+        total = conn.execute(
+            sa.select(sa.func.count()).select_from(labels).where(sentiment)
+        ).scalar_one()
+        topics = conn.execute(
+            sa.select(sa.func.count()).select_from(labels).where(labels.c.topic.is_not(None))
+        ).scalar_one()
         by_source = dict(
             conn.execute(
-                sa.select(labels.c.source, sa.func.count()).group_by(labels.c.source)
+                sa.select(labels.c.source, sa.func.count())
+                .where(sentiment)
+                .group_by(labels.c.source)
             ).all()
         )
         correct = sa.case((labels.c.label == items.c.label, 1), else_=0)
         per_version = conn.execute(
             sa.select(items.c.model_version, sa.func.count(), sa.func.sum(correct))
             .select_from(labels.join(items, labels.c.item_id == items.c.id))
+            .where(sentiment)
             .group_by(items.c.model_version)
         ).all()
         return {
             "total": int(total),
+            "topic_corrections": int(topics),
             "by_source": {k: int(v) for k, v in sorted(by_source.items())},
             "by_model_version": {
                 v: {"labelled": int(n), "correct": int(c or 0), "accuracy": round((c or 0) / n, 4)}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
+import numpy as np
 import structlog
 
 from learner.drift import StreamMonitor
@@ -11,9 +13,13 @@ from learner.registry import Registry
 from moodwire.settings import Settings
 from moodwire.store import Store
 from retrieval.past_items import PastItems
+from stream.alerting import Alerter
 from stream.broker import ensure_topics
 from stream.clients import make_consumer, make_producer
+from stream.entities import EntityTagger, WatchList
 from stream.scorer import Scorer, ServingWatcher, load_serving
+from stream.topics import Taxonomy, TopicModel
+from stream.webhook import WebhookSink
 from stream.worker import Worker
 
 log = structlog.get_logger(__name__)
@@ -29,6 +35,56 @@ def stream_monitor(settings: Settings, **overrides: int) -> StreamMonitor:
         cooldown=settings.drift_cooldown,
         **overrides,
     )
+
+
+def entity_tagger(settings: Settings) -> EntityTagger:
+    """Cashtags, the feed's entities, and the watch list the settings name (or the shipped one)."""
+    watch = WatchList.load(settings.watchlist) if settings.watchlist else WatchList.default()
+    return EntityTagger(watch)
+
+
+def topic_model(settings: Settings, embed: Callable[[list[str]], np.ndarray]) -> TopicModel:
+    """Zero-shot topics in the frozen space, from the taxonomy the settings name."""
+    taxonomy = Taxonomy.load(settings.taxonomy) if settings.taxonomy else Taxonomy.default()
+    return TopicModel(taxonomy, embed)
+
+
+class CorrectedTopics:
+    """Assigns topics, folding in analysts' topic corrections from the store now and then."""
+
+    def __init__(self, model: TopicModel, store: Store, refresh_s: float = 60.0) -> None:
+        self.model = model
+        self.store = store
+        self.refresh_s = refresh_s
+        self._seq = 0
+        self._next = 0.0
+
+    def refresh(self) -> int:
+        rows = self.store.topic_corrections(self._seq)
+        if not rows:
+            return 0
+        self._seq = int(rows[-1]["seq"])
+        known = set(self.model.topic_names())
+        wanted = {r["item_id"]: r["topic"] for r in rows if r["topic"] in known}
+        for r in rows:
+            if r["topic"] not in known:
+                log.warning(
+                    "topic_correction_unknown_topic", item_id=r["item_id"], topic=r["topic"]
+                )
+        ids, vectors = self.store.embeddings_by_ids(list(wanted))
+        if ids:
+            self.model.add_corrections(vectors, [wanted[i] for i in ids])
+            log.info("topic_corrections_learned", n=len(ids))
+        return len(ids)
+
+    def __call__(self, vectors: np.ndarray) -> list[str | None]:
+        if time.monotonic() >= self._next:
+            self._next = time.monotonic() + self.refresh_s
+            try:
+                self.refresh()
+            except Exception:  # advisory: topics without the newest corrections
+                log.exception("topic_corrections_failed")
+        return [topic for topic, _ in self.model.assign(vectors)]
 
 
 def build_worker(
@@ -60,15 +116,51 @@ def build_worker(
     topics = settings.topics
     ensure_topics(
         settings.bootstrap_servers,
-        [topics.news, topics.scored, topics.dlq, topics.control],
+        [topics.news, topics.scored, topics.dlq, topics.control, topics.alerts],
         settings.partitions,
     )
     producer = make_producer(settings, client_id="moodwire-worker")
     consumer = make_consumer(
         settings, topics.news, group_id=settings.consumer_group, client_id="moodwire-worker"
     )
+    webhook = (
+        WebhookSink(
+            settings.webhook_url,
+            timeout_s=settings.webhook_timeout_s,
+            retries=settings.webhook_retries,
+        )
+        if settings.webhook_url
+        else None
+    )
+
+    def search(vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        return [[(n.id, n.similarity) for n in row] for row in past.neighbors(vectors, k)]
+
+    def publish(key: str, value: bytes) -> None:
+        producer.send(topics.alerts, key=key.encode(), value=value)
+
+    # Every partition of the news topic holds the event-time watermark back until it speaks.
+    partitions = consumer.partitions_for_topic(topics.news) or range(settings.partitions)
+    alerter = Alerter(
+        store,
+        settings.alerts,
+        search=search,
+        publish=publish,
+        webhook=webhook,
+        partitions=sorted(partitions),
+    )
     worker = Worker(
-        settings, store, scorer, past, consumer, producer, monitor=monitor, serving=serving
+        settings,
+        store,
+        scorer,
+        past,
+        consumer,
+        producer,
+        monitor=monitor,
+        serving=serving,
+        tag_entities=entity_tagger(settings).tag,
+        assign_topics=CorrectedTopics(topic_model(settings, scorer.embedder.embed), store),
+        alerter=alerter,
     )
 
     def close() -> None:
@@ -77,5 +169,7 @@ def build_worker(
         finally:
             consumer.close(autocommit=False)
             producer.close()
+            if webhook is not None:
+                webhook.close(timeout_s=5)
 
     return worker, close

@@ -85,6 +85,7 @@ class ScoredItem(BaseModel):
     ts: datetime
     source: str | None = None
     entities: list[str] = Field(default_factory=list)
+    topic: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
     label: Label
     probs: dict[str, float]
@@ -101,19 +102,25 @@ class LabelMessage(BaseModel):
 
     item_id: str | None = None
     text: str | None = None
-    label: Label
+    label: Label | None = None  # the sentiment; None when only the topic is corrected
+    topic: str | None = None  # an analyst's topic correction
     source: str = "analyst"
     annotator: str | None = None
     ts: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class AlertMessage(BaseModel):
-    """An alert, on ``moodwire.alerts``."""
+    """An alert, on ``moodwire.alerts`` (the full JSON of :class:`stream.alerts.Alert`).
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    A revision of an open episode is published under the same ``id`` with a
+    higher ``revision``.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     id: str
     kind: str
+    scope: str
     entity: str | None = None
     topic: str | None = None
     severity: Literal["info", "warning", "critical"] = "warning"
@@ -121,8 +128,9 @@ class AlertMessage(BaseModel):
     window_end: datetime
     statistic: float
     baseline: float
-    evidence: list[str] = Field(default_factory=list)
-    similar: list[str] = Field(default_factory=list)
+    revision: int = 1
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    similar: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class ControlMessage(BaseModel):

@@ -19,6 +19,10 @@ Delivery guarantees (DESIGN.md, invariant 1):
 * Drift detection is advisory: the batch's items are fed to the drift monitor
   after its offsets are committed, and an event is stored and announced on the
   control topic then. A failure there is logged and never fails the batch.
+* So are alerts: after the commit the alerter catches up with the store and
+  judges the event-time windows that closed (:mod:`stream.alerting`).
+* Each item is tagged with its entities (cashtags, the feed's own, the watch
+  list) and a topic before it is stored, so both are part of the stored row.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from learner.drift import DriftEvent, StreamMonitor
 from moodwire.settings import Settings
 from moodwire.store import Store, encode_embedding
 from retrieval.past_items import PastItems
+from stream.alerting import Alerter
 from stream.schemas import ControlMessage, Rejection, ScoredItem
 from stream.scorer import Scorer, ServingWatcher
 from stream.validate import Accepted, Limits, Rejected, validate
@@ -61,6 +66,7 @@ DRIFT_EVENTS = Counter(
 )
 
 _RAW_KEEP = 2000  # characters of a rejected value kept for the operator
+_IDLE_ALERTS_S = 5.0  # how often an idle worker still runs the alert rules
 
 
 @dataclass
@@ -71,6 +77,7 @@ class BatchResult:
     duplicates: int = 0
     republished: int = 0
     drift_events: int = 0
+    alerts: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -85,7 +92,10 @@ class Worker:
     ``monitor`` watches the scored stream for drift (default: every signal
     off); ``serving`` keeps the scorer on the registry's serving version
     (default: none, the scorer's version serves for good); ``origin`` names
-    this worker in drift events (default: ``worker:HOST-PID``).
+    this worker in drift events (default: ``worker:HOST-PID``);
+    ``tag_entities(text, given)`` and ``assign_topics(vectors)`` tag items
+    (default: the feed's entities, no topic); ``alerter`` runs the alert rules
+    after each batch (default: none).
     """
 
     def __init__(
@@ -100,6 +110,9 @@ class Worker:
         monitor: StreamMonitor | None = None,
         serving: ServingWatcher | None = None,
         origin: str | None = None,
+        tag_entities: Callable[[str, list[str]], list[str]] | None = None,
+        assign_topics: Callable[[np.ndarray], list[str | None]] | None = None,
+        alerter: Alerter | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -110,6 +123,10 @@ class Worker:
         self.monitor = monitor if monitor is not None else no_drift_monitor()
         self.serving = serving
         self.origin = origin or f"worker:{socket.gethostname()}-{os.getpid()}"
+        self.tag_entities = tag_entities or (lambda _text, given: list(given))
+        self.assign_topics = assign_topics or (lambda vectors: [None] * len(vectors))
+        self.alerter = alerter
+        self._alerts_at = 0.0
         self.limits = Limits(
             max_message_bytes=settings.max_message_bytes,
             max_text_chars=settings.max_text_chars,
@@ -156,6 +173,9 @@ class Worker:
             # already serves this batch. Idle polls check too, so a swap is loaded early.
             self.follow_serving()
             if not records:
+                # Quiet: drift events from the learner still become alerts.
+                if time.monotonic() - self._alerts_at >= _IDLE_ALERTS_S:
+                    self._watch_alerts()
                 continue
             try:
                 result = self.process(records)
@@ -230,16 +250,21 @@ class Worker:
             neighbors = self.past.neighbors(
                 vectors, self.settings.neighbors_k, exclude=[a.id for _, a in accepted]
             )
+            topics = self.assign_topics(vectors)
             scored_at = datetime.now(UTC)
-            for (rec, acc), p, v, nbrs in zip(accepted, probs, vectors, neighbors, strict=True):
+            for (rec, acc), p, v, nbrs, topic in zip(
+                accepted, probs, vectors, neighbors, topics, strict=True
+            ):
                 label_idx = int(p.argmax())
                 item = acc.item
+                entities = self.tag_entities(item.text, list(item.entities))
                 scored = ScoredItem(
                     id=acc.id,
                     text=item.text,
                     ts=item.ts,
                     source=item.source,
-                    entities=list(item.entities),
+                    entities=entities,
+                    topic=topic,
                     meta=dict(item.meta),
                     label=self.scorer.classifier.labels[label_idx],
                     probs={
@@ -258,9 +283,10 @@ class Worker:
                         "text": item.text,
                         "ts": item.ts,
                         "source": item.source,
-                        "entities": list(item.entities),
+                        "entities": entities,
                         "meta": dict(item.meta),
                         "label": scored.label,
+                        "topic": topic,
                         "p_negative": float(p[0]),
                         "p_neutral": float(p[1]),
                         "p_positive": float(p[2]),
@@ -318,6 +344,8 @@ class Worker:
         if probs is not None and vectors is not None:
             result.drift_events = self._watch_drift(accepted, probs, vectors)
         t7 = time.perf_counter()
+        result.alerts = self._watch_alerts()
+        t8 = time.perf_counter()
 
         result.stored = len(new_ids)
         result.rejected = len(rejections)
@@ -329,6 +357,7 @@ class Worker:
             "publish": t5 - t4,
             "commit": t6 - t5,
             "drift": t7 - t6,
+            "alerts": t8 - t7,
         }
         for stage, seconds in result.timings.items():
             BATCH_SECONDS.labels(stage).observe(seconds)
@@ -336,10 +365,31 @@ class Worker:
         for r in rejections:
             REJECTED.labels(r["reason"]).inc()
         DUPLICATES.inc(result.duplicates)
-        for key in ("records", "stored", "rejected", "duplicates", "republished", "drift_events"):
+        for key in (
+            "records",
+            "stored",
+            "rejected",
+            "duplicates",
+            "republished",
+            "drift_events",
+            "alerts",
+        ):
             setattr(self.totals, key, getattr(self.totals, key) + getattr(result, key))
         log.debug("batch_done", **{k: v for k, v in vars(result).items() if k != "timings"})
         return result
+
+    # -- alerts -------------------------------------------------------------------------
+
+    def _watch_alerts(self) -> int:
+        """Run the alert rules over what the store holds now; never fails the batch."""
+        if self.alerter is None:
+            return 0
+        self._alerts_at = time.monotonic()
+        try:
+            return len(self.alerter.step())
+        except Exception:
+            log.exception("alerting_failed")
+            return 0
 
     # -- drift --------------------------------------------------------------------------
 

@@ -179,14 +179,6 @@ def test_paraphrases_share_a_topic(
         assert ta == tb, (a, b)
 
 
-@pytest.mark.xfail(strict=True, reason="known confusion: 'Chapter 11 protection' reads as legal")
-def test_known_confusion_chapter_11_protection(
-    model: TopicModel, embed: Callable[[list[str]], np.ndarray]
-) -> None:
-    ((topic, _),) = model.assign(embed(["Airline seeks Chapter 11 protection"]))
-    assert topic == "credit_debt"
-
-
 def test_thresholds_route_to_other(
     taxonomy: Taxonomy, embed: Callable[[list[str]], np.ndarray]
 ) -> None:
