@@ -29,6 +29,8 @@ getting started:
   moodwire worker                     consume `news`, score, store, publish `news.scored`
   moodwire produce FILE --rate 50     publish a file as a live feed
   moodwire stats                      counts from the store, as JSON
+  moodwire alerts --since 24h         alerts with their evidence (--json for all of it)
+  moodwire backtest FILE              replay a timestamped file through the alert rules
 
 settings (environment, overridden by flags):
   MOODWIRE_BOOTSTRAP_SERVERS  Kafka bootstrap servers        (127.0.0.1:9092)

@@ -129,6 +129,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
 
             # 3. Worker, learner (and dashboard) processes.
             settings = _demo_learner_settings(settings)
+            settings = _demo_alert_settings(settings, args.rate)
             env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
             worker_log = settings.data_dir / "worker.log"
             worker = _spawn([sys.executable, "-m", "moodwire", "worker"], env, worker_log)
@@ -183,6 +184,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
             # 5. Watch. --duration counts from here: set-up time varies with the machine.
             deadline = time.monotonic() + args.duration if args.duration else None
             store = Store(settings.resolved_store_url())
+            shown: dict[str, int] = {}
             while not stop.wait(5.0):
                 for name, proc, path in (
                     ("worker", worker, worker_log),
@@ -192,6 +194,10 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
                         raise BrokerError(f"the {name} exited with {proc.returncode}; see {path}")
                 stats = store.stats()
                 _say(json.dumps(_summary(stats)))
+                for alert in reversed(store.alert_rows(limit=20)):
+                    if shown.get(alert["id"]) != alert["revision"]:
+                        shown[alert["id"]] = alert["revision"]
+                        _say(_alert_line(alert))
                 if deadline is not None and time.monotonic() >= deadline:
                     break
         finally:
@@ -210,7 +216,34 @@ def _summary(stats: dict) -> dict:
         "drift_events": stats["drift_events"]["total"],
         "promotions": stats["promotions"]["promoted"],
         "candidates_rejected": stats["promotions"]["candidates_rejected"],
+        "alerts": stats["alerts"]["total"],
     }
+
+
+def _alert_line(alert: dict) -> str:
+    key = alert["entity"] or alert["topic"] or alert["scope"]
+    top = (alert["evidence"].get("top") or [{}])[0].get("text", "")
+    return (
+        f"alert       {alert['severity']} {alert['kind']} on {key}: z={alert['statistic']:+.1f} "
+        f"(baseline {alert['baseline']:.2f}, n={alert['n']}) e.g. {top[:60]!r}"
+    )
+
+
+def _demo_alert_settings(settings: Settings, rate: float) -> Settings:
+    """Windows of about 200 items at the feed's rate, so the demo's minutes show episodes."""
+    if any(k.startswith("MOODWIRE_ALERTS") for k in os.environ):
+        return settings
+    window = max(2, round(200 / rate))
+    alerts = dataclasses.replace(
+        settings.alerts,
+        window_s=window,
+        baseline_windows=12,
+        min_baseline_windows=3,
+        lateness_s=window,
+        cooldown_s=6 * window,
+        idle_partition_s=30.0,
+    )
+    return settings.with_overrides(alerts=alerts)
 
 
 def _demo_learner_settings(settings: Settings) -> Settings:

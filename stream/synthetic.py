@@ -131,7 +131,7 @@ def demo_feed(
     start: datetime | None = None,
     seconds_between: float = 1.0,
     surge_at: float = 0.35,
-    surge_len: int = 60,
+    surge_len: int = 120,
     surge_company: str = "INIT",
     drift_at: float = 0.6,
 ) -> list[dict[str, Any]]:

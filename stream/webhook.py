@@ -28,13 +28,7 @@ DROPPED = Counter("moodwire_webhook_dropped_total", "Alerts dropped because the 
 
 
 class WebhookSink:
-    """POST each alert as JSON to ``url``.
-
-    >>> sink = WebhookSink("http://127.0.0.1:9/hook", timeout_s=0.2, retries=0)
-    >>> sink.send({"id": "al-1"})  # returns at once, whatever the endpoint does
-    True
-    >>> sink.close(timeout_s=5)
-    """
+    """POST each alert as JSON to ``url`` (``send`` returns at once, whatever the endpoint does)."""
 
     def __init__(
         self,
@@ -56,6 +50,7 @@ class WebhookSink:
         self.sent = self.failed = self.dropped = 0
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=queue_size)
         self._closing = threading.Event()
+        self._abandon = threading.Event()  # closing took too long: drop the rest
         self._thread = threading.Thread(target=self._run, name="moodwire-webhook", daemon=True)
         self._thread.start()
 
@@ -76,11 +71,16 @@ class WebhookSink:
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=timeout_s)
         self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._abandon.set()
+            log.error(
+                "webhook_close_timed_out_undelivered", queued=self._queue.qsize(), url=self.url
+            )
 
     def _run(self) -> None:
         while True:
             alert = self._queue.get()
-            if alert is None:
+            if alert is None or self._abandon.is_set():
                 return
             self._deliver(alert)
 
@@ -100,6 +100,8 @@ class WebhookSink:
                 error = f"HTTP {exc.code}"
             except (OSError, ValueError) as exc:  # refused, timed out, unreachable, …
                 error = f"{type(exc).__name__}: {exc}"[:200]
+            if self._abandon.is_set():
+                break
             if attempt < self.retries and not self._closing.is_set():
                 time.sleep(self.backoff_s * 2**attempt)
         self.failed += 1

@@ -154,3 +154,16 @@ def test_a_scripted_surge_raises_one_alert_for_its_entity_with_evidence(
     stats = last_json(moodwire_cli(["stats"], env=env).stdout)
     assert stats["alerts"]["total"] == len(alerts)
     assert stats["alerts"]["by_kind"]["negative_surge"] >= 1
+
+    # Event time: replaying the same feed from a file gives the same alerts as living it.
+    path = tmp_path / "feed.jsonl"
+    path.write_text("".join(json.dumps(f) + "\n" for f in feed), encoding="utf-8")
+    out = moodwire_cli(["backtest", str(path), "--no-progress"], env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    replay = last_json(out.stdout)
+    assert replay["items"] == len(feed) and replay["late_items"] == 0
+    assert {(a["id"], a["kind"], a["revision"]) for a in replay["alerts"]} == {
+        (a["id"], a["kind"], a["revision"]) for a in alerts
+    }
+    live = {a["id"]: a["statistic"] for a in alerts}
+    assert {a["id"]: a["statistic"] for a in replay["alerts"]} == pytest.approx(live)

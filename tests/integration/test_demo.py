@@ -70,6 +70,12 @@ def test_demo_learns_the_scripted_drift_and_stops_everything_on_ctrl_c(tmp_path:
     assert len(final["by_model_version"]) >= 2
     assert final["drift_events"]["total"] >= 1 and final["promotions"]["promoted"] >= 2
     assert final["labels"]["total"] > 0
+    # The scripted surge on INIT raised its alert, printed with its evidence.
+    assert final["alerts"]["by_kind"].get("negative_surge", 0) >= 1, final["alerts"]
+    assert any(
+        line.startswith("alert") and "negative_surge on INIT" in line and "e.g." in line
+        for line in lines
+    ), [line for line in lines if line.startswith("alert")]
     assert (tmp_path / "registry" / "versions" / "v1" / "card.json").is_file()
     assert _children_gone(proc.pid)
     broker_line = next(line for line in lines if line.startswith("broker"))

@@ -32,7 +32,20 @@ def labelled_csv(tmp_path: Path) -> Path:
 
 def test_help_explains_every_command() -> None:
     out = moodwire_cli(["--help"]).stdout
-    for name in ("demo", "broker", "worker", "produce", "bootstrap", "eval", "stats", "bench"):
+    for name in (
+        "demo",
+        "broker",
+        "worker",
+        "produce",
+        "bootstrap",
+        "eval",
+        "stats",
+        "bench",
+        "learner",
+        "retrain",
+        "alerts",
+        "backtest",
+    ):
         assert name in out
     assert "MOODWIRE_BOOTSTRAP_SERVERS" in out
 
@@ -172,3 +185,15 @@ def test_produce_publishes_a_file_as_a_feed(settings: Settings, tmp_path: Path) 
         10,
         "25 records on news",
     )
+
+
+def test_alerts_and_backtest_explain_bad_input(tmp_path) -> None:  # noqa: ANN001
+    from moodwire.cli import main
+
+    env_store = ["--store", f"sqlite:///{tmp_path / 'x.db'}"]
+    assert main(["alerts", *env_store]) == 0
+    assert main(["alerts", "--since", "last tuesday", *env_store]) == 2
+    no_ts = tmp_path / "no_ts.csv"
+    no_ts.write_text("text\nACME beats estimates\n", encoding="utf-8")
+    assert main(["backtest", str(no_ts), *env_store]) == 2
+    assert main(["backtest", str(tmp_path / "missing.csv"), *env_store]) == 2
