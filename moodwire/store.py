@@ -117,6 +117,19 @@ labels = sa.Table(
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# Per source partition: the newest event time a worker stored from it, and whether the
+# worker had read it to its end. The alert rules' watermark is the slowest partition
+# with a backlog: Kafka orders items within a partition only.
+partition_marks = sa.Table(
+    "partition_marks",
+    metadata,
+    sa.Column("topic", sa.String(256), primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True),
+    sa.Column("max_ts", sa.DateTime(timezone=True)),
+    sa.Column("caught_up", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 alerts = sa.Table(
     "alerts",
     metadata,
@@ -311,6 +324,41 @@ class Store:
         row.setdefault("ts", datetime.now(UTC))
         with self.engine.begin() as conn:
             return int(conn.execute(drift_events.insert().values(**row)).inserted_primary_key[0])
+
+    def mark_partitions(self, marks: list[dict[str, Any]]) -> None:
+        """Record, per ``(topic, partition)``, the newest event time stored and ``caught_up``."""
+        if not marks:
+            return
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            for m in marks:
+                key = (partition_marks.c.topic == m["topic"]) & (
+                    partition_marks.c.partition == m["partition"]
+                )
+                old = conn.execute(sa.select(partition_marks.c.max_ts).where(key)).scalar()
+                old = _utc(old)
+                new = m.get("max_ts")
+                max_ts = max(x for x in (old, new) if x is not None) if (old or new) else None
+                values = {"max_ts": max_ts, "caught_up": bool(m["caught_up"]), "updated_at": now}
+                if conn.execute(partition_marks.update().where(key).values(**values)).rowcount:
+                    continue
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            partition_marks.insert().values(
+                                topic=m["topic"], partition=m["partition"], **values
+                            )
+                        )
+                except sa.exc.IntegrityError:  # another worker inserted it just now
+                    conn.execute(partition_marks.update().where(key).values(**values))
+
+    def partition_mark_rows(self, topic: str) -> list[dict[str, Any]]:
+        q = sa.select(partition_marks).where(partition_marks.c.topic == topic)
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+        for r in rows:
+            r["max_ts"], r["updated_at"] = _utc(r["max_ts"]), _utc(r["updated_at"])
+        return rows
 
     def upsert_alert(self, alert: dict[str, Any]) -> bool:
         """Store an alert or a newer revision of it; False when it was there already.

@@ -147,6 +147,7 @@ def build_worker(
         search=search,
         publish=publish,
         webhook=webhook,
+        source_topic=topics.news,
         partitions=sorted(partitions),
     )
     worker = Worker(

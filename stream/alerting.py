@@ -14,6 +14,7 @@ twice. Alerting is advisory: a failure is logged and never fails a batch.
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -104,11 +105,17 @@ class Alerter:
         search: Search | None = None,
         publish: Callable[[str, bytes], None] | None = None,
         webhook: WebhookSink | None = None,
-        partitions: Iterable[int | None] = (),
+        source_topic: str | None = None,
+        partitions: Iterable[int] = (),
     ) -> None:
         self.store = store
         self.config = config
-        self.engine = AlertEngine(config, partitions=partitions)
+        self.engine = AlertEngine(config)
+        # Live, the watermark comes from the workers' partition marks in the store (see
+        # :meth:`watermark`); a replay (no source topic) is one ordered partition.
+        self.source_topic = source_topic
+        self.partitions = set(partitions)
+        self._started = time.monotonic()
         self.search = search
         self.publish = publish
         self.webhook = webhook
@@ -139,7 +146,13 @@ class Alerter:
             self.seq = int(rows[-1]["seq"])
             if len(rows) < limit:
                 break
-        alerts = self.engine.flush() if final else self.engine.advance()
+        if final:
+            alerts = self.engine.flush()
+        elif self.source_topic is not None:
+            mark = self.watermark()
+            alerts = self.engine.advance(mark) if mark is not None else []
+        else:
+            alerts = self.engine.advance()
         for event in self.store.drift_events_after(self.drift_seq):
             self.drift_seq = int(event["seq"])
             drift = self.engine.drift_alert(event)
@@ -154,6 +167,35 @@ class Alerter:
                 announced.append(data)
                 self._announce(data)
         return announced
+
+    def watermark(self) -> float | None:
+        """Event time up to which every source partition's items are in the store.
+
+        Kafka orders items within a partition only, and a worker catching up may read
+        one partition far ahead of another. So: the oldest newest-time among partitions
+        that still have a backlog; when none has, the newest time of all (everything is
+        in). A partition never reported holds it back for ``idle_partition_s`` (then it
+        is taken to be empty or unowned).
+        """
+        marks = {m["partition"]: m for m in self.store.partition_mark_rows(self.source_topic)}
+        waited = time.monotonic() - self._started
+        lagging, newest = [], []
+        for p in self.partitions | set(marks):
+            m = marks.get(p)
+            if m is None:
+                if waited < self.config.idle_partition_s:
+                    return None
+                continue
+            ts = m["max_ts"].timestamp() if m["max_ts"] is not None else None
+            if ts is not None:
+                newest.append(ts)
+            if not m["caught_up"]:
+                if ts is None:
+                    return None  # a backlog, and nothing of it stored yet
+                lagging.append(ts)
+        if lagging:
+            return min(lagging) - self.config.lateness_s
+        return max(newest) - self.config.lateness_s if newest else None
 
     def _announce(self, data: dict[str, Any]) -> None:
         self.raised += 1

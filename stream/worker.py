@@ -175,6 +175,7 @@ class Worker:
             if not records:
                 # Quiet: drift events from the learner still become alerts.
                 if time.monotonic() - self._alerts_at >= _IDLE_ALERTS_S:
+                    self._mark_partitions([])  # read to the end now, maybe
                     self._watch_alerts()
                 continue
             try:
@@ -337,6 +338,7 @@ class Worker:
 
         self.past.catch_up()
         self._commit(records)
+        self._mark_partitions(accepted)
         t6 = time.perf_counter()
 
         # Only now, with the batch stored, published and committed: drift is advisory and
@@ -478,6 +480,35 @@ class Worker:
             tp = TopicPartition(rec.topic, rec.partition)
             offsets[tp] = max(offsets.get(tp, -1), rec.offset + 1)
         self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+
+    def _mark_partitions(self, accepted: list[tuple[ConsumerRecord, Accepted]]) -> None:
+        """Tell the alert rules how far in event time each of our partitions is stored.
+
+        Advisory, like drift: a failure is logged and never fails the batch.
+        """
+        if self.alerter is None:
+            return
+        newest: dict[tuple[str, int], datetime] = {}
+        for rec, acc in accepted:
+            key, ts = (rec.topic, rec.partition), acc.item.ts
+            if ts is not None and (key not in newest or ts > newest[key]):
+                newest[key] = ts
+        marks = []
+        try:
+            for tp in self.consumer.assignment():
+                end = self.consumer.highwater(tp)
+                caught_up = end is not None and self.consumer.position(tp) >= end
+                marks.append(
+                    {
+                        "topic": tp.topic,
+                        "partition": tp.partition,
+                        "max_ts": newest.get((tp.topic, tp.partition)),
+                        "caught_up": caught_up,
+                    }
+                )
+            self.store.mark_partitions(marks)
+        except Exception:
+            log.exception("partition_marks_failed")
 
     def _rejection_row(
         self, rec: ConsumerRecord, outcome: Rejected, now: datetime
