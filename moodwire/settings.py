@@ -121,6 +121,15 @@ class Settings(BaseSettings):
             raise ValueError("bootstrap_servers must name at least one host:port")
         return v.strip()
 
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_is_http(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None  # unset, or set empty (compose's ${VAR:-})
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"webhook_url must start with http:// or https://, got {v[:40]!r}")
+        return v.strip()
+
     def resolved_store_url(self) -> str:
         if self.store_url:
             return self.store_url

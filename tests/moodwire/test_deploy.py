@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,8 @@ def test_compose_runs_kafka_in_kraft_mode_with_postgres_and_workers() -> None:
     for name in ("worker", "learner"):
         with pytest.MonkeyPatch.context() as mp:
             for key, value in services[name]["environment"].items():
-                mp.setenv(key, str(value))
+                # As compose does with the variable unset: ${VAR:-default} -> default.
+                mp.setenv(key, re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value)))
             Settings()
     # The services' commands are real CLI commands.
     build_parser().parse_args(services["worker"]["command"])
