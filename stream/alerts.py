@@ -14,8 +14,8 @@ with the ``baseline_windows`` windows before it:
 * ``negative_surge``: the share of negative items, as a one-sided binomial
   z-score against the key's trailing share (shrunk toward the stream's share
   when the key has little history);
-* ``volume_spike``: the item count, as a z-score against the trailing counts
-  (empty windows count as 0; the variance is floored at the Poisson variance);
+* ``volume_spike``: the key's share of the window's items, as a z-score against
+  its share of the trailing windows' items (a busier stream is not a spike);
 * ``sentiment_shift``: the mean score (p_positive - p_negative), as a z-score
   of the window mean against the trailing items' mean and spread, both ways.
 
@@ -76,9 +76,13 @@ class SurgeRule(RuleConfig):
 
 @dataclass(frozen=True)
 class VolumeRule(RuleConfig):
-    """``volume_spike``: the item count; ``min_delta`` is in items above the usual."""
+    """``volume_spike``: the key's share of the items; ``min_delta`` is in items above the usual.
 
-    z: float = 5.0
+    Small counts have a heavier right tail than the normal approximation, hence the
+    higher threshold.
+    """
+
+    z: float = 5.5
     min_count: int = 10
     min_delta: float = 5.0
 
@@ -251,24 +255,24 @@ def negative_share_z(
     return (k - 0.5 - n * p0) / math.sqrt(var), p0, k / n
 
 
-def volume_z(count: int, history: list[int]) -> tuple[float, float]:
-    """z of a window's count against the trailing windows' counts, as two Poisson rates.
+def volume_z(count: int, total: int, base_count: int, base_total: int) -> tuple[float, float]:
+    """z of a key's share of the stream in a window against its share in the baseline.
 
-    Under no change, the window holds each of the ``count + sum(history)`` items
-    with probability 1/(len(history) + 1). Returns (z, mean trailing count).
+    ``count`` of the window's ``total`` items are the key's, against
+    ``base_count`` of ``base_total`` before. Measuring the share, not the raw
+    count, keeps a busier stream (or a quiet night) from making every key spike.
+    The variance includes the baseline's own uncertainty. Returns (z, the count
+    the baseline share expects).
 
-    >>> round(volume_z(30, [5, 6, 4, 5])[0], 2)
-    6.89
-    >>> round(volume_z(6, [5, 6, 4, 5])[0], 2)
-    0.15
+    >>> round(volume_z(30, 200, 20, 800)[0], 2)
+    9.92
+    >>> round(volume_z(12, 400, 20, 800)[0], 2)  # twice the stream, twice the key: nothing
+    0.39
     """
-    b = len(history)
-    total = count + sum(history)
-    if total == 0:
-        return 0.0, 0.0
-    q = 1 / (b + 1)
-    z = (count - 0.5 - total * q) / math.sqrt(total * q * (1 - q))
-    return z, sum(history) / b
+    q = min(max(base_count, 0.5), base_total - 0.5) / base_total if base_total > 1 else 0.5
+    expected = total * q
+    var = total * q * (1 - q) * (1 + total / base_total)
+    return (count - 0.5 - expected) / math.sqrt(var), expected
 
 
 def mean_shift_z(
@@ -429,9 +433,16 @@ class AlertEngine:
         # The trailing windows since the stream began; its first window is partial (the
         # stream started inside it), so it is never a baseline.
         first = self._first_window if self._first_window is not None else w
-        history = [w - i for i in range(cfg.baseline_windows, 0, -1) if w - i > first]
+        # Windows in which the stream had nothing at all are a gap in the feed, not a
+        # quiet spell: they are no baseline either.
+        history = [
+            h
+            for h in (w - i for i in range(cfg.baseline_windows, 0, -1))
+            if h > first and self._totals.get(h, (0, 0))[0] > 0
+        ]
         if len(history) < cfg.min_baseline_windows:
             return []
+        total = self._totals.get(w, (0, 0))[0]
         base_n = sum(self._totals[h][0] for h in history if h in self._totals)
         base_neg = sum(self._totals[h][1] for h in history if h in self._totals)
         prior = base_neg / base_n if base_n else 0.0
@@ -444,7 +455,8 @@ class AlertEngine:
             if len(usual) < cfg.min_baseline_windows:
                 usual = history
             base = [self._windows.get(h, {}).get((scope, key)) for h in usual]
-            signals = self._signals(bucket, base, prior)
+            base_total = sum(self._totals[h][0] for h in usual)
+            signals = self._signals(bucket, base, prior, total, base_total)
             if signals:
                 self._fired[(scope, key)].add(w)
                 alert = self._raise(w, scope, key, bucket, usual, base, signals, prior)
@@ -453,7 +465,12 @@ class AlertEngine:
         return fired
 
     def _signals(
-        self, bucket: _Bucket, base: list[_Bucket | None], prior: float
+        self,
+        bucket: _Bucket,
+        base: list[_Bucket | None],
+        prior: float,
+        total: int,
+        base_total: int,
     ) -> dict[str, dict[str, float]]:
         cfg = self.config
         out: dict[str, dict[str, float]] = {}
@@ -469,7 +486,7 @@ class AlertEngine:
                 out["negative_surge"] = _signal(z, p0, p, n, rule)
         rule = cfg.volume_spike
         if rule.enabled and n >= rule.min_count:
-            z, mu = volume_z(n, [b.n if b is not None else 0 for b in base])
+            z, mu = volume_z(n, total, len(base_items), base_total)
             if z >= rule.z and n - mu >= rule.min_delta:
                 out["volume_spike"] = _signal(z, mu, float(n), n, rule)
         rule = cfg.sentiment_shift
