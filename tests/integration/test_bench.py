@@ -44,6 +44,7 @@ def test_bench_throughput_small_run(tmp_path: Path) -> None:
         "publish",
         "commit",
         "drift",
+        "alerts",
     }
 
 
