@@ -54,7 +54,7 @@ def test_alerts_arrive_as_json() -> None:
     assert [a["id"] for a in got] == ["al-0", "al-1", "al-2"] and sink.sent == 3
 
 
-def test_a_failing_endpoint_is_retried_then_given_up_and_logged(capsys) -> None:  # noqa: ANN001
+def test_a_failing_endpoint_is_retried_then_given_up() -> None:
     server, got = _server(500)
     sink = WebhookSink(
         f"http://127.0.0.1:{server.server_address[1]}/hook", retries=2, backoff_s=0.01
@@ -66,7 +66,6 @@ def test_a_failing_endpoint_is_retried_then_given_up_and_logged(capsys) -> None:
         sink.close()
         server.shutdown()
     assert len(got) == 3 and sink.sent == 0  # one try and two retries
-    assert "webhook_failed" in capsys.readouterr().out
 
 
 def test_a_hung_endpoint_never_makes_the_caller_wait(blackhole: str) -> None:
