@@ -443,7 +443,6 @@ class Store:
             items.c.p_negative,
             items.c.p_positive,
             items.c.text,
-            items.c.src_partition,
         )
         with self.engine.connect() as conn:
             q = sa.select(*cols).where(items.c.seq > after_seq).order_by(items.c.seq).limit(limit)

@@ -2,10 +2,10 @@
 
 Items are bucketed into tumbling windows of their own timestamps (``window_s``
 seconds, aligned to the epoch), so replaying a day gives the same alerts as
-living it. A window is judged once the watermark has passed its end: the
-newest timestamp of the slowest source partition (Kafka orders items within a
-partition only), less ``lateness_s``; a partition silent for
-``idle_partition_s`` stops holding it back. An item that arrives after its
+living it. A window is judged once the watermark has passed its end: by default
+the newest timestamp seen less ``lateness_s`` (a replay, in order); live, the
+caller passes one computed from every source partition (see
+:meth:`stream.alerting.Alerter.watermark`). An item that arrives after its
 window was judged reopens it while the window is remembered (the last
 ``baseline_windows``), and the window is judged again; an older one is counted
 as late and left out. Each judged window is compared, per entity and per topic,
@@ -45,9 +45,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -142,7 +141,6 @@ class AlertItem:
     score: float  # p_positive - p_negative
     text: str = ""
     p_negative: float | None = None
-    partition: int | None = None  # the source partition (event time is ordered within one)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> AlertItem:
@@ -163,7 +161,6 @@ class AlertItem:
             score=float(probs["positive"]) - float(probs["negative"]),
             text=row.get("text", ""),
             p_negative=float(probs["negative"]),
-            partition=row.get("src_partition"),
         )
 
 
@@ -311,21 +308,8 @@ class _Episode:
 class AlertEngine:
     """Windows, rules and episodes (no I/O: feed items, advance the watermark, get alerts)."""
 
-    def __init__(
-        self,
-        config: AlertConfig | None = None,
-        *,
-        partitions: Iterable[int | None] = (),
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, config: AlertConfig | None = None) -> None:
         self.config = config or AlertConfig()
-        # The watermark is the slowest source partition's newest time: Kafka orders items
-        # within a partition only, and a worker may read one partition far ahead of
-        # another. A partition that has sent nothing for ``idle_partition_s`` (wall clock)
-        # stops holding it back; the partitions named here hold it back from the start.
-        self._clock = clock
-        self._part_max: dict[int | None, float] = {}
-        self._part_seen: dict[int | None, float] = dict.fromkeys(partitions, clock())
         # window index -> (scope, key) -> bucket; plus the stream's totals per window
         self._windows: dict[int, dict[tuple[str, str], _Bucket]] = defaultdict(dict)
         self._totals: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # n, negatives
@@ -358,9 +342,6 @@ class AlertEngine:
             if self._first_window is None or w < self._first_window:
                 self._first_window = w
             self._max_ts = item.ts if self._max_ts is None else max(self._max_ts, item.ts)
-            p = item.partition
-            self._part_max[p] = max(self._part_max.get(p, item.ts), item.ts)
-            self._part_seen[p] = self._clock()
             totals = self._totals[w]
             totals[0] += 1
             totals[1] += item.label == "negative"
@@ -379,17 +360,10 @@ class AlertEngine:
     # -- judging --------------------------------------------------------------------------
 
     def watermark(self) -> float | None:
-        """Event time up to which every window may be judged (None: not yet)."""
+        """The newest time seen less the lateness (None: nothing seen yet)."""
         if self._max_ts is None:
             return None
-        now = self._clock()
-        active = [
-            p for p, seen in self._part_seen.items() if now - seen < self.config.idle_partition_s
-        ]
-        if any(p not in self._part_max for p in active):
-            return None  # a partition expected to speak has not yet
-        slowest = min((self._part_max[p] for p in active), default=self._max_ts)
-        return slowest - self.config.lateness_s
+        return self._max_ts - self.config.lateness_s
 
     def advance(self, watermark: float | None = None) -> list[Alert]:
         """Judge every window that ended at or before the watermark; new or updated alerts."""
