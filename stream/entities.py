@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -102,18 +102,8 @@ class WatchList:
 
         Errors name ``source`` and the 1-based entry number.
         """
-        entries: list[WatchEntry] = []
-        seen: set[str] = set()
-        for i, record in enumerate(records, start=1):
-            where = f"{source}: entry {i}"
-            entry = _entry(record, where)
-            if entry.ticker in seen:
-                raise ValueError(f"{where}: duplicate ticker {entry.ticker!r}")
-            seen.add(entry.ticker)
-            entries.append(entry)
-        if not entries:
-            raise ValueError(f"{source}: no entries")
-        return cls(entries)
+        located = ((f"{source}: entry {i}", r) for i, r in enumerate(records, start=1))
+        return cls(_unique_entries(located, source))
 
     @classmethod
     def load(cls, path: str | Path) -> WatchList:
@@ -249,24 +239,33 @@ def _yaml_records(path: Path, key: str) -> list[Any]:
     return data
 
 
-def _csv_entries(path: Path) -> list[WatchEntry]:
+def _unique_entries(located: Iterable[tuple[str, Any]], source: object) -> list[WatchEntry]:
+    """Entries from ``(where, record)`` pairs; a duplicate ticker or none at all is an error."""
     entries: list[WatchEntry] = []
     seen: set[str] = set()
+    for where, record in located:
+        entry = _entry(record, where)
+        if entry.ticker in seen:
+            raise ValueError(f"{where}: duplicate ticker {entry.ticker!r}")
+        seen.add(entry.ticker)
+        entries.append(entry)
+    if not entries:
+        raise ValueError(f"{source}: no entries")
+    return entries
+
+
+def _csv_entries(path: Path) -> list[WatchEntry]:
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "ticker" not in [n.strip() for n in reader.fieldnames]:
             raise ValueError(f"{path}: line 1: header must have a 'ticker' column")
-        for row in reader:
-            record = {k.strip(): v for k, v in row.items() if k is not None}
-            if not any((v or "").strip() for v in record.values()):
-                continue  # blank line
-            record["aliases"] = (record.get("aliases") or "").split("|")
-            where = f"{path}: line {reader.line_num}"
-            entry = _entry(record, where)
-            if entry.ticker in seen:
-                raise ValueError(f"{where}: duplicate ticker {entry.ticker!r}")
-            seen.add(entry.ticker)
-            entries.append(entry)
-    if not entries:
-        raise ValueError(f"{path}: no entries")
-    return entries
+
+        def located() -> Iterator[tuple[str, dict[str, Any]]]:
+            for row in reader:
+                record = {k.strip(): v for k, v in row.items() if k is not None}
+                if not any((v or "").strip() for v in record.values()):
+                    continue  # blank line
+                record["aliases"] = (record.get("aliases") or "").split("|")
+                yield f"{path}: line {reader.line_num}", record
+
+        return _unique_entries(located(), path)
