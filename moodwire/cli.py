@@ -30,6 +30,7 @@ getting started:
   moodwire produce FILE --rate 50     publish a file as a live feed
   moodwire stats                      counts from the store, as JSON
   moodwire alerts --since 24h         alerts with their evidence (--json for all of it)
+  moodwire dashboard --port 8501      the dashboard over the store, index and registry
   moodwire backtest FILE              replay a timestamped file through the alert rules
 
 settings (environment, overridden by flags):
@@ -38,6 +39,7 @@ settings (environment, overridden by flags):
   MOODWIRE_REGISTRY           model registry directory        (DATA_DIR/registry)
   MOODWIRE_DATA_DIR           where state lives by default    (./moodwire-data)
   MOODWIRE_DEVICE             auto | cpu | cuda[:N]           (auto)
+  MOODWIRE_OPERATOR_TOKEN     credential for dashboard actions  (unset: actions disabled)
 """
 
 
@@ -87,7 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop cleanly after this many seconds of streaming (set-up not counted)",
     )
     p.add_argument("--rate", type=float, default=20.0, help="feed items per second (20)")
-    p.add_argument("--items", type=int, default=6000, help="items in the generated feed (6000)")
+    p.add_argument(
+        "--items",
+        type=int,
+        default=6000,
+        help="items in the scripted feed (a surge at 35%%, a drift at 60%%); the feed then goes "
+        "on in the drifted regime until stopped (6000)",
+    )
     p.add_argument(
         "--label-fraction", type=float, default=0.5, help="share of items analysts label (0.5)"
     )
@@ -128,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
         "nothing is promoted half-way).",
     )
     p.add_argument("--progress", action="store_true", help="show a progress bar while training")
+
+    p = add(
+        "dashboard",
+        "serve the Streamlit dashboard: trends, alerts, drift & models, explore",
+        "Serve the dashboard over the store (MOODWIRE_STORE_URL), the index and the registry. "
+        "Viewing needs nothing; retrain, promote, roll back, acknowledge, mute and label "
+        "corrections ask for the operator credential (MOODWIRE_OPERATOR_TOKEN) and are "
+        "written to the audit log with who and why. Ctrl-C stops it.",
+    )
+    p.add_argument("--port", type=int, default=8501, help="port to listen on (8501)")
+    p.add_argument(
+        "--address", default="127.0.0.1", help="address to listen on (127.0.0.1; 0.0.0.0 for all)"
+    )
 
     p = add(
         "retrain",

@@ -13,12 +13,14 @@ import argparse
 import dataclasses
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -92,7 +94,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
     from moodwire.store import Store
     from stream.clients import make_producer
     from stream.feed import publish
-    from stream.synthetic import annotations, demo_feed
+    from stream.synthetic import demo_stream, iter_annotations
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     started: list[tuple[str, object]] = []  # what to stop, in reverse order
@@ -117,7 +119,23 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
                 )
                 _say(f"broker      {settings.bootstrap_servers} (embedded Tansu, in memory)")
 
-            # 2. A model.
+            # 2. The dashboard first: it shows the set-up's progress and then the live stream.
+            if settings.operator_token is None:
+                settings = settings.with_overrides(operator_token=secrets.token_urlsafe(12))
+                _say(
+                    f"operator    token {settings.operator_token.get_secret_value()} "
+                    "(this run's credential for the dashboard's actions)"
+                )
+            if not args.headless:
+                from moodwire.commands import dashboard_argv
+
+                dash_log = settings.data_dir / "dashboard.log"
+                dash_env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+                dash = _spawn(dashboard_argv(args.dashboard_port), dash_env, dash_log)
+                started.append(("dashboard", dash))
+                _say(f"dashboard   http://127.0.0.1:{args.dashboard_port}")
+
+            # 3. A model.
             registry = Registry(settings.resolved_registry())
             version = registry.serving()
             if version is None:
@@ -127,7 +145,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
             if stop.is_set():
                 return 130
 
-            # 3. Worker, learner (and dashboard) processes.
+            # 4. Worker and learner processes.
             settings = _demo_learner_settings(settings)
             settings = _demo_alert_settings(settings, args.rate)
             env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
@@ -139,49 +157,53 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
             learner = _spawn([sys.executable, "-m", "moodwire", "learner"], env, learner_log)
             started.append(("learner", learner))
             _say(f"learner     pid {learner.pid}, log {learner_log}")
-            if not args.headless:
-                dash_log = settings.data_dir / "dashboard.log"
-                app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
-                dash = _spawn(
-                    [sys.executable, "-m", "streamlit", "run", str(app),
-                     "--server.port", str(args.dashboard_port), "--server.headless", "true",
-                     "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-                    env, dash_log,
-                )  # fmt: skip
-                started.append(("dashboard", dash))
-                _say(f"dashboard   http://127.0.0.1:{args.dashboard_port}")
 
-            # 4. The generated feed, in a thread, paced in real time.
+            # 5. The generated feed, in a thread, paced in real time: the script (a surge,
+            # then a drift), then on in the drifted world until stopped.
             seed = int(time.time())
-            feed = demo_feed(args.items, seed=seed, seconds_between=1.0 / args.rate)
+            script = {
+                "seed": seed,
+                "start": datetime.now(UTC),
+                "seconds_between": 1.0 / args.rate,
+                "forever": True,
+            }
             producer = make_producer(settings, client_id="moodwire-demo-feed")
             feed_stop = threading.Event()
             feeder = threading.Thread(
                 target=publish,
-                args=(producer, settings.topics.news, feed),
+                args=(producer, settings.topics.news, demo_stream(args.items, **script)),
                 kwargs={"rate": args.rate, "stop": feed_stop},
                 daemon=True,
             )
             feeder.start()
             started.append(("feed", (feed_stop, feeder, producer)))
-            # Simulated analysts label half the items, a few seconds after they appear.
-            labels = annotations(feed, fraction=args.label_fraction, seed=seed)
+            # Simulated analysts label a share of the items, a few seconds after they appear
+            # (paced by the labels' own times: item time + delay).
+            labels = iter_annotations(
+                demo_stream(args.items, **script),
+                fraction=args.label_fraction,
+                seed=seed,
+                delay_s=args.label_delay,
+            )
             annotator = threading.Thread(
                 target=_annotate,
-                args=(producer, settings.topics.labels, labels, args.rate * args.label_fraction),
+                args=(producer, settings.topics.labels, labels),
                 kwargs={"delay": args.label_delay, "stop": feed_stop},
                 daemon=True,
             )
             annotator.start()
             started.append(("annotators", (annotator,)))
             _say(
-                f"feed        {args.items} generated items at {args.rate}/s "
-                f"(surge on INIT at item {int(args.items * 0.35)}, drift at {int(args.items * 0.6)})"
+                f"feed        {args.items} scripted items at {args.rate:g}/s (surge on INIT at item "
+                f"{int(args.items * 0.35)}, drift at {int(args.items * 0.6)}), then on in the new regime"
             )
-            _say(f"labels      {len(labels)} simulated analyst labels, {args.label_delay:g} s late")
+            _say(
+                f"labels      simulated analysts label {args.label_fraction:.0%} of items, "
+                f"{args.label_delay:g} s late"
+            )
             _say("stats       every 5 s below; Ctrl-C stops everything\n")
 
-            # 5. Watch. --duration counts from here: set-up time varies with the machine.
+            # 6. Watch. --duration counts from here: set-up time varies with the machine.
             deadline = time.monotonic() + args.duration if args.duration else None
             store = Store(settings.resolved_store_url())
             shown: dict[str, int] = {}
@@ -223,9 +245,11 @@ def _summary(stats: dict) -> dict:
 def _alert_line(alert: dict) -> str:
     key = alert["entity"] or alert["topic"] or alert["scope"]
     top = (alert["evidence"].get("top") or [{}])[0].get("text", "")
+    # A drift alert has no items of its own: name the detectors that fired instead.
+    why = f"e.g. {top[:60]!r}" if top else "by " + ", ".join(alert.get("signals") or {})
     return (
         f"alert       {alert['severity']} {alert['kind']} on {key}: z={alert['statistic']:+.1f} "
-        f"(baseline {alert['baseline']:.2f}, n={alert['n']}) e.g. {top[:60]!r}"
+        f"(baseline {alert['baseline']:.2f}, n={alert['n']}) {why}"
     )
 
 
@@ -264,8 +288,7 @@ def _demo_learner_settings(settings: Settings) -> Settings:
 def _annotate(
     producer: object,
     topic: str,
-    labels: list[dict],
-    rate: float,
+    labels: Iterable[dict],
     *,
     delay: float,
     stop: threading.Event,
@@ -273,7 +296,7 @@ def _annotate(
     from stream.feed import publish
 
     if not stop.wait(delay):
-        publish(producer, topic, labels, rate=rate, stop=stop)  # type: ignore[arg-type]
+        publish(producer, topic, labels, time_warp=1.0, stop=stop)  # type: ignore[arg-type]
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:

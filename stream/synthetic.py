@@ -14,6 +14,7 @@ simulate analysts' (delayed) labels.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -124,7 +125,7 @@ def labelled_headlines(n: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
-def demo_feed(
+def demo_stream(
     n: int,
     *,
     seed: int = 0,
@@ -134,14 +135,26 @@ def demo_feed(
     surge_len: int = 120,
     surge_company: str = "INIT",
     drift_at: float = 0.6,
-) -> list[dict[str, Any]]:
-    """The demo's feed: steady news, a negative surge on one company, then a drift to chatter."""
+    forever: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """The demo's feed, lazily: ``n`` scripted items, then (``forever``) the new regime on.
+
+    The script is steady news, a negative surge on one company at ``surge_at``,
+    then a drift to social-media chatter at ``drift_at``. A live demo keeps
+    streaming in the drifted world after the script, so that a model promoted
+    late still has items to score.
+
+    >>> from itertools import islice
+    >>> tail = list(islice(demo_stream(10, seed=1, surge_len=2, forever=True), 10, 13))
+    >>> [i["id"] for i in tail], {i["meta"]["phase"] for i in tail}
+    (['demo-1-10', 'demo-1-11', 'demo-1-12'], {'chatter'})
+    """
     rng = random.Random(seed)
     start = start or datetime.now(UTC)
     surge_start, drift_start = int(n * surge_at), int(n * drift_at)
     names = dict(COMPANIES)
-    items = []
-    for i in range(n):
+    i = 0
+    while forever or i < n:
         ts = start + timedelta(seconds=i * seconds_between)
         if surge_start <= i < surge_start + surge_len and i % 2 == 0:
             tick, name = surge_company, names[surge_company]
@@ -151,46 +164,64 @@ def demo_feed(
             tick, name = rng.choice(COMPANIES)
             pool, phase = (CHATTER, "chatter") if i >= drift_start else (NEWS, "news")
             text = _fill(rng.choice(pool[label]), rng, tick, name)
-        items.append(
-            {
-                "id": f"demo-{seed}-{i}",
-                "text": text,
-                "ts": ts.isoformat(),
-                "source": "demo-wire" if phase != "chatter" else "demo-social",
-                "entities": [tick],
-                "meta": {"true_label": label, "phase": phase},
-            }
-        )
-    return items
+        yield {
+            "id": f"demo-{seed}-{i}",
+            "text": text,
+            "ts": ts.isoformat(),
+            "source": "demo-wire" if phase != "chatter" else "demo-social",
+            "entities": [tick],
+            "meta": {"true_label": label, "phase": phase},
+        }
+        i += 1
 
 
-def annotations(
-    feed: list[dict[str, Any]], *, fraction: float = 0.5, seed: int = 0, error_rate: float = 0.03
-) -> list[dict[str, Any]]:
-    """Simulated analysts' labels for a share of the feed's items (in feed order).
+def demo_feed(n: int, **kw: Any) -> list[dict[str, Any]]:
+    """The demo's scripted feed as a list (see :func:`demo_stream`)."""
+    return list(demo_stream(n, **kw))
+
+
+def iter_annotations(
+    feed: Iterable[dict[str, Any]],
+    *,
+    fraction: float = 0.5,
+    seed: int = 0,
+    error_rate: float = 0.03,
+    delay_s: float = 0.0,
+) -> Iterator[dict[str, Any]]:
+    """Simulated analysts' labels for a share of the feed's items (in feed order), lazily.
 
     Each is a ``news.labels`` message by item id; a few are wrong, as real
-    annotators sometimes are.
-
-    >>> feed = demo_feed(100, seed=1)
-    >>> labels = annotations(feed, fraction=0.5, seed=1)
-    >>> 30 < len(labels) < 70, labels[0]["source"]
-    (True, 'demo-annotator')
+    annotators sometimes are. With ``delay_s``, each label carries the time
+    the analyst gave it: the item's own time plus the delay.
     """
     rng = random.Random(seed)
-    out = []
     for item in feed:
         if rng.random() >= fraction:
             continue
         label = item["meta"]["true_label"]
         if rng.random() < error_rate:
             label = rng.choice([x for x in ("negative", "neutral", "positive") if x != label])
-        out.append(
-            {
-                "item_id": item["id"],
-                "label": label,
-                "source": "demo-annotator",
-                "annotator": f"analyst-{rng.randint(1, 3)}",
-            }
-        )
-    return out
+        out = {
+            "item_id": item["id"],
+            "label": label,
+            "source": "demo-annotator",
+            "annotator": f"analyst-{rng.randint(1, 3)}",
+        }
+        if delay_s and "ts" in item:
+            out["ts"] = (
+                datetime.fromisoformat(item["ts"]) + timedelta(seconds=delay_s)
+            ).isoformat()
+        yield out
+
+
+def annotations(
+    feed: list[dict[str, Any]], *, fraction: float = 0.5, seed: int = 0, error_rate: float = 0.03
+) -> list[dict[str, Any]]:
+    """Simulated analysts' labels for a share of the feed's items (see :func:`iter_annotations`).
+
+    >>> feed = demo_feed(100, seed=1)
+    >>> labels = annotations(feed, fraction=0.5, seed=1)
+    >>> 30 < len(labels) < 70, labels[0]["source"]
+    (True, 'demo-annotator')
+    """
+    return list(iter_annotations(feed, fraction=fraction, seed=seed, error_rate=error_rate))
