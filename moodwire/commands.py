@@ -6,7 +6,10 @@ import argparse
 import dataclasses
 import getpass
 import hashlib
+import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,22 +123,10 @@ def learner_cmd(args: argparse.Namespace, settings: Settings) -> int:
 @command("retrain")
 @_guard
 def retrain_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from stream.broker import ensure_topics
-    from stream.clients import make_producer
-    from stream.schemas import ControlMessage
+    from moodwire import operations
 
     actor = args.actor or getpass.getuser()
-    msg = ControlMessage(action="retrain", actor=actor, reason=args.reason or None)
-    ensure_topics(settings.bootstrap_servers, [settings.topics.control], settings.partitions)
-    producer = make_producer(settings, client_id="moodwire-cli")
-    try:
-        producer.send(settings.topics.control, value=msg.model_dump_json().encode()).get(timeout=30)
-    finally:
-        producer.close()
-    _audit(
-        settings, "retrain", None, args.reason, {"requested_at": msg.ts.isoformat()}, actor=actor
-    )
-    print_json({"requested": "retrain", "actor": actor, "reason": args.reason})
+    print_json(operations.request_retrain(settings, actor=actor, reason=args.reason))
     return 0
 
 
@@ -340,41 +331,21 @@ def models_cmd(args: argparse.Namespace, settings: Settings) -> int:
 @command("promote")
 @_guard
 def promote_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    registry = Registry(settings.resolved_registry())
-    previous = registry.promote(args.version)
+    from moodwire import operations
+
     actor = args.actor or getpass.getuser()
-    _audit(settings, "promote", args.version, args.reason, {"previous": previous}, actor=actor)
-    _announce(settings, "promote", args.version, actor, args.reason)
-    print_json({"serving": args.version, "previous": previous})
+    print_json(operations.promote(settings, args.version, actor=actor, reason=args.reason))
     return 0
 
 
 @command("rollback")
 @_guard
 def rollback_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    registry = Registry(settings.resolved_registry())
-    current, target = registry.rollback()
+    from moodwire import operations
+
     actor = args.actor or getpass.getuser()
-    _audit(settings, "rollback", target, args.reason, {"from": current}, actor=actor)
-    _announce(settings, "rollback", target, actor, args.reason)
-    print_json({"serving": target, "previous": current})
+    print_json(operations.rollback(settings, actor=actor, reason=args.reason))
     return 0
-
-
-def _announce(settings: Settings, action: str, version: str, actor: str, reason: str) -> None:
-    """Tell listeners on `moodwire.control`; best effort, since workers follow the registry."""
-    from stream.clients import make_producer
-    from stream.schemas import ControlMessage
-
-    msg = ControlMessage(action=action, version=version, actor=actor, reason=reason or None)
-    try:
-        producer = make_producer(settings, client_id="moodwire-cli")
-        try:
-            producer.send(settings.topics.control, value=msg.model_dump_json().encode()).get(10)
-        finally:
-            producer.close(timeout=5)
-    except Exception as exc:  # noqa: BLE001 - the registry switch already happened
-        log.warning("control_announce_failed", action=action, error=str(exc)[:200])
 
 
 def _audit(
@@ -531,6 +502,34 @@ def bench_continual_cmd(args: argparse.Namespace, settings: Settings) -> int:
         raise UserError(str(exc)) from exc
     print_json(result)
     return 0
+
+
+def dashboard_argv(port: int, address: str = "127.0.0.1") -> list[str]:
+    """The command line that serves the dashboard (used by ``dashboard`` and ``demo``)."""
+    app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+    return [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.port", str(port), "--server.address", address,
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
+    ]  # fmt: skip
+
+
+@command("dashboard")
+@_guard
+def dashboard_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    env = {**os.environ, **settings.to_env()}
+    print(f"dashboard   http://{args.address}:{args.port}", flush=True)
+    proc = subprocess.Popen(dashboard_argv(args.port, args.address), env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            return proc.wait(10) and 0
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return 130
 
 
 @command("demo")

@@ -23,7 +23,6 @@ Wiring around :class:`~learner.continual.ContinualLearner`:
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import threading
@@ -46,7 +45,7 @@ from learner.registry import Registry
 from learner.replay import Reservoir
 from moodwire.settings import Settings
 from moodwire.store import Store
-from stream.schemas import ControlMessage, LabelMessage
+from stream.schemas import ControlMessage, LabelMessage, label_id
 
 log = structlog.get_logger(__name__)
 
@@ -59,16 +58,6 @@ _PENDING_MAX_AGE_S = 3600.0  # a label whose item never arrives is dropped after
 
 def learner_dir(settings: Settings) -> Path:
     return settings.data_dir / "learner"
-
-
-def label_id(msg: LabelMessage) -> str:
-    """A stable id for a label message, so a re-delivered one is stored once."""
-    basis = json.dumps(
-        [msg.item_id, msg.text, msg.label, msg.source, msg.annotator, msg.ts.isoformat()]
-        + ([msg.topic] if msg.topic is not None else []),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(basis.encode("utf-8")).hexdigest()[:32]
 
 
 def _memories(settings: Settings) -> tuple[Any, Reservoir]:

@@ -426,8 +426,28 @@ class Store:
             payload["acknowledged_by"] = r["acknowledged_by"]
             ack = _utc(r["acknowledged_at"])
             payload["acknowledged_at"] = ack.isoformat() if ack else None
+            muted = _utc(r["muted_until"])
+            payload["muted_until"] = muted.isoformat() if muted else None
             out.append(payload)
         return out
+
+    def acknowledge_alert(self, alert_id: str, actor: str) -> bool:
+        """Mark an alert seen by ``actor``; False when no such alert."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                alerts.update()
+                .where(alerts.c.id == alert_id)
+                .values(acknowledged_by=actor, acknowledged_at=datetime.now(UTC))
+            ).rowcount
+        return bool(done)
+
+    def mute_alert(self, alert_id: str, until: datetime | None) -> bool:
+        """Hide an alert's episode from the live feed until ``until`` (None: unmute)."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                alerts.update().where(alerts.c.id == alert_id).values(muted_until=until)
+            ).rowcount
+        return bool(done)
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -158,3 +158,13 @@ class Rejection(BaseModel):
     offset: int
     raw: str  # the original value, decoded with replacement characters, truncated
     rejected_at: datetime
+
+
+def label_id(msg: LabelMessage) -> str:
+    """A stable id for a label message, so a re-delivered one is stored once."""
+    basis = json.dumps(
+        [msg.item_id, msg.text, msg.label, msg.source, msg.annotator, msg.ts.isoformat()]
+        + ([msg.topic] if msg.topic is not None else []),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(basis.encode("utf-8")).hexdigest()[:32]
