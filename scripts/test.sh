@@ -12,8 +12,9 @@ echo "== ruff"
 .venv/bin/ruff format --check . >/dev/null || { echo "ruff format: run .venv/bin/ruff format ."; exit 1; }
 echo "== pytest"
 set +e
-.venv/bin/python -m pytest --doctest-modules moodwire stream learner retrieval tests \
-  --ignore=moodwire/__main__.py -p no:cacheprovider "$@"
+.venv/bin/python -m pytest --doctest-modules moodwire stream learner retrieval dashboard tests \
+  --ignore=moodwire/__main__.py --ignore=dashboard/app.py --ignore=dashboard/views \
+  -p no:cacheprovider "$@"
 code=$?
 set -e
 if [ "$code" -eq 5 ]; then echo "pytest collected no test: that is a failure here" >&2; exit 1; fi

@@ -527,6 +527,9 @@ class AlertEngine:
                 "end": _iso((h + 1) * cfg.window_s),
                 "n": b.n if b is not None else 0,
                 "negatives": b.negatives if b is not None else 0,
+                "mean_score": (
+                    round(sum(x.score for x in b.items) / b.n, 4) if b is not None and b.n else None
+                ),
                 "item_ids": [x.id for x in b.items][: cfg.max_ids] if b is not None else [],
             }
             for h, b in zip(history, base, strict=True)

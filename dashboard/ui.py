@@ -1,0 +1,112 @@
+"""Pieces every page shares: the sidebar's time range and the operator sign-in."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import streamlit as st
+
+from dashboard import data
+from moodwire import operations
+
+PRESETS = ("15m", "1h", "6h", "24h", "7d", "30d", "all", "custom")
+
+
+def store_url() -> str:
+    return data.settings().resolved_store_url()
+
+
+def time_range(url: str, default: str = "all") -> tuple[datetime, datetime] | None:
+    """The sidebar's event-time range; None when the store has no items yet.
+
+    Ranges end at the newest item, not at the wall clock, so a replayed or
+    historical stream shows the same way as a live one.
+    """
+    lo, hi = data.time_bounds(url)
+    with st.sidebar:
+        st.subheader("Time range")
+        preset = st.selectbox(
+            "Range", PRESETS, index=PRESETS.index(default), key="range_preset",
+            help="event time, ending at the newest item",
+        )  # fmt: skip
+        if lo is None or hi is None:
+            return None
+        end = hi + timedelta(seconds=1)
+        if preset == "custom":
+            picked = st.date_input(
+                "From – to (UTC)", value=(lo.date(), hi.date()), key="range_custom"
+            )
+            if isinstance(picked, tuple | list) and len(picked) == 2:
+                first, last = picked
+            else:
+                first = last = picked[0] if isinstance(picked, tuple | list) else picked
+            start = _day(first)
+            end = _day(last) + timedelta(days=1)
+        else:
+            start = data.since_preset(preset, end) or lo
+        st.caption(f"{start:%Y-%m-%d %H:%M} → {end:%Y-%m-%d %H:%M} UTC")
+    return max(start, lo), end
+
+
+def _day(d: date) -> datetime:
+    return datetime.combine(d, time(0), tzinfo=UTC)
+
+
+def live_toggle() -> int | None:
+    """Seconds between refreshes of the live parts, or None when paused."""
+    with st.sidebar:
+        on = st.toggle("Live refresh (every 10 s)", value=True, key="live")
+    return 10 if on else None
+
+
+def sign_in() -> None:
+    """Name and credential for state-changing actions (viewing needs neither)."""
+    with st.sidebar:
+        st.subheader("Operator")
+        st.text_input("Your name (for the audit log)", key="actor")
+        st.text_input("Operator credential", type="password", key="token")
+        if data.settings().operator_token is None:
+            st.caption("Actions are disabled: no MOODWIRE_OPERATOR_TOKEN is configured.")
+        else:
+            st.caption("Viewing needs nothing; every action asks for the credential.")
+
+
+def act(action: Any, *args: Any, success: str, **kwargs: Any) -> Any:
+    """Run a state-changing ``action`` if the credential checks out; report either way.
+
+    Returns the action's result, or None when it was refused or failed.
+    """
+    settings = data.settings()
+    try:
+        operations.check_credential(settings, st.session_state.get("token"))
+        result = action(settings, *args, actor=st.session_state.get("actor") or "", **kwargs)
+    except operations.NotAllowed as exc:
+        st.error(f"Refused: {exc}. Enter the operator credential in the sidebar.")
+        return None
+    except Exception as exc:  # noqa: BLE001 - shown to the operator, nothing else to do
+        st.error(f"Failed: {exc}")
+        return None
+    st.cache_data.clear()  # what the action changed shows at once
+    st.success(success)
+    return result if result is not None else True
+
+
+def fmt_time(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return f"{value:%Y-%m-%d %H:%M:%S}"
+
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]()#+-.!|$<>~"})
+
+
+def md(text: str) -> str:
+    """User text made literal for Streamlit markdown (``$ACME`` must not start maths).
+
+    >>> md("$ACME up 5% (Q3)")
+    '\\\\$ACME up 5% \\\\(Q3\\\\)'
+    """
+    return text.translate(_MD_SPECIAL)
