@@ -57,7 +57,7 @@ def _bucket(col: Any, dialect: str, seconds: int) -> Any:
         epoch = sa.cast(sa.func.strftime("%s", col), sa.BigInteger)
     else:
         epoch = sa.cast(sa.func.floor(sa.extract("epoch", col)), sa.BigInteger)
-    return (epoch / seconds) * seconds
+    return (epoch // seconds) * seconds
 
 
 def _frame(rows: list[Any], columns: list[str]) -> pd.DataFrame:

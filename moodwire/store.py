@@ -441,6 +441,14 @@ class Store:
             ).rowcount
         return bool(done)
 
+    def alert_muted(self, alert_id: str, now: datetime | None = None) -> bool:
+        """Whether an operator muted this alert's episode until after ``now``."""
+        with self.engine.connect() as conn:
+            until = conn.execute(
+                sa.select(alerts.c.muted_until).where(alerts.c.id == alert_id)
+            ).scalar_one_or_none()
+        return until is not None and _utc(until) > (now or datetime.now(UTC))
+
     def mute_alert(self, alert_id: str, until: datetime | None) -> bool:
         """Hide an alert's episode from the live feed until ``until`` (None: unmute)."""
         with self.engine.begin() as conn:

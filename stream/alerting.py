@@ -218,4 +218,7 @@ class Alerter:
             except Exception:
                 log.exception("alert_publish_failed", id=data["id"])
         if self.webhook is not None:
-            self.webhook.send(data)
+            if self.store.alert_muted(data["id"]):  # an operator muted the episode: no paging
+                log.info("alert_muted", id=data["id"], revision=data["revision"])
+            else:
+                self.webhook.send(data)

@@ -10,11 +10,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from learner.registry import Registry
 from moodwire.settings import Settings
+from moodwire.store import Store, encode_embedding
 from stream.broker import ensure_topics
 
 
@@ -131,3 +136,132 @@ def log_events(log: Path, event: str) -> list[dict]:
 def settings_env(s: Settings) -> dict[str, str]:
     """The environment that hands these settings to a `moodwire` subprocess."""
     return {**os.environ, **s.to_env(), "MOODWIRE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
+
+
+# -- a store for the dashboard's tests ---------------------------------------------------
+
+DASH_T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+def _item(i: int, entity: str, label: str, topic: str, text: str) -> dict[str, Any]:
+    p = {"negative": (0.8, 0.1, 0.1), "neutral": (0.1, 0.8, 0.1), "positive": (0.1, 0.1, 0.8)}
+    neg, neu, pos = p[label]
+    ts = DASH_T0 + timedelta(seconds=60 * i)
+    vec = np.random.default_rng(i).normal(size=384).astype(np.float32)
+    return {
+        "id": f"it-{i}",
+        "text": text,
+        "ts": ts,
+        "source": "wire" if i % 2 else "social",
+        "entities": [entity],
+        "meta": {},
+        "label": label,
+        "topic": topic,
+        "p_negative": neg,
+        "p_neutral": neu,
+        "p_positive": pos,
+        "confidence": max(neg, neu, pos),
+        "model_version": "v1" if i < 200 else "v2",
+        "neighbors": [{"id": f"it-{i - 1}", "similarity": 0.9, "label": "neutral"}] if i else [],
+        "embedding": encode_embedding(vec / np.linalg.norm(vec)),
+        "src_partition": 0,
+        "src_offset": i,
+        "kafka_ts": ts,
+        "scored_at": ts,
+    }
+
+
+def populate_dashboard_store(store: Store, registry: Path) -> None:
+    """300 items over five hours on ACME, GLBX and INIT (a negative INIT episode at the end),
+    labels, two alerts, a drift event, and a registry where v2 replaced v1."""
+    rows = []
+    for i in range(300):
+        if 240 <= i < 270:  # a late negative episode on INIT
+            rows.append(
+                _item(i, "INIT", "negative", "legal_regulatory", f"Initech sued over breach {i}")
+            )
+        else:
+            entity = ("ACME", "GLBX", "INIT")[i % 3]
+            label = ("negative", "neutral", "positive", "positive")[i % 4]
+            topic = ("earnings", "markets")[i % 2]
+            rows.append(_item(i, entity, label, topic, f"{entity} shares move on results {i}"))
+    store.write_batch(rows, [])
+    store.add_labels(
+        [
+            {"id": f"lab-{i}", "item_id": f"it-{i}", "text": None, "label": rows[i]["label"],
+             "topic": None, "source": "analyst", "annotator": "ann", "ts": rows[i]["ts"]}
+            for i in range(0, 300, 5)
+        ]
+    )  # fmt: skip
+    store.upsert_alert(
+        {
+            "id": "al-init",
+            "kind": "negative_surge",
+            "scope": "entity",
+            "entity": "INIT",
+            "topic": None,
+            "severity": "critical",
+            "window_start": (DASH_T0 + timedelta(minutes=240)).isoformat(),
+            "window_end": (DASH_T0 + timedelta(minutes=270)).isoformat(),
+            "first_window_start": (DASH_T0 + timedelta(minutes=240)).isoformat(),
+            "statistic": 7.5,
+            "baseline": 0.25,
+            "value": 1.0,
+            "n": 30,
+            "signals": {"negative_surge": {"statistic": 7.5}},
+            "evidence": {
+                "item_ids": [f"it-{i}" for i in range(240, 270)],
+                "n": 30,
+                "negatives": 30,
+                "top": [
+                    {
+                        "id": "it-241",
+                        "text": "Initech sued over breach 241",
+                        "score": -0.7,
+                        "label": "negative",
+                        "ts": rows[241]["ts"].isoformat(),
+                    }
+                ],
+            },  # fmt: skip
+            "baseline_windows": [
+                {
+                    "start": (DASH_T0 + timedelta(minutes=30 * k)).isoformat(),
+                    "n": 10,
+                    "negatives": 2,
+                }
+                for k in range(8)
+            ],
+            "similar": [],
+            "revision": 1,
+            "details": {},
+        }
+    )
+    store.upsert_alert(
+        {
+            "id": "al-drift", "kind": "drift", "scope": "stream", "severity": "warning",
+            "window_start": (DASH_T0 + timedelta(minutes=200)).isoformat(),
+            "window_end": (DASH_T0 + timedelta(minutes=201)).isoformat(),
+            "first_window_start": (DASH_T0 + timedelta(minutes=200)).isoformat(),
+            "statistic": 5.0, "baseline": 0.0, "value": 5.0, "n": 100, "signals": {},
+            "evidence": {"item_ids": [], "n": 0, "top": []}, "baseline_windows": [],
+            "revision": 1,
+        }
+    )  # fmt: skip
+    store.record_drift(
+        {"ts": DASH_T0 + timedelta(minutes=200), "detector": "adwin", "signal": "error_rate",
+         "statistic": 0.2, "window": 100, "position": 200, "origin": "learner"}
+    )  # fmt: skip
+    reg = Registry(registry)
+
+    def save(path: Path) -> None:
+        (path / "weights.txt").write_text("not a model: the dashboard reads cards only")
+
+    v1 = reg.write_version(save, {"kind": "bootstrap", "metrics": {"holdout": {"accuracy": 0.8}}})
+    reg.promote(v1)
+    gate = {"passed": True, "reasons": [], "new": {"n": 40, "serving": 0.6, "candidate": 0.8},
+            "old": {"n": 80, "serving": 0.85, "candidate": 0.84}, "shadow": {"agreement": 0.7}}  # fmt: skip
+    v2 = reg.write_version(
+        save, {"kind": "incremental", "parent": v1, "gate": gate, "decision": "promote"}
+    )
+    reg.promote(v2)
+    store.audit("learner", "promote", v2, "gate passed", {"previous": v1})

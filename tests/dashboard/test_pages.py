@@ -8,142 +8,20 @@ and works, audited, with it.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-from helpers import read_all, settings_env
+from helpers import populate_dashboard_store, read_all, settings_env
 from streamlit.testing.v1 import AppTest
 
 from learner.registry import Registry
 from moodwire.settings import Settings
-from moodwire.store import Store, encode_embedding
+from moodwire.store import Store
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 PAGES = ["views/overview.py", "views/alerts.py", "views/models.py", "views/explore.py"]
 TITLES = ["Overview", "Alerts", "Drift & models", "Explore"]
 TOKEN = "op-s3cret"
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-def _item(i: int, entity: str, label: str, topic: str, text: str) -> dict[str, Any]:
-    p = {"negative": (0.8, 0.1, 0.1), "neutral": (0.1, 0.8, 0.1), "positive": (0.1, 0.1, 0.8)}
-    neg, neu, pos = p[label]
-    ts = T0 + timedelta(seconds=60 * i)
-    vec = np.random.default_rng(i).normal(size=384).astype(np.float32)
-    return {
-        "id": f"it-{i}",
-        "text": text,
-        "ts": ts,
-        "source": "wire" if i % 2 else "social",
-        "entities": [entity],
-        "meta": {},
-        "label": label,
-        "topic": topic,
-        "p_negative": neg,
-        "p_neutral": neu,
-        "p_positive": pos,
-        "confidence": max(neg, neu, pos),
-        "model_version": "v1" if i < 200 else "v2",
-        "neighbors": [{"id": f"it-{i - 1}", "similarity": 0.9, "label": "neutral"}] if i else [],
-        "embedding": encode_embedding(vec / np.linalg.norm(vec)),
-        "src_partition": 0,
-        "src_offset": i,
-        "kafka_ts": ts,
-        "scored_at": ts,
-    }
-
-
-def _populate(store: Store, registry: Path) -> None:
-    rows = []
-    for i in range(300):
-        if 240 <= i < 270:  # a late negative episode on INIT
-            rows.append(
-                _item(i, "INIT", "negative", "legal_regulatory", f"Initech sued over breach {i}")
-            )
-        else:
-            entity = ("ACME", "GLBX", "INIT")[i % 3]
-            label = ("negative", "neutral", "positive", "positive")[i % 4]
-            topic = ("earnings", "markets")[i % 2]
-            rows.append(_item(i, entity, label, topic, f"{entity} shares move on results {i}"))
-    store.write_batch(rows, [])
-    store.add_labels(
-        [
-            {"id": f"lab-{i}", "item_id": f"it-{i}", "text": None, "label": rows[i]["label"],
-             "topic": None, "source": "analyst", "annotator": "ann", "ts": rows[i]["ts"]}
-            for i in range(0, 300, 5)
-        ]
-    )  # fmt: skip
-    store.upsert_alert(
-        {
-            "id": "al-init",
-            "kind": "negative_surge",
-            "scope": "entity",
-            "entity": "INIT",
-            "topic": None,
-            "severity": "critical",
-            "window_start": (T0 + timedelta(minutes=240)).isoformat(),
-            "window_end": (T0 + timedelta(minutes=270)).isoformat(),
-            "first_window_start": (T0 + timedelta(minutes=240)).isoformat(),
-            "statistic": 7.5,
-            "baseline": 0.25,
-            "value": 1.0,
-            "n": 30,
-            "signals": {"negative_surge": {"statistic": 7.5}},
-            "evidence": {
-                "item_ids": [f"it-{i}" for i in range(240, 270)],
-                "n": 30,
-                "negatives": 30,
-                "top": [
-                    {
-                        "id": "it-241",
-                        "text": "Initech sued over breach 241",
-                        "score": -0.7,
-                        "label": "negative",
-                        "ts": rows[241]["ts"].isoformat(),
-                    }
-                ],
-            },  # fmt: skip
-            "baseline_windows": [
-                {"start": (T0 + timedelta(minutes=30 * k)).isoformat(), "n": 10, "negatives": 2}
-                for k in range(8)
-            ],
-            "similar": [],
-            "revision": 1,
-            "details": {},
-        }
-    )
-    store.upsert_alert(
-        {
-            "id": "al-drift", "kind": "drift", "scope": "stream", "severity": "warning",
-            "window_start": (T0 + timedelta(minutes=200)).isoformat(),
-            "window_end": (T0 + timedelta(minutes=201)).isoformat(),
-            "first_window_start": (T0 + timedelta(minutes=200)).isoformat(),
-            "statistic": 5.0, "baseline": 0.0, "value": 5.0, "n": 100, "signals": {},
-            "evidence": {"item_ids": [], "n": 0, "top": []}, "baseline_windows": [],
-            "revision": 1,
-        }
-    )  # fmt: skip
-    store.record_drift(
-        {"ts": T0 + timedelta(minutes=200), "detector": "adwin", "signal": "error_rate",
-         "statistic": 0.2, "window": 100, "position": 200, "origin": "learner"}
-    )  # fmt: skip
-    reg = Registry(registry)
-
-    def save(path: Path) -> None:
-        (path / "weights.txt").write_text("not a model: the dashboard reads cards only")
-
-    v1 = reg.write_version(save, {"kind": "bootstrap", "metrics": {"holdout": {"accuracy": 0.8}}})
-    reg.promote(v1)
-    gate = {"passed": True, "reasons": [], "new": {"n": 40, "serving": 0.6, "candidate": 0.8},
-            "old": {"n": 80, "serving": 0.85, "candidate": 0.84}, "shadow": {"agreement": 0.7}}  # fmt: skip
-    v2 = reg.write_version(
-        save, {"kind": "incremental", "parent": v1, "gate": gate, "decision": "promote"}
-    )
-    reg.promote(v2)
-    store.audit("learner", "promote", v2, "gate passed", {"previous": v1})
 
 
 @pytest.fixture
@@ -158,7 +36,7 @@ def env(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.fixture
 def populated(env: Settings) -> Settings:
-    _populate(Store(env.resolved_store_url()), env.resolved_registry())
+    populate_dashboard_store(Store(env.resolved_store_url()), env.resolved_registry())
     return env
 
 

@@ -114,3 +114,24 @@ def test_audit_log(store: Store) -> None:
 def test_unknown_url_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unsupported store URL"):
         Store("mysql://x/y")
+
+
+def test_alerts_are_acknowledged_and_muted_by_id(store: Store) -> None:
+    from datetime import timedelta
+
+    t = datetime(2026, 1, 5, 9, 0, tzinfo=UTC).isoformat()
+    store.upsert_alert(
+        {"id": "al-1", "kind": "negative_surge", "scope": "entity", "entity": "ACME",
+         "severity": "warning", "window_start": t, "window_end": t, "first_window_start": t,
+         "statistic": 5.0, "baseline": 0.2, "revision": 1}
+    )  # fmt: skip
+    assert not store.acknowledge_alert("al-missing", "ann")
+    assert store.acknowledge_alert("al-1", "ann")
+    assert store.alert_rows()[0]["acknowledged_by"] == "ann"
+    assert not store.alert_muted("al-1")
+    now = datetime.now(UTC)
+    assert store.mute_alert("al-1", now + timedelta(hours=1))
+    assert store.alert_muted("al-1") and not store.alert_muted("al-1", now + timedelta(hours=2))
+    assert store.alert_rows()[0]["muted_until"] is not None
+    store.mute_alert("al-1", None)
+    assert not store.alert_muted("al-1")
