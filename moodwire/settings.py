@@ -130,6 +130,14 @@ class Settings(BaseSettings):
             raise ValueError(f"webhook_url must start with http:// or https://, got {v[:40]!r}")
         return v.strip()
 
+    @field_validator("operator_token", mode="before")
+    @classmethod
+    def _token_set_or_none(cls, v: object) -> object:
+        # Set empty (compose's ${VAR:-}) means unset: the dashboard is view-only.
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        return v
+
     def resolved_store_url(self) -> str:
         if self.store_url:
             return self.store_url

@@ -31,7 +31,7 @@ def test_compose_runs_kafka_in_kraft_mode_with_postgres_and_workers() -> None:
             head = key[len("MOODWIRE_") :].lower().split("__")[0]
             assert key.startswith("MOODWIRE_") and head in fields, key
     # Every environment the services get builds valid settings.
-    for name in ("worker", "learner"):
+    for name in ("worker", "learner", "dashboard"):
         with pytest.MonkeyPatch.context() as mp:
             for key, value in services[name]["environment"].items():
                 # As compose does with the variable unset: ${VAR:-default} -> default.
@@ -40,4 +40,5 @@ def test_compose_runs_kafka_in_kraft_mode_with_postgres_and_workers() -> None:
     # The services' commands are real CLI commands.
     build_parser().parse_args(services["worker"]["command"])
     build_parser().parse_args(services["learner"]["command"])
+    build_parser().parse_args(services["dashboard"]["command"])
     assert (ROOT / "Dockerfile").is_file()

@@ -29,3 +29,8 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
     with pytest.raises(ValidationError):
         Settings(batch_size=8, bootstrap_servers=" ")
+
+
+def test_an_empty_operator_token_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOODWIRE_OPERATOR_TOKEN", "")  # compose's ${MOODWIRE_OPERATOR_TOKEN:-}
+    assert Settings().operator_token is None
