@@ -13,14 +13,28 @@ import streamlit as st
 
 from dashboard import ui
 
-st.set_page_config(page_title="Moodwire", page_icon="📈", layout="wide")
+st.set_page_config(page_title="Moodwire", page_icon=":material/monitoring:", layout="wide")
 
 HERE = Path(__file__).resolve().parent
 pages = [
-    st.Page(HERE / "views" / "overview.py", title="Overview", icon="📈", default=True),
-    st.Page(HERE / "views" / "alerts.py", title="Alerts", icon="🚨", url_path="alerts"),
-    st.Page(HERE / "views" / "models.py", title="Drift & models", icon="🧠", url_path="models"),
-    st.Page(HERE / "views" / "explore.py", title="Explore", icon="🔎", url_path="explore"),
+    st.Page(
+        HERE / "views" / "overview.py", title="Overview", icon=":material/monitoring:", default=True
+    ),
+    st.Page(
+        HERE / "views" / "alerts.py",
+        title="Alerts",
+        icon=":material/notifications_active:",
+        url_path="alerts",
+    ),
+    st.Page(
+        HERE / "views" / "models.py",
+        title="Drift & models",
+        icon=":material/model_training:",
+        url_path="models",
+    ),
+    st.Page(
+        HERE / "views" / "explore.py", title="Explore", icon=":material/search:", url_path="explore"
+    ),
 ]
 page = st.navigation(pages)
 ui.sign_in()

@@ -16,30 +16,41 @@ LABEL_COLORS = alt.Scale(
 )
 
 
-def sentiment_index(df: pd.DataFrame, what: str) -> alt.VConcatChart:
-    """Mean sentiment score per bucket over volume bars beneath."""
+def sentiment_index(
+    df: pd.DataFrame, what: str, start: Any = None, end: Any = None
+) -> tuple[alt.LayerChart, alt.Chart]:
+    """Mean sentiment score per bucket, and the volume bars to show beneath it.
+
+    Two charts on the same time domain (``start``..``end``), so they line up
+    whatever the container's width.
+    """
     desc = f"sentiment index of {what}: {len(df)} buckets, {int(df['volume'].sum()):,} items"
-    base = alt.Chart(df).encode(x=alt.X("time:T", title="event time (UTC)"))
-    score = (
-        base.mark_line(point=len(df) < 60)
-        .encode(
-            y=alt.Y("score:Q", title="sentiment (p_pos − p_neg)", scale=alt.Scale(domain=[-1, 1])),
-            tooltip=[
-                alt.Tooltip("time:T", format="%Y-%m-%d %H:%M:%S"),
-                alt.Tooltip("score:Q", format="+.2f"),
-                alt.Tooltip("volume:Q"),
-                alt.Tooltip("negative_share:Q", format=".0%"),
-            ],
-        )
-        .properties(height=230)
+    domain = [pd.Timestamp(start).isoformat(), pd.Timestamp(end).isoformat()] if start else None
+    x = alt.X("time:T", title=None, scale=alt.Scale(domain=domain) if domain else alt.Undefined)
+    base = alt.Chart(df).encode(x=x)
+    score = base.mark_line(point=len(df) < 60).encode(
+        y=alt.Y("score:Q", title="sentiment (p_pos − p_neg)", scale=alt.Scale(domain=[-1, 1])),
+        tooltip=[
+            alt.Tooltip("time:T", format="%Y-%m-%d %H:%M:%S"),
+            alt.Tooltip("score:Q", format="+.2f"),
+            alt.Tooltip("volume:Q"),
+            alt.Tooltip("negative_share:Q", format=".0%"),
+        ],
     )
     zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(strokeDash=[4, 4]).encode(y="y:Q")
     volume = (
         base.mark_bar(opacity=0.6)
-        .encode(y=alt.Y("volume:Q", title="items"), tooltip=["time:T", "volume:Q"])
-        .properties(height=90)
+        .encode(
+            x=x.title("event time (UTC)"),
+            y=alt.Y("volume:Q", title="items"),
+            tooltip=["time:T", "volume:Q"],
+        )
+        .properties(
+            height=100,
+            description=f"volume of {what}: {int(df['volume'].sum()):,} items in {len(df)} buckets",
+        )
     )
-    return alt.vconcat(score + zero, volume).properties(description=desc)
+    return (score + zero).properties(height=240, description=desc), volume
 
 
 def movers(df: pd.DataFrame) -> alt.Chart:
@@ -47,12 +58,18 @@ def movers(df: pd.DataFrame) -> alt.Chart:
     desc = f"entities that moved most: {len(df)} entities" + (
         f", largest move {df.iloc[0]['entity']} {df.iloc[0]['change']:+.2f}" if len(df) else ""
     )
+    order = list(df.assign(size=df["change"].abs()).sort_values("size", ascending=False)["entity"])
     return (
         alt.Chart(df)
         .mark_bar()
         .encode(
             x=alt.X("change:Q", title="change in sentiment vs the window before"),
-            y=alt.Y("entity:N", sort=alt.EncodingSortField("change", op="min"), title=None),
+            y=alt.Y(
+                "entity:N",
+                sort=order,
+                title=None,
+                axis=alt.Axis(labelOverlap=False),
+            ),
             color=alt.condition("datum.change < 0", alt.value("#d62728"), alt.value("#2ca02c")),
             tooltip=[
                 "entity:N",
@@ -62,39 +79,51 @@ def movers(df: pd.DataFrame) -> alt.Chart:
                 alt.Tooltip("change:Q", format="+.2f"),
             ],
         )  # fmt: skip
-        .properties(height=max(120, 22 * len(df)), description=desc)
+        .properties(height=max(120, 26 * len(df)), description=desc)
     )
 
 
 def alert_windows(alert: dict[str, Any]) -> alt.LayerChart:
-    """The alert's statistic in its window against the baseline windows before it."""
+    """The alert's statistic in its window against the baseline windows before it.
+
+    A negative surge shows the negative share, a sentiment shift the mean score,
+    a volume spike the key's share of the stream's items (what the rule judges).
+    """
     kind = alert["kind"]
+    ev = alert.get("evidence") or {}
+
+    def share(n: int, total: int | None) -> float | None:
+        return n / total if total else None
+
     rows = []
     for w in alert.get("baseline_windows") or []:
-        n = max(1, int(w.get("n", 0)))
-        value = w.get("negatives", 0) / n if kind == "negative_surge" else w.get("n", 0)
-        if kind == "sentiment_shift":
+        n = int(w.get("n", 0))
+        if kind == "negative_surge":
+            value = w.get("negatives", 0) / n if n else None
+        elif kind == "sentiment_shift":
             value = w.get("mean_score")
-        rows.append({"start": w["start"], "value": value, "window": "baseline", "n": w.get("n")})
+        else:
+            value = share(n, w.get("stream_n"))
+        rows.append({"start": w["start"], "value": value, "window": "baseline", "n": n})
+    value, baseline = alert["value"], alert["baseline"]
+    if kind == "volume_spike":  # value and baseline are counts: observed and expected
+        total = ev.get("stream_n")
+        value, baseline = share(int(value), total), share(baseline, total)  # type: ignore[arg-type]
     rows.append(
-        {
-            "start": alert["window_start"],
-            "value": alert["value"],
-            "window": "alert",
-            "n": alert.get("n"),
-        }
+        {"start": alert["window_start"], "value": value, "window": "alert", "n": alert.get("n")}
     )
     df = pd.DataFrame(rows)
     df["start"] = pd.to_datetime(df["start"], utc=True)
     title = {
         "negative_surge": "negative share",
-        "volume_spike": "items",
+        "volume_spike": "share of the stream's items",
         "sentiment_shift": "mean sentiment",
     }.get(kind, "value")
+    shown = "n/a" if value is None else f"{value:.3g}"
+    against = "n/a" if baseline is None else f"{baseline:.3g}"
     desc = (
         f"{kind} on {alert.get('entity') or alert.get('topic') or alert['scope']}: {title} "
-        f"{alert['value']:.3g} against baseline {alert['baseline']:.3g} over "
-        f"{len(df) - 1} baseline windows"
+        f"{shown} against baseline {against} over {len(df) - 1} baseline windows"
     )
     bars = (
         alt.Chart(df)
@@ -109,12 +138,14 @@ def alert_windows(alert: dict[str, Any]) -> alt.LayerChart:
             tooltip=["start:T", alt.Tooltip("value:Q", format=".3g"), "n:Q"],
         )
     )
-    base = (
-        alt.Chart(pd.DataFrame({"baseline": [alert["baseline"]]}))
+    if baseline is None:
+        return bars.properties(height=160, description=desc)
+    line = (
+        alt.Chart(pd.DataFrame({"baseline": [baseline]}))
         .mark_rule(strokeDash=[4, 4])
         .encode(y="baseline:Q")
     )
-    return (bars + base).properties(height=160, description=desc)
+    return (bars + line).properties(height=160, description=desc)
 
 
 def timeline(df: pd.DataFrame) -> alt.Chart:

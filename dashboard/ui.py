@@ -92,6 +92,11 @@ def act(action: Any, *args: Any, success: str, **kwargs: Any) -> Any:
     return result if result is not None else True
 
 
+def severity_dot(severity: str) -> str:
+    """A coloured marker for markdown (emoji fonts are not on every machine)."""
+    return ":red[●]" if severity == "critical" else ":orange[●]"
+
+
 def fmt_time(value: Any) -> str:
     if value is None:
         return "—"

@@ -510,6 +510,7 @@ class AlertEngine:
             "truncated": len(ids) > cfg.max_ids,
             "n": bucket.n,
             "negatives": bucket.negatives,
+            "stream_n": self._totals.get(w, (0, 0))[0],  # all items of the window
             "top": [
                 {
                     "id": x.id,
@@ -527,6 +528,7 @@ class AlertEngine:
                 "end": _iso((h + 1) * cfg.window_s),
                 "n": b.n if b is not None else 0,
                 "negatives": b.negatives if b is not None else 0,
+                "stream_n": self._totals.get(h, (0, 0))[0],
                 "mean_score": (
                     round(sum(x.score for x in b.items) / b.n, 4) if b is not None and b.n else None
                 ),

@@ -21,9 +21,9 @@ show_acked = c3.toggle("Acknowledged", value=True, key="al_acked")
 show_muted = c4.toggle("Muted", value=False, key="al_muted")
 
 
-def _alert(a: dict) -> None:
+def _alert(a: dict, expanded: bool) -> None:
     key = a.get("entity") or a.get("topic") or a["scope"]
-    icon = "🔴" if a["severity"] == "critical" else "🟠"
+    icon = "▲" if a["severity"] == "critical" else "△"
     state = (
         " · muted"
         if a.get("muted")
@@ -33,7 +33,7 @@ def _alert(a: dict) -> None:
         f"{icon} {a['kind']} on {key} · z={a['statistic']:+.1f} · "
         f"{ui.fmt_time(a['window_start'])} → {ui.fmt_time(a['window_end'])}{state}"
     )
-    with st.expander(title, expanded=False):
+    with st.expander(title, expanded=expanded):
         left, right = st.columns([3, 2])
         with left:
             st.markdown(
@@ -94,8 +94,10 @@ def live() -> None:
     if not rows:
         st.info("No alerts match. Alerts appear when a window closes with a surge, a shift, "
                 "a volume spike or drift.")  # fmt: skip
+    # The newest alert with items of its own opens, with its chart and evidence.
+    first = next((a["id"] for a in rows if a.get("baseline_windows")), None)
     for a in rows:
-        _alert(a)
+        _alert(a, expanded=a["id"] == first)
 
 
 live()

@@ -19,6 +19,15 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:.1%}"
 
 
+_PCT_COLUMNS = (
+    "new data: candidate",
+    "new data: serving",
+    "old data: candidate",
+    "old data: serving",
+    "shadow agreement",
+)
+
+
 def _gate_rows(cards: list[dict]) -> pd.DataFrame:
     rows = []
     for c in cards:
@@ -57,12 +66,14 @@ def live() -> None:
     left, right = st.columns([3, 2])
     with left:
         st.subheader("Accuracy on incoming labels")
-        acc = data.accuracy_by_version(url, 60)
+        lo, hi = data.time_bounds(url)
+        step = data.bucket_seconds(lo, hi, target=30) if lo and hi else 60
+        acc = data.accuracy_by_version(url, step)
         if acc.empty:
             st.info("No labelled items yet: accuracy shows once analysts' labels arrive.")
         else:
             st.altair_chart(charts.accuracy(acc), width="stretch")
-            st.caption("Per minute of label time, by the version that scored the item.")
+            st.caption(f"Per {step} s of label time, by the version that scored the item.")
     with right:
         st.subheader(f"Serving: {serving or 'none'}")
         card = next((c for c in cards if c["version"] == serving), None)
@@ -73,9 +84,10 @@ def live() -> None:
             m1, m2, m3 = st.columns(3)
             m1.metric("held-out accuracy", _pct(holdout.get("accuracy")))
             m2.metric("macro-F1", _pct(holdout.get("macro_f1")))
-            m3.metric("kind", card.get("kind") or "—")
+            m3.metric("held-out items", holdout.get("n", "—"))
             st.caption(
-                f"parent {card.get('parent') or '—'} · created {card.get('created_at', '—')} "
+                f"{card.get('kind') or '—'} · parent {card.get('parent') or '—'} · "
+                f"created {ui.fmt_time(card.get('created_at'))} "
                 f"by {card.get('created_by', '—')}"
             )
             with st.expander("Model card"):
@@ -86,7 +98,11 @@ def live() -> None:
     if not candidates:
         st.caption("No candidate has been trained yet.")
     else:
-        st.dataframe(_gate_rows(candidates), hide_index=True, width="stretch")
+        pct = st.column_config.NumberColumn(format="percent")
+        st.dataframe(
+            _gate_rows(candidates), hide_index=True, width="stretch",
+            column_config={c: pct for c in _PCT_COLUMNS},
+        )  # fmt: skip
 
 
 live()

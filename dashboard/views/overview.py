@@ -54,7 +54,9 @@ def live() -> None:
             if series.empty:
                 st.info(f"No items on {what} in this range.")
             else:
-                st.altair_chart(charts.sentiment_index(series, what), width="stretch")
+                score, volume = charts.sentiment_index(series, what, start, end)
+                st.altair_chart(score, width="stretch", height=260)
+                st.altair_chart(volume, width="stretch", height=130)
                 st.caption(f"{bucket} s buckets of event time; volume beneath.")
     with right:
         st.subheader("Moved most")
@@ -62,7 +64,7 @@ def live() -> None:
         if moved.empty:
             st.info("No entity has enough items in this range.")
         else:
-            st.altair_chart(charts.movers(moved), width="stretch")
+            st.altair_chart(charts.movers(moved), width="stretch", height=max(140, 28 * len(moved)))
             st.caption("Mean sentiment in the range against the range of equal length before it.")
     st.subheader("Live alerts")
     alerts = data.alert_list(url, limit=15)
@@ -71,7 +73,7 @@ def live() -> None:
     for a in alerts:
         key_ = a.get("entity") or a.get("topic") or a["scope"]
         top = (a["evidence"].get("top") or [{}])[0].get("text", "")
-        icon = "🔴" if a["severity"] == "critical" else "🟠"
+        icon = ui.severity_dot(a["severity"])
         ack = f" · acknowledged by {a['acknowledged_by']}" if a.get("acknowledged_by") else ""
         st.markdown(
             f"{icon} **{a['kind']} on {ui.md(key_)}** · z={a['statistic']:+.1f} "

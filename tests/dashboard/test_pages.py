@@ -112,7 +112,7 @@ def test_alert_and_explore_filters_change_what_is_shown(populated: Settings) -> 
     at = _open(PAGES[1])
     assert len(at.expander) == 2
     at.selectbox(key="al_kind").set_value("drift").run()
-    assert [e.label.split(" · ")[0] for e in at.expander] == ["🟠 drift on stream"]
+    assert [e.label.split(" · ")[0] for e in at.expander] == ["△ drift on stream"]
     at.selectbox(key="al_kind").set_value("any").run()
     at.text_input(key="al_entity").set_value("$init").run()
     assert len(at.expander) == 1 and "INIT" in at.expander[0].label
