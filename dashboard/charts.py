@@ -91,9 +91,10 @@ def alert_windows(alert: dict[str, Any]) -> alt.LayerChart:
     """
     kind = alert["kind"]
     ev = alert.get("evidence") or {}
+    by_share = kind == "volume_spike" and "stream_n" in ev  # older alerts: counts only
 
-    def share(n: int, total: int | None) -> float | None:
-        return n / total if total else None
+    def share(n: float, total: int | None) -> float | None:
+        return n / total if by_share and total else (None if by_share else n)
 
     rows = []
     for w in alert.get("baseline_windows") or []:
@@ -108,7 +109,7 @@ def alert_windows(alert: dict[str, Any]) -> alt.LayerChart:
     value, baseline = alert["value"], alert["baseline"]
     if kind == "volume_spike":  # value and baseline are counts: observed and expected
         total = ev.get("stream_n")
-        value, baseline = share(int(value), total), share(baseline, total)  # type: ignore[arg-type]
+        value, baseline = share(value, total), share(baseline, total)
     rows.append(
         {"start": alert["window_start"], "value": value, "window": "alert", "n": alert.get("n")}
     )
@@ -116,7 +117,7 @@ def alert_windows(alert: dict[str, Any]) -> alt.LayerChart:
     df["start"] = pd.to_datetime(df["start"], utc=True)
     title = {
         "negative_surge": "negative share",
-        "volume_spike": "share of the stream's items",
+        "volume_spike": "share of the stream's items" if by_share else "items",
         "sentiment_shift": "mean sentiment",
     }.get(kind, "value")
     shown = "n/a" if value is None else f"{value:.3g}"

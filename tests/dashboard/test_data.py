@@ -74,3 +74,25 @@ def test_the_dashboard_imports_no_training_code() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_volume_spike_is_charted_as_the_keys_share_of_the_stream() -> None:
+    from dashboard import charts
+
+    alert = {
+        "kind": "volume_spike", "scope": "entity", "entity": "ACME", "value": 30.0,
+        "baseline": 10.0, "window_start": "2026-01-01T00:10:00+00:00", "n": 30,
+        "evidence": {"stream_n": 100},
+        "baseline_windows": [
+            {"start": "2026-01-01T00:00:00+00:00", "n": 20, "stream_n": 200},
+            {"start": "2026-01-01T00:05:00+00:00", "n": 5, "stream_n": 50},
+        ],
+    }  # fmt: skip
+    chart = charts.alert_windows(alert)
+    assert chart.description == (
+        "volume_spike on ACME: share of the stream's items 0.3 against baseline 0.1 over 2 "
+        "baseline windows"
+    )
+    assert list(chart.layer[0].data["value"]) == [0.1, 0.1, 0.3]
+    del alert["evidence"]["stream_n"]  # an alert stored before windows carried the stream's count
+    assert list(charts.alert_windows(alert).layer[0].data["value"]) == [20, 5, 30]
