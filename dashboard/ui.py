@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -17,12 +18,33 @@ def store_url() -> str:
     return data.settings().resolved_store_url()
 
 
-def time_range(url: str, default: str = "all") -> tuple[datetime, datetime] | None:
-    """The sidebar's event-time range; None when the store has no items yet.
+@dataclass(frozen=True)
+class Range:
+    """The sidebar's choice of event-time range, resolved against the store when drawn.
 
     Ranges end at the newest item, not at the wall clock, so a replayed or
-    historical stream shows the same way as a live one.
+    historical stream shows the same way as a live one; resolving at each
+    refresh lets a live page follow the stream.
     """
+
+    preset: str
+    custom: tuple[date, date] | None = None
+
+    def resolve(self, url: str) -> tuple[datetime, datetime] | None:
+        """``(start, end)``, or None when the store has no items yet."""
+        lo, hi = data.time_bounds(url)
+        if lo is None or hi is None:
+            return None
+        end = hi + timedelta(seconds=1)
+        if self.preset == "custom" and self.custom is not None:
+            start, end = _day(self.custom[0]), _day(self.custom[1]) + timedelta(days=1)
+        else:
+            start = data.since_preset(self.preset, end) or lo
+        return max(start, lo), end
+
+
+def time_range(url: str, default: str = "all") -> Range:
+    """The sidebar's time range widgets."""
     lo, hi = data.time_bounds(url)
     with st.sidebar:
         st.subheader("Time range")
@@ -30,23 +52,20 @@ def time_range(url: str, default: str = "all") -> tuple[datetime, datetime] | No
             "Range", PRESETS, index=PRESETS.index(default), key="range_preset",
             help="event time, ending at the newest item",
         )  # fmt: skip
-        if lo is None or hi is None:
-            return None
-        end = hi + timedelta(seconds=1)
-        if preset == "custom":
+        custom = None
+        if preset == "custom" and lo is not None and hi is not None:
             picked = st.date_input(
                 "From – to (UTC)", value=(lo.date(), hi.date()), key="range_custom"
             )
-            if isinstance(picked, tuple | list) and len(picked) == 2:
-                first, last = picked
-            else:
-                first = last = picked[0] if isinstance(picked, tuple | list) else picked
-            start = _day(first)
-            end = _day(last) + timedelta(days=1)
-        else:
-            start = data.since_preset(preset, end) or lo
-        st.caption(f"{start:%Y-%m-%d %H:%M} → {end:%Y-%m-%d %H:%M} UTC")
-    return max(start, lo), end
+            days = list(picked) if isinstance(picked, tuple | list) else [picked]
+            if days:
+                custom = (days[0], days[-1])
+    return Range(preset, custom)
+
+
+def range_caption(window: tuple[datetime, datetime]) -> None:
+    start, end = window
+    st.caption(f"Event time {start:%Y-%m-%d %H:%M:%S} → {end:%Y-%m-%d %H:%M:%S} UTC")
 
 
 def _day(d: date) -> datetime:

@@ -9,7 +9,7 @@ from moodwire import operations
 
 st.title("Alerts")
 url = ui.store_url()
-window = ui.time_range(url, default="all")
+chosen = ui.time_range(url, default="all")
 refresh = ui.live_toggle()
 
 c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
@@ -81,6 +81,7 @@ def _alert(a: dict, expanded: bool) -> None:
 
 @st.fragment(run_every=refresh)
 def live() -> None:
+    window = chosen.resolve(url)
     since = window[0] if window else None
     rows = data.alert_list(
         url,

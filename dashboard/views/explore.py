@@ -12,7 +12,7 @@ LABELS = ["negative", "neutral", "positive"]
 st.title("Explore")
 url = ui.store_url()
 settings = data.settings()
-window = ui.time_range(url, default="all")
+window = ui.time_range(url, default="all").resolve(url)
 
 query = st.text_input("Search", key="ex_query", placeholder="e.g. bank downgraded on credit fears")
 mode = st.radio("Match", ["by text", "by meaning"], horizontal=True, key="ex_mode",

@@ -8,7 +8,7 @@ from dashboard import charts, data, ui
 
 st.title("Overview")
 url = ui.store_url()
-window = ui.time_range(url, default="all")
+chosen = ui.time_range(url, default="all")
 refresh = ui.live_toggle()
 
 scope_label = st.radio(
@@ -36,6 +36,7 @@ def live() -> None:
     cols[2].metric("open alerts", stats["alerts"]["unacknowledged"])
     cols[3].metric("drift events", stats["drift_events"]["total"])
     cols[4].metric("model versions seen", len(stats["by_model_version"]))
+    window = chosen.resolve(url)
     if window is None:
         st.info(
             "No items yet. Start a worker and a feed, or `moodwire demo`: "
@@ -43,6 +44,7 @@ def live() -> None:
         )
         return
     start, end = window
+    ui.range_caption(window)
     left, right = st.columns([3, 2])
     with left:
         st.subheader(f"Sentiment index — {what}")
