@@ -16,6 +16,28 @@ LABEL_COLORS = alt.Scale(
 )
 
 
+def _time_x(field: str, title: str | None, times: Any, domain: list[str] | None = None) -> alt.X:
+    """A UTC time axis with 24-hour labels (Vega's default is local, 12-hour time).
+
+    The label format follows the span: seconds within a few minutes, dates past two days.
+    """
+    ts = pd.to_datetime(pd.Series(list(times)), utc=True) if len(times) else pd.Series([])
+    span = (ts.max() - ts.min()).total_seconds() if len(ts) > 1 else 0.0
+    if domain:
+        span = (pd.Timestamp(domain[1]) - pd.Timestamp(domain[0])).total_seconds()
+    fmt = "%H:%M:%S" if span < 600 else ("%H:%M" if span < 2 * 86400 else "%m-%d %H:%M")
+    if span == 0 and len(ts):  # everything in one instant: pad, or the axis collapses
+        t = ts.iloc[0]
+        domain = [
+            (t - pd.Timedelta(seconds=30)).isoformat(),
+            (t + pd.Timedelta(seconds=30)).isoformat(),
+        ]
+    scale = alt.Scale(type="utc", domain=domain) if domain else alt.Scale(type="utc")
+    return alt.X(
+        f"{field}:T", title=title, scale=scale, axis=alt.Axis(format=fmt, labelOverlap=True)
+    )
+
+
 def sentiment_index(
     df: pd.DataFrame, what: str, start: Any = None, end: Any = None
 ) -> tuple[alt.LayerChart, alt.Chart]:
@@ -26,7 +48,7 @@ def sentiment_index(
     """
     desc = f"sentiment index of {what}: {len(df)} buckets, {int(df['volume'].sum()):,} items"
     domain = [pd.Timestamp(start).isoformat(), pd.Timestamp(end).isoformat()] if start else None
-    x = alt.X("time:T", title=None, scale=alt.Scale(domain=domain) if domain else alt.Undefined)
+    x = _time_x("time", None, df["time"], domain)
     base = alt.Chart(df).encode(x=x)
     score = base.mark_line(point=len(df) < 60).encode(
         y=alt.Y("score:Q", title="sentiment (p_pos − p_neg)", scale=alt.Scale(domain=[-1, 1])),
@@ -130,7 +152,7 @@ def alert_windows(alert: dict[str, Any]) -> alt.LayerChart:
         alt.Chart(df)
         .mark_bar()
         .encode(
-            x=alt.X("start:T", title="window start"),
+            x=_time_x("start", "window start (UTC)", df["start"]),
             y=alt.Y("value:Q", title=title),
             color=alt.Color(
                 "window:N",
@@ -159,7 +181,7 @@ def timeline(df: pd.DataFrame) -> alt.Chart:
         alt.Chart(df)
         .mark_point(filled=True, size=110)
         .encode(
-            x=alt.X("time:T", title="time (UTC)"),
+            x=_time_x("time", "time (UTC)", df["time"]),
             y=alt.Y("event:N", title=None),
             color=alt.Color("event:N", legend=None),
             shape=alt.Shape("event:N", legend=None),
@@ -179,7 +201,7 @@ def accuracy(df: pd.DataFrame) -> alt.Chart:
         alt.Chart(df)
         .mark_line(point=True)
         .encode(
-            x=alt.X("time:T", title="label time (UTC)"),
+            x=_time_x("time", "label time (UTC)", df["time"]),
             y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
             color=alt.Color("version:N"),
             tooltip=["time:T", "version:N", "labels:Q", alt.Tooltip("accuracy:Q", format=".1%")],

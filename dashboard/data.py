@@ -19,6 +19,7 @@ from learner.registry import Registry
 from moodwire.settings import Settings
 from moodwire.store import (
     Store,
+    alerts,
     audit_log,
     drift_events,
     item_entities,
@@ -70,6 +71,30 @@ def _frame(rows: list[Any], columns: list[str]) -> pd.DataFrame:
 @st.cache_data(ttl=TTL_S)
 def stats(url: str) -> dict[str, Any]:
     return get_store(url).stats()
+
+
+@st.cache_data(ttl=TTL_S)
+def headline_counts(url: str) -> dict[str, int]:
+    """The overview's figures, from indexed columns only (``Store.stats`` scans more)."""
+    store = get_store(url)
+    with store.engine.connect() as conn:
+        by_label = dict(
+            conn.execute(sa.select(items.c.label, sa.func.count()).group_by(items.c.label)).all()
+        )
+        versions = conn.execute(
+            sa.select(sa.func.count(sa.distinct(items.c.model_version)))
+        ).scalar_one()
+        open_alerts = conn.execute(
+            sa.select(sa.func.count()).select_from(alerts).where(alerts.c.acknowledged_at.is_(None))
+        ).scalar_one()
+        drift = conn.execute(sa.select(sa.func.count()).select_from(drift_events)).scalar_one()
+    return {
+        "items": int(sum(by_label.values())),
+        "negative": int(by_label.get("negative", 0)),
+        "versions": int(versions),
+        "open_alerts": int(open_alerts),
+        "drift_events": int(drift),
+    }
 
 
 @st.cache_data(ttl=TTL_S)

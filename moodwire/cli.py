@@ -316,6 +316,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--time-budget", type=float, help="seconds per incremental fine-tune")
     c.add_argument("--seed", type=int, default=0)
+
+    d = bench.add_parser(
+        "dashboard",
+        help="first meaningful paint of the dashboard in headless Chromium over a large store",
+        description="Fill a fresh SQLite store with N generated items (or use --store as it is "
+        "when it holds items), serve the dashboard on it, and time in headless Chromium "
+        "(Debian's /usr/bin/chromium) the first drawn chart of the overview, cold and warm, "
+        "and the switch to each other page.",
+    )
+    _common(d)
+    d.add_argument(
+        "--items", type=int, default=100_000, help="items to fill an empty store with (100000)"
+    )
+    d.add_argument(
+        "--warm-loads", type=int, default=5, help="warm reloads to take the median of (5)"
+    )
+    d.add_argument("--port", type=int, help="dashboard port (default: a free one)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar while filling")
+    d.add_argument("--out", type=Path, help="also write the JSON here")
     return parser
 
 

@@ -8,7 +8,6 @@ import getpass
 import hashlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -504,11 +503,36 @@ def bench_continual_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("bench dashboard")
+@_guard
+def bench_dashboard_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from moodwire.bench_dashboard import dashboard_bench
+
+    if args.items < 1:
+        raise UserError("--items must be at least 1")
+    result = dashboard_bench(
+        settings,
+        items=args.items,
+        store_url=args.store_url,
+        warm_loads=max(1, args.warm_loads),
+        port=args.port,
+        progress=not args.no_progress,
+        registry=args.registry,
+    )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        import json
+
+        args.out.write_text(json.dumps(result, indent=2))
+    print_json(result)
+    return 0
+
+
 def dashboard_argv(port: int, address: str = "127.0.0.1") -> list[str]:
     """The command line that serves the dashboard (used by ``dashboard`` and ``demo``)."""
     app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
     return [
-        sys.executable, "-m", "streamlit", "run", str(app),
+        sys.executable, "-m", "dashboard.serve", str(app),
         "--server.port", str(port), "--server.address", address,
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
@@ -520,16 +544,10 @@ def dashboard_argv(port: int, address: str = "127.0.0.1") -> list[str]:
 def dashboard_cmd(args: argparse.Namespace, settings: Settings) -> int:
     env = {**os.environ, **settings.to_env()}
     print(f"dashboard   http://{args.address}:{args.port}", flush=True)
-    proc = subprocess.Popen(dashboard_argv(args.port, args.address), env=env)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            return proc.wait(10) and 0
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return 130
+    # Become the server: signals (Ctrl-C, SIGTERM) reach Streamlit itself, no orphan.
+    argv = dashboard_argv(args.port, args.address)
+    os.execve(argv[0], argv, env)
+    return 0  # not reached
 
 
 @command("demo")

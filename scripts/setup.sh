@@ -25,3 +25,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
   echo "$want" > "$stamp"
 fi
+
+# Debian's Chromium for the browser tests and the dashboard benchmark (Playwright drives
+# it with executable_path=/usr/bin/chromium; nothing may download a browser of its own).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "setup: installing Debian's chromium (browser tests)"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo -n"; fi
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium </dev/null >/dev/null
+fi

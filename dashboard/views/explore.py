@@ -45,8 +45,8 @@ if found.empty:
     st.stop()
 
 view = found.assign(
-    label=[c or lab for c, lab in zip(found["corrected_label"], found["label"], strict=True)],
-    topic=[c or t for c, t in zip(found["corrected_topic"], found["topic"], strict=True)],
+    label=found["corrected_label"].fillna(found["label"]),
+    topic=found["corrected_topic"].fillna(found["topic"]),
     corrected=found["corrected_label"].notna() | found["corrected_topic"].notna(),
 )
 cols = ["ts", "text", "label", "topic", "confidence", "entities", "source", "model_version",

@@ -27,15 +27,13 @@ elif scope_label == "a topic":
 
 @st.fragment(run_every=refresh)
 def live() -> None:
-    stats = data.stats(url)
+    counts = data.headline_counts(url)
     cols = st.columns(5)
-    cols[0].metric("items scored", f"{stats['items']:,}")
-    cols[1].metric(
-        "negative share", f"{stats['by_label'].get('negative', 0) / max(1, stats['items']):.0%}"
-    )
-    cols[2].metric("open alerts", stats["alerts"]["unacknowledged"])
-    cols[3].metric("drift events", stats["drift_events"]["total"])
-    cols[4].metric("model versions seen", len(stats["by_model_version"]))
+    cols[0].metric("items scored", f"{counts['items']:,}")
+    cols[1].metric("negative share", f"{counts['negative'] / max(1, counts['items']):.0%}")
+    cols[2].metric("open alerts", counts["open_alerts"])
+    cols[3].metric("drift events", counts["drift_events"])
+    cols[4].metric("model versions seen", counts["versions"])
     window = chosen.resolve(url)
     if window is None:
         st.info(
