@@ -310,3 +310,62 @@ def test_an_operator_action_without_the_credential_is_refused(
     with store.engine.connect() as conn:
         rows = conn.execute(audit_log.select().where(audit_log.c.action == "rollback")).all()
     assert rows == []
+
+
+def test_the_demo_serves_live_trends_a_newcomer_sees(
+    tmp_path: Path, model_registry: Path, browser: Any, shots: Path
+) -> None:
+    """`moodwire demo` (not headless) prints the dashboard's URL; the open overview fills itself.
+
+    The page is opened as soon as the URL is printed, before any item is scored,
+    and is never reloaded: the live refresh must bring the trend in.
+    """
+    import time
+
+    registry = tmp_path / "registry"
+    shutil.copytree(model_registry, registry)
+    port = free_port()
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moodwire", "demo", "--items", "3000", "--rate", "20",
+         "--dashboard-port", str(port)],
+        cwd=ROOT, env=_env(tmp_path, registry), stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = None
+        for line in proc.stdout:
+            if line.startswith("dashboard"):
+                url = line.split()[1]
+                break
+        assert url == f"http://127.0.0.1:{port}", url
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        wait_until(lambda: _answers(url), 120, "the dashboard answering", 0.5)
+        page.goto(url)
+        chart = page.locator(
+            '[data-testid="stVegaLiteChart"][aria-label^="sentiment index of all"]'
+        )
+        chart.first.wait_for(timeout=240_000)
+        seen = time.monotonic() - started
+        label = chart.first.get_attribute("aria-label") or ""
+        items = int(re.search(r"([\d,]+) items", label).group(1).replace(",", ""))  # type: ignore[union-attr]
+        print(f"\nlive trend seen {seen:.1f} s after `moodwire demo` started: {label}")
+        assert items > 0
+        page.screenshot(path=str(shots / "demo-overview.png"), full_page=True)
+        page.close()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 0
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
