@@ -69,11 +69,6 @@ def _frame(rows: list[Any], columns: list[str]) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=TTL_S)
-def stats(url: str) -> dict[str, Any]:
-    return get_store(url).stats()
-
-
-@st.cache_data(ttl=TTL_S)
 def headline_counts(url: str) -> dict[str, int]:
     """The overview's figures, from indexed columns only (``Store.stats`` scans more)."""
     store = get_store(url)

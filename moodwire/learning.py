@@ -45,7 +45,7 @@ from learner.registry import Registry
 from learner.replay import Reservoir
 from moodwire.settings import Settings
 from moodwire.store import Store
-from stream.schemas import ControlMessage, LabelMessage, label_id
+from stream.schemas import ControlMessage, LabelMessage, label_row
 
 log = structlog.get_logger(__name__)
 
@@ -204,18 +204,7 @@ class LearnerProcess:
                     offset=rec.offset,
                 )
                 continue
-            rows.append(
-                {
-                    "id": label_id(msg),
-                    "item_id": msg.item_id,
-                    "text": msg.text,
-                    "label": msg.label,
-                    "topic": msg.topic,
-                    "source": msg.source,
-                    "annotator": msg.annotator,
-                    "ts": msg.ts,
-                }
-            )
+            rows.append(label_row(msg))
         fresh = self.store.add_labels(rows)
         for row in fresh:
             LABELS_IN.labels(row["source"]).inc()

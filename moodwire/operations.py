@@ -58,49 +58,47 @@ def _actor(actor: str) -> str:
     return actor[:256]
 
 
-def _send_control(settings: Settings, msg: Any, *, strict: bool) -> None:
+def _publish(settings: Settings, topic: str, msg: Any, key: str | None = None) -> None:
+    """Send one message and wait until the broker has it."""
     from stream.broker import ensure_topics
     from stream.clients import make_producer
 
+    ensure_topics(settings.bootstrap_servers, [topic], settings.partitions)
+    producer = make_producer(settings, client_id="moodwire-operator")
     try:
-        ensure_topics(settings.bootstrap_servers, [settings.topics.control], settings.partitions)
-        producer = make_producer(settings, client_id="moodwire-operator")
-        try:
-            producer.send(settings.topics.control, value=msg.model_dump_json().encode()).get(30)
-        finally:
-            producer.close(timeout=5)
-    except Exception as exc:
-        if strict:
-            raise
-        # Workers follow the registry themselves; the message only makes them notice sooner.
-        log.warning("control_announce_failed", action=msg.action, error=str(exc)[:200])
+        value = msg.model_dump_json().encode()
+        producer.send(topic, key=key.encode() if key else None, value=value).get(30)
+    finally:
+        producer.close(timeout=5)
+
+
+def _serve(
+    settings: Settings, action: str, version: str, actor: str, reason: str, details: dict
+) -> None:
+    """After the registry switched to ``version``: audit, then tell the workers."""
+    from stream.schemas import ControlMessage
+
+    Store(settings.resolved_store_url()).audit(actor, action, version, reason or None, details)
+    msg = ControlMessage(action=action, version=version, actor=actor, reason=reason or None)
+    try:
+        _publish(settings, settings.topics.control, msg)
+    except Exception as exc:  # noqa: BLE001 - workers follow the registry themselves
+        log.warning("control_announce_failed", action=action, error=str(exc)[:200])
 
 
 def promote(settings: Settings, version: str, *, actor: str, reason: str = "") -> dict[str, Any]:
     """Serve ``version``; audited and announced on ``moodwire.control``."""
-    from stream.schemas import ControlMessage
-
     actor = _actor(actor)
     previous = Registry(settings.resolved_registry()).promote(version)
-    Store(settings.resolved_store_url()).audit(
-        actor, "promote", version, reason or None, {"previous": previous}
-    )
-    msg = ControlMessage(action="promote", version=version, actor=actor, reason=reason or None)
-    _send_control(settings, msg, strict=False)
+    _serve(settings, "promote", version, actor, reason, {"previous": previous})
     return {"serving": version, "previous": previous}
 
 
 def rollback(settings: Settings, *, actor: str, reason: str = "") -> dict[str, Any]:
     """Serve the previously serving version; audited and announced."""
-    from stream.schemas import ControlMessage
-
     actor = _actor(actor)
     current, target = Registry(settings.resolved_registry()).rollback()
-    Store(settings.resolved_store_url()).audit(
-        actor, "rollback", target, reason or None, {"from": current}
-    )
-    msg = ControlMessage(action="rollback", version=target, actor=actor, reason=reason or None)
-    _send_control(settings, msg, strict=False)
+    _serve(settings, "rollback", target, actor, reason, {"from": current})
     return {"serving": target, "previous": current}
 
 
@@ -110,7 +108,7 @@ def request_retrain(settings: Settings, *, actor: str, reason: str = "") -> dict
 
     actor = _actor(actor)
     msg = ControlMessage(action="retrain", actor=actor, reason=reason or None)
-    _send_control(settings, msg, strict=True)
+    _publish(settings, settings.topics.control, msg)
     Store(settings.resolved_store_url()).audit(
         actor, "retrain", None, reason or None, {"requested_at": msg.ts.isoformat()}
     )
@@ -132,9 +130,7 @@ def correct(
     consumes the message, so it is stored once), so the correction shows
     immediately rather than after the learner's next poll.
     """
-    from stream.broker import ensure_topics
-    from stream.clients import make_producer
-    from stream.schemas import LabelMessage, label_id
+    from stream.schemas import LabelMessage, label_row
 
     actor = _actor(actor)
     if label is None and topic is None:
@@ -143,24 +139,8 @@ def correct(
     if store.get_item(item_id) is None:
         raise ValueError(f"no item {item_id!r} in the store")
     msg = LabelMessage(item_id=item_id, label=label, topic=topic, source="analyst", annotator=actor)
-    ensure_topics(settings.bootstrap_servers, [settings.topics.labels], settings.partitions)
-    producer = make_producer(settings, client_id="moodwire-dashboard")
-    try:
-        producer.send(
-            settings.topics.labels, key=item_id.encode(), value=msg.model_dump_json().encode()
-        ).get(30)
-    finally:
-        producer.close(timeout=5)
-    row = {
-        "id": label_id(msg),
-        "item_id": item_id,
-        "text": None,
-        "label": label,
-        "topic": topic,
-        "source": msg.source,
-        "annotator": actor,
-        "ts": msg.ts,
-    }
+    _publish(settings, settings.topics.labels, msg, key=item_id)
+    row = label_row(msg)
     store.add_labels([row])
     store.audit(actor, "correct", item_id, reason or None, {"label": label, "topic": topic})
     return {"item_id": item_id, "label": label, "topic": topic, "label_id": row["id"]}

@@ -168,3 +168,17 @@ def label_id(msg: LabelMessage) -> str:
         ensure_ascii=False,
     )
     return hashlib.sha256(basis.encode("utf-8")).hexdigest()[:32]
+
+
+def label_row(msg: LabelMessage) -> dict[str, Any]:
+    """A label message as the store's ``labels`` row (keyed by :func:`label_id`)."""
+    return {
+        "id": label_id(msg),
+        "item_id": msg.item_id,
+        "text": msg.text,
+        "label": msg.label,
+        "topic": msg.topic,
+        "source": msg.source,
+        "annotator": msg.annotator,
+        "ts": msg.ts,
+    }
