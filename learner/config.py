@@ -30,6 +30,7 @@ class LearnerConfig:
     replay_kind: str = "class_balanced"
     replay_capacity: int = 5000
     replay_ratio: float = 2.0  # replayed examples per fresh one
+    distill: float = 1.0  # weight of keeping the serving model's outputs on replayed ones
     old_tolerance: float = 0.02  # accuracy the candidate may lose on old data
     min_new_gain: float = 0.0  # it must beat the serving model on new data by more than this
     min_holdout: int = 20  # held-out fresh labels needed to judge a candidate
@@ -55,6 +56,7 @@ class LearnerConfig:
             (self.min_new_labels >= 1, "min_new_labels must be at least 1"),
             (self.holdout_every >= 2, "holdout_every must be at least 2"),
             (self.replay_ratio >= 0, "replay_ratio must be non-negative"),
+            (self.distill >= 0, "distill must be non-negative"),
             (0 <= self.old_tolerance < 1, "old_tolerance must be in [0, 1)"),
             (self.min_holdout >= 1, "min_holdout must be at least 1"),
         ]
@@ -71,4 +73,5 @@ class LearnerConfig:
             batch_size=self.batch_size,
             time_budget_s=self.time_budget_s,
             seed=self.seed,
+            distill_weight=self.distill,
         )

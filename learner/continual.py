@@ -16,7 +16,11 @@ How a label flows:
   labels on their own.
 * The candidate is the serving model fine-tuned on the fresh training labels
   mixed with examples replayed from memory (``replay_ratio`` per fresh one,
-  drawn in the proportions the classes were seen in).
+  drawn in the proportions the classes were seen in). On replayed examples it
+  also learns to keep the serving model's output distribution (``distill``, as
+  in dark experience replay): the label says what is right, the serving model's
+  probabilities say what the model knew, and keeping those is what holds old
+  knowledge in place while the fresh labels move the new.
 * Gates: the candidate must beat the serving model on the held-out fresh labels
   and lose no more than ``old_tolerance`` on the held-out memory (old labelled
   data no version trained on: the bootstrap's held-out part, then held-out
@@ -317,6 +321,15 @@ class ContinualLearner:
             out.extend(self._rng.sample(items, want))
         return out
 
+    def _teacher(self, data: list[LabelledText], summary: dict[str, int]) -> np.ndarray | None:
+        """The serving model's probabilities on the replayed part of ``data`` (NaN elsewhere)."""
+        replayed = summary.get("replayed", 0)
+        if self.config.strategy != "moodwire" or self.config.distill <= 0 or not replayed:
+            return None
+        teacher = np.full((len(data), len(LABELS)), np.nan, dtype=np.float32)
+        teacher[-replayed:] = self.classifier.predict_proba([x.text for x in data[-replayed:]])
+        return teacher
+
     def old_holdout(self) -> list[LabelledText]:
         return self.heldout.items()
 
@@ -333,7 +346,10 @@ class ContinualLearner:
         cfg = self.config.train_config()
         if self.config.strategy == "joint":  # the upper bound: one full pass, no budget
             cfg = TrainConfig(epochs=1.0, lr=self.config.lr, seed=self.config.seed)
-        report = fine_tune(candidate, data, cfg, progress=progress, stop=stop)
+        teacher = self._teacher(data, summary)
+        if teacher is not None:
+            summary["distilled"] = int(summary.get("replayed", 0))
+        report = fine_tune(candidate, data, cfg, progress=progress, stop=stop, teacher=teacher)
         # Only a judged moodwire candidate may serve; the baselines promote unconditionally.
         decision = "reject" if self.config.strategy == "moodwire" else "promote"
         return Outcome(trigger, candidate, report, summary, None, decision, self.version)

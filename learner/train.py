@@ -54,6 +54,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     max_grad_norm: float = 1.0
     group_by_length: bool = True
+    # Weight of matching a teacher's output distribution (KL) on the examples that have
+    # one (``fine_tune(teacher=…)``: replayed examples, scored by the serving model).
+    distill_weight: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -66,6 +69,7 @@ class TrainConfig:
             (0 < self.layer_lr_decay <= 1, "layer_lr_decay must be in (0, 1]"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.max_grad_norm > 0, "max_grad_norm must be positive"),
+            (self.distill_weight >= 0, "distill_weight must be non-negative"),
             (
                 self.time_budget_s is None or self.time_budget_s > 0,
                 "time_budget_s must be positive or None",
@@ -141,6 +145,24 @@ def _lr_factor(progress: float, warmup: float) -> float:
     return max(0.0, (1.0 - progress) / (1.0 - warmup))
 
 
+def _teacher_targets(
+    classifier: SentimentClassifier, teacher: np.ndarray | None, n: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The teacher's probabilities in the model's output order, and which rows have one."""
+    if teacher is None:
+        return None, None
+    teacher = np.asarray(teacher, dtype=np.float32)
+    if teacher.shape != (n, len(classifier.labels)):
+        raise ValueError(
+            f"teacher must have shape ({n}, {len(classifier.labels)}), got {teacher.shape}"
+        )
+    has = ~np.isnan(teacher).any(axis=1)
+    soft = np.zeros_like(teacher)
+    columns = classifier.label_ids(list(classifier.labels))
+    soft[:, columns] = np.where(has[:, None], teacher, 0.0)
+    return torch.from_numpy(soft), torch.from_numpy(has)
+
+
 def fine_tune(
     classifier: SentimentClassifier,
     data: list[LabelledText],
@@ -148,8 +170,16 @@ def fine_tune(
     *,
     progress: bool = True,
     stop: threading.Event | None = None,
+    teacher: np.ndarray | None = None,
 ) -> TrainReport:
     """Fine-tune ``classifier`` in place on ``data``; returns what the run did.
+
+    ``teacher`` (optional, shape ``(len(data), 3)``, columns in ``LABELS`` order)
+    holds a teacher's probabilities for the examples that have one and NaN rows
+    for the rest: those examples also pull the model's output distribution
+    towards the teacher's (KL, weight ``config.distill_weight``), as in dark
+    experience replay — replayed examples keep what the serving model said about
+    them, not just their labels, which is what holds old knowledge in place.
 
     Stops after ``config.epochs`` or at ``config.time_budget_s``, whichever
     comes first; the learning rate decays against both, so an early stop
@@ -168,6 +198,7 @@ def fine_tune(
     lengths = [len(ids) for ids in encoded]
     targets = torch.tensor(classifier.label_ids([item.label for item in data]))
     pad_id = tokenizer.pad_token_id or 0
+    soft, has_soft = _teacher_targets(classifier, teacher, len(data))
 
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
@@ -215,6 +246,14 @@ def fine_tune(
                         input_ids=input_ids.to(device), attention_mask=mask.to(device)
                     ).logits
                 loss = loss_fn(logits.float(), targets[idx].to(device))
+                if soft is not None and config.distill_weight > 0:
+                    rows = has_soft[idx]
+                    if rows.any():
+                        student = torch.log_softmax(logits.float()[rows.to(device)], dim=-1)
+                        kl = torch.nn.functional.kl_div(
+                            student, soft[idx][rows].to(device), reduction="sum"
+                        )
+                        loss = loss + config.distill_weight * kl / len(idx)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(
                     [p for g in groups for p in g["params"]], config.max_grad_norm

@@ -316,3 +316,46 @@ def test_promotions_in_a_row_cannot_add_their_forgetting_up() -> None:
     restored = ContinualLearner(_Knows(knows), "v2", cfg)  # type: ignore[arg-type]
     restored.restore(learner.state())
     assert restored.before_shift_acc == 1.0 and len(restored.before_shift) == 200
+
+
+def test_distillation_holds_the_serving_models_outputs_on_replayed_examples(served) -> None:  # noqa: ANN001
+    """Labels that contradict the serving model: with its probabilities as a teacher, the
+    candidate stays closer to what it said; a teacher row of NaN changes nothing."""
+    from learner.train import TrainConfig, fine_tune
+
+    data = _headlines(48, seed=11)
+    flipped = [LabelledText(x.text, LABELS[(LABELS.index(x.label) + 1) % 3]) for x in data]
+    texts = [x.text for x in data]
+    teacher = served.predict_proba(texts)
+    before = teacher.argmax(1)
+    cfg = TrainConfig(epochs=3, lr=3e-4, batch_size=16, distill_weight=4.0)
+
+    def train(t: np.ndarray | None):  # noqa: ANN202
+        clf = copy.deepcopy(served)
+        fine_tune(clf, flipped, cfg, progress=False, teacher=t)
+        return clf
+
+    plain, distilled = train(None), train(teacher)
+    agree_plain = np.mean(plain.predict_proba(texts).argmax(1) == before)
+    agree_distilled = np.mean(distilled.predict_proba(texts).argmax(1) == before)
+    assert agree_distilled > agree_plain + 0.2, (agree_plain, agree_distilled)
+
+    nan = train(np.full_like(teacher, np.nan))
+    assert np.allclose(nan.predict_proba(texts), plain.predict_proba(texts), atol=1e-5)
+    with pytest.raises(ValueError, match="teacher must have shape"):
+        fine_tune(copy.deepcopy(served), flipped, cfg, progress=False, teacher=teacher[:5])
+
+
+def test_only_replayed_examples_get_a_teacher() -> None:
+    cfg = LearnerConfig(min_new_labels=10, replay_ratio=1.0)
+    learner = ContinualLearner(_Fixed("positive"), "v1", cfg)  # type: ignore[arg-type]
+    learner.remember(_items(40, "old"))
+    learner.observe(_items(30, "new"), ["positive"] * 30)
+    data, summary = learner.training_data()
+    teacher = learner._teacher(data, summary)
+    fresh = summary["fresh"]
+    assert teacher is not None and teacher.shape == (len(data), 3)
+    assert np.isnan(teacher[:fresh]).all() and not np.isnan(teacher[fresh:]).any()
+    assert (teacher[fresh:].argmax(1) == LABELS.index("positive")).all()
+    off = ContinualLearner(_Fixed(), "v1", LearnerConfig(distill=0.0))  # type: ignore[arg-type]
+    assert off._teacher(data, summary) is None
