@@ -8,6 +8,7 @@ here imports training code, and nothing blocks on a worker.
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -54,7 +55,9 @@ def _naive(dt: datetime) -> datetime:
 
 def _bucket(col: Any, dialect: str, seconds: int) -> Any:
     """Seconds since the epoch of ``col``'s bucket start, computed in SQL."""
-    if dialect == "sqlite":
+    if dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 38):
+        epoch = sa.func.unixepoch(col, type_=sa.BigInteger)  # a third faster than strftime
+    elif dialect == "sqlite":
         epoch = sa.cast(sa.func.strftime("%s", col), sa.BigInteger)
     else:
         epoch = sa.cast(sa.func.floor(sa.extract("epoch", col)), sa.BigInteger)
@@ -95,8 +98,12 @@ def headline_counts(url: str) -> dict[str, int]:
 @st.cache_data(ttl=TTL_S)
 def time_bounds(url: str) -> tuple[datetime | None, datetime | None]:
     """The oldest and newest event times in the store."""
+    # Two scalar subqueries: SQLite answers min() and max() each from the index only when
+    # they are asked for alone (together they scan the table).
+    lo_q = sa.select(sa.func.min(items.c.ts)).scalar_subquery()
+    hi_q = sa.select(sa.func.max(items.c.ts)).scalar_subquery()
     with get_store(url).engine.connect() as conn:
-        lo, hi = conn.execute(sa.select(sa.func.min(items.c.ts), sa.func.max(items.c.ts))).one()
+        lo, hi = conn.execute(sa.select(lo_q, hi_q)).one()
     return _utc(lo), _utc(hi)
 
 

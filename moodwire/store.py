@@ -59,6 +59,8 @@ items = sa.Table(
     sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("stored_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("published", sa.Boolean, nullable=False, default=False),
+    # Covers the dashboard's time-bucketed aggregates: they read the index, not the rows.
+    sa.Index("ix_items_ts_scores", "ts", "label", "p_positive", "p_negative"),
 )
 
 # One row per (item, entity): per-entity trends and alerts aggregate in SQL.
@@ -71,6 +73,7 @@ item_entities = sa.Table(
     sa.Column("label", sa.String(16), nullable=False),
     sa.Column("score", sa.Float, nullable=False),  # p_positive - p_negative
     sa.Index("ix_item_entities_entity_ts", "entity", "ts"),
+    sa.Index("ix_item_entities_ts_scores", "ts", "entity", "score", "label"),
 )
 
 rejected = sa.Table(
@@ -198,6 +201,16 @@ class Store:
         self.engine: Engine = _make_engine(url)
         if create:
             metadata.create_all(self.engine)
+            self._ensure_indexes()
+
+    def _ensure_indexes(self) -> None:
+        """Indexes added since a store was created (``create_all`` skips existing tables)."""
+        inspector = sa.inspect(self.engine)
+        for table in (items, item_entities):
+            have = {ix["name"] for ix in inspector.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name not in have:
+                    index.create(self.engine, checkfirst=True)
 
     @property
     def dialect(self) -> str:

@@ -66,8 +66,11 @@ def test_timeline_accuracy_and_search(url: str) -> None:
 
 
 def test_the_dashboard_imports_no_training_code() -> None:
+    """Not its pages' modules, and not the server's warm-up (a chart built and serialised)."""
     code = (
         "import sys, dashboard.data, dashboard.ui, dashboard.charts, moodwire.operations;"
+        "from dashboard.serve import warm_up; assert warm_up() > 0;"
+        "assert 'pyarrow' in sys.modules;"
         "bad = [m for m in sys.modules if m in ('torch', 'transformers') "
         "or m.startswith(('learner.classifier', 'learner.train', 'learner.continual'))];"
         "print(bad); sys.exit(1 if bad else 0)"
