@@ -40,7 +40,7 @@ items = sa.Table(
     _seq(),
     sa.Column("id", sa.String(256), nullable=False, unique=True),
     sa.Column("text", sa.Text, nullable=False),
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),  # ix_items_ts_scores leads with it
     sa.Column("source", sa.String(256)),
     sa.Column("entities", sa.JSON, nullable=False),
     sa.Column("meta", sa.JSON, nullable=False),
@@ -59,7 +59,8 @@ items = sa.Table(
     sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("stored_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("published", sa.Boolean, nullable=False, default=False),
-    # Covers the dashboard's time-bucketed aggregates: they read the index, not the rows.
+    # Every event-time range query uses it, and it covers the dashboard's time-bucketed
+    # aggregates (they read the index, not the rows); one index per item, as before.
     sa.Index("ix_items_ts_scores", "ts", "label", "p_positive", "p_negative"),
 )
 
