@@ -1,10 +1,10 @@
 """``moodwire bench continual``: strategies compared on a sequence of labelled phases.
 
 Each phase file keeps a seeded, stratified 20 % held out; the rest is its
-stream part. A model is bootstrapped on phase A's stream part (less a seeded
-10 % that the learner keeps as its held-out memory of A, to measure forgetting
-on data no version trained on); then the stream
-parts of all phases are streamed in order, in batches, through the same
+stream part. A model is bootstrapped on phase A's stream part, less a seeded
+20 % (``reserve``) that the learner keeps as its held-out memory of A, so the gate
+measures forgetting on data no version trained on. Then the stream parts of all
+phases are streamed in order, in batches, through the same
 :class:`~learner.continual.ContinualLearner` and
 :class:`~learner.drift.StreamMonitor` the learner and worker processes run.
 Every item is first scored by the strategy's serving model (prequential
@@ -151,7 +151,7 @@ def continual(
     strategies: tuple[str, ...] = STRATEGIES,
     null_items: int = 5000,
     bootstrap_epochs: float = 2.0,
-    reserve: float = 0.1,
+    reserve: float = 0.2,
     learner: LearnerConfig | None = None,
     device: str = "auto",
     keep_order: bool = False,
@@ -160,6 +160,8 @@ def continual(
     """Run the benchmark; writes ``out`` (JSON) and a PNG beside it; returns the JSON."""
     if len(phase_files) < 2:
         raise ValueError("bench continual needs at least two phases (A, then the shift)")
+    if not 0 < reserve < 1:
+        raise ValueError(f"reserve must be in (0, 1), got {reserve}")
     unknown = set(strategies) - set(STRATEGIES)
     if unknown:
         raise ValueError(f"unknown strategies {sorted(unknown)}; choose from {STRATEGIES}")

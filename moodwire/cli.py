@@ -304,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--bootstrap-epochs", type=float, default=2.0)
     c.add_argument(
+        "--reserve",
+        type=float,
+        default=0.2,
+        help="share of phase A's stream part the bootstrap does not train on: the learner's "
+        "held-out memory of A, on which its gate measures forgetting (0.2)",
+    )
+    c.add_argument(
         "--keep-order",
         action="store_true",
         help="stream each phase in file order (default: shuffled, seeded: a steady state)",

@@ -493,6 +493,7 @@ def bench_continual_cmd(args: argparse.Namespace, settings: Settings) -> int:
             strategies=tuple(args.strategies or STRATEGIES),
             null_items=args.null_items,
             bootstrap_epochs=args.bootstrap_epochs,
+            reserve=args.reserve,
             learner=config,
             device=settings.device,
             keep_order=args.keep_order,

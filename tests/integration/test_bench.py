@@ -75,6 +75,7 @@ def test_bench_continual_small_run(tmp_path: Path) -> None:
         ["bench", "continual", "--phases", str(a), str(b), "--out", str(out),
          "--null-items", "400", "--bootstrap-epochs", "1", "--time-budget", "8",
          "--retrain-every", "120", "--min-new-labels", "40", "--label-delay", "20",
+         "--reserve", "0.25",
          "--data-dir", str(tmp_path)],
         timeout=900,
     )  # fmt: skip
@@ -83,6 +84,10 @@ def test_bench_continual_small_run(tmp_path: Path) -> None:
     assert json.loads(out.read_text()) == result
     assert set(result["strategies"]) == {"frozen", "naive", "moodwire", "joint"}
     assert result["phase_starts"] == [0, 240]  # 80 % of 300 streamed per phase
+    # A quarter of phase A's stream part is the learner's held-out memory, not trained on.
+    boot = result["bootstrap"]
+    assert boot["trained_on"] + boot["reserved_as_heldout_memory"] == 240
+    assert abs(boot["reserved_as_heldout_memory"] - 60) <= 2
     for name, s in result["strategies"].items():
         m = s["acc_matrix"]
         assert len(m) == 2 and all(len(row) == 2 for row in m), name

@@ -157,6 +157,12 @@ def test_user_errors_are_one_clear_line(tmp_path: Path) -> None:
     )
     assert res.returncode == 2 and "unknown model version 'v7'" in res.stderr
     res = moodwire_cli(
+        ["bench", "continual", "--phases", str(bad), str(bad), "--label-map", "0=negative,1=positive",
+         "--reserve", "1.5", "--out", str(tmp_path / "c.json"), "--data-dir", str(tmp_path)]
+    )  # fmt: skip
+    assert res.returncode == 2 and "reserve must be in (0, 1)" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "c.json").exists()
+    res = moodwire_cli(
         [
             "worker",
             "--registry",
