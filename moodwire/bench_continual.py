@@ -88,6 +88,25 @@ def _forgetting(matrix: list[list[float]]) -> float | None:
     return float(np.mean(drops))
 
 
+def _forgetting_from_peak(run: _Run, bootstrap: list[float], starts: list[int]) -> float | None:
+    """Per earlier phase, the best accuracy a version had on it once it began, minus the final.
+
+    Like ``forgetting``, but over every version that served from the phase's start on
+    (each promoted one scored at its promotion), not only those serving at phase ends.
+    """
+    final = run.matrix[-1]
+    if len(run.matrix) < 2:
+        return None
+    drops = []
+    for j in range(len(final) - 1):
+        seen = [row[j] for row in run.matrix[j:-1]]
+        seen += [p["heldout_acc"][j] for p in run.promotions if p["position"] >= starts[j]]
+        if j == 0:
+            seen.append(bootstrap[0])
+        drops.append(max(seen) - final[j])
+    return float(np.mean(drops))
+
+
 class _Run:
     """One strategy streamed over the phases."""
 
@@ -98,8 +117,10 @@ class _Run:
         config: LearnerConfig,
         memory: list[LabelledText],
         memory_heldout: list[LabelledText],
+        heldouts: list[list[LabelledText]],
     ) -> None:
         self.name = name
+        self.heldouts = heldouts  # every phase's held-out part, scored at each promotion
         self.learner = ContinualLearner(copy.deepcopy(base), "v1", replace(config, strategy=name))
         self.learner.remember(memory, memory_heldout)
         self.monitor = StreamMonitor()
@@ -130,7 +151,9 @@ class _Run:
             version = f"v{self._versions}"
             self.learner.adopt(outcome.classifier, version)
             self.monitor.model_changed()
-            self.promotions.append({"position": position, "version": version})
+            acc = [round(accuracy(outcome.classifier, h), 4) for h in self.heldouts]
+            record["heldout_acc"] = acc
+            self.promotions.append({"position": position, "version": version, "heldout_acc": acc})
         log.info(
             "bench_retrain",
             strategy=self.name,
@@ -198,7 +221,8 @@ def continual(
 
     rng = random.Random(seed)
     labelled = [rng.random() < label_fraction for _ in stream]
-    runs = {name: _Run(name, base, config, trained, reserved) for name in strategies}
+    heldouts = [p.heldout for p in phases]
+    runs = {name: _Run(name, base, config, trained, reserved, heldouts) for name in strategies}
     for run in runs.values():
         _stream(run, phases, stream, stream_vectors, labelled, label_delay, batch)
     results = {}
@@ -207,6 +231,11 @@ def continual(
             "acc_matrix": [[round(a, 4) for a in row] for row in run.matrix],
             "final_avg_acc": round(float(np.mean(run.matrix[-1])), 4),
             "forgetting": None if (f := _forgetting(run.matrix)) is None else round(f, 4),
+            # Rows are taken at phase ends; a version promoted mid-phase may have done better
+            # on an earlier phase and lost it again before the phase ended.
+            "forgetting_from_peak": None
+            if (fp := _forgetting_from_peak(run, bootstrap["heldout_acc"], phase_starts)) is None
+            else round(fp, 4),
             "prequential_acc": round(float(np.mean(run.correct)), 4),
             "prequential_acc_by_phase": [
                 round(float(np.mean(run.correct[s:e])), 4)

@@ -94,6 +94,15 @@ def test_bench_continual_small_run(tmp_path: Path) -> None:
         assert all(0.0 <= x <= 1.0 for row in m for x in row)
         assert s["final_avg_acc"] == pytest.approx(sum(m[-1]) / 2, abs=1e-3)
         assert s["forgetting"] == pytest.approx(m[0][0] - m[1][0], abs=1e-3)
+        # Every version that served on the way counts for the peak, so it is at least as high.
+        assert s["forgetting_from_peak"] >= s["forgetting"] - 1e-9
+        for p in s["promotions"]:
+            assert len(p["heldout_acc"]) == 2 and all(0 <= a <= 1 for a in p["heldout_acc"])
+        peak = max(
+            [m[0][0], result["bootstrap"]["heldout_acc"][0]]
+            + [p["heldout_acc"][0] for p in s["promotions"]]
+        )
+        assert s["forgetting_from_peak"] == pytest.approx(peak - m[1][0], abs=1e-3)
     assert result["strategies"]["frozen"]["promotions"] == []
     assert (
         result["strategies"]["frozen"]["acc_matrix"][0]
