@@ -30,7 +30,7 @@ class LearnerConfig:
     replay_kind: str = "class_balanced"
     replay_capacity: int = 5000
     replay_ratio: float = 2.0  # replayed examples per fresh one
-    distill: float = 2.0  # weight of keeping the serving model's outputs on replayed ones
+    distill: float = 1.0  # weight of keeping the serving model's outputs on replayed ones
     old_tolerance: float = 0.02  # accuracy the candidate may lose on old data
     min_new_gain: float = 0.0  # it must beat the serving model on new data by more than this
     min_holdout: int = 20  # held-out fresh labels needed to judge a candidate
