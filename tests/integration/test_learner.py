@@ -26,7 +26,7 @@ from helpers import (
 
 from learner.data import LabelledText
 from learner.registry import Registry
-from moodwire.learning import seed_memory
+from moodwire.learning import learner_dir, seed_memory
 from moodwire.settings import Settings
 from moodwire.store import Store
 from stream.synthetic import demo_feed, labelled_headlines
@@ -45,6 +45,15 @@ def _own_registry(settings: Settings, tmp_path: Path, **learner: object) -> Sett
     old = [LabelledText(r["text"], r["label"]) for r in labelled_headlines(300, seed=11)]
     seed_memory(s, old[:200], old[200:])
     return s
+
+
+def _fresh_in_state(s: Settings) -> int:
+    """Fresh labels in the learner's persisted state (0 before it first saves one)."""
+    path = learner_dir(s) / "state.json"
+    if not path.is_file():
+        return 0
+    state = json.loads(path.read_text(encoding="utf-8"))["learner"]
+    return len(state.get("fresh_train", [])) + len(state.get("fresh_holdout", []))
 
 
 def _chatter_labels(n: int) -> list[bytes]:
@@ -115,6 +124,9 @@ def test_learner_killed_mid_training_leaves_serving_untouched_and_resumes(
     try:
         wait_until(lambda: log_events(log, "learner_active"), 90, "the learner to start")
         produce(s.bootstrap_servers, s.topics.labels, _chatter_labels(120))
+        # All 120 learned (and persisted) before the retrain: otherwise the command can
+        # come in a poll with only some of them, and the rest wait in Kafka for a later one.
+        wait_until(lambda: _fresh_in_state(s) == 120, 90, "the labels to be learned")
         moodwire_cli(["retrain", "--reason", "test"], env=env)
         wait_until(lambda: log_events(log, "retrain_started"), 60, "training to start")
     finally:
