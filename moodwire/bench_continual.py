@@ -152,7 +152,6 @@ class _Run:
             self.learner.adopt(outcome.classifier, version)
             self.monitor.model_changed()
             acc = [round(accuracy(outcome.classifier, h), 4) for h in self.heldouts]
-            record["heldout_acc"] = acc
             self.promotions.append({"position": position, "version": version, "heldout_acc": acc})
         log.info(
             "bench_retrain",
