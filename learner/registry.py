@@ -9,16 +9,25 @@ Layout::
 
 A version directory is written under a temporary name and renamed into place,
 so a crash mid-write never leaves a half version; files are then made
-read-only. ``serving.json`` is replaced with ``os.replace`` (atomic on POSIX).
+read-only. The card records the sha256 and size of every other file of the
+version (``"files"``), and :meth:`Registry.verify` checks them: a flipped
+byte, a missing, changed or extra file is refused before the version serves.
+``serving.json`` is replaced with ``os.replace`` (atomic on POSIX).
 
 >>> import tempfile
 >>> reg = Registry(tempfile.mkdtemp())
 >>> reg.serving() is None, reg.versions()
 (True, [])
+>>> v1 = reg.write_version(lambda d: (d / "weights.txt").write_text("w"), {"kind": "example"})
+>>> reg.card(v1)["files"]["weights.txt"]["size"]
+1
+>>> reg.verify(v1).name
+'v1'
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -32,10 +41,20 @@ from pathlib import Path
 from typing import Any
 
 _VERSION_RE = re.compile(r"^v(\d+)$")
+_CARD = "card.json"
 
 
 class RegistryError(RuntimeError):
     """A registry operation that cannot be done (unknown version, nothing to roll back to…)."""
+
+
+class VersionIntegrityError(RegistryError):
+    """A version's files are not those its card recorded: it must not serve or be trained from."""
+
+    def __init__(self, version: str, file: str | None, problem: str) -> None:
+        self.version = version
+        self.file = file
+        super().__init__(f"version {version} refused: {problem}")
 
 
 @dataclass(frozen=True)
@@ -43,6 +62,8 @@ class VersionInfo:
     name: str
     path: Path
     card: dict[str, Any]
+    # Why the card could not be read (the card is then empty); None when it was.
+    problem: str | None = None
 
 
 class Registry:
@@ -70,10 +91,14 @@ class Registry:
             m = _VERSION_RE.match(d.name)
             if m and d.is_dir() and (d / "card.json").is_file():
                 found.append((int(m.group(1)), d))
-        return [
-            VersionInfo(d.name, d, json.loads((d / "card.json").read_text()))
-            for _, d in sorted(found)
-        ]
+        out = []
+        for _, d in sorted(found):
+            try:
+                card, problem = _read_card(d.name, d), None
+            except VersionIntegrityError as exc:
+                card, problem = {}, str(exc)
+            out.append(VersionInfo(d.name, d, card, problem))
+        return out
 
     def path(self, version: str) -> Path:
         p = self._versions_dir / version
@@ -83,17 +108,23 @@ class Registry:
         return p
 
     def card(self, version: str) -> dict[str, Any]:
-        return json.loads((self.path(version) / "card.json").read_text())
+        return _read_card(version, self.path(version))
 
     def write_version(self, save: Callable[[Path], None], card: dict[str, Any]) -> str:
-        """Write a new immutable version; ``save(dir)`` writes the model files into ``dir``."""
+        """Write a new immutable version; ``save(dir)`` writes the model files into ``dir``.
+
+        The card gets ``"files"``: the sha256 and size of every file ``save``
+        wrote (relative POSIX paths), taken before the version is renamed into place.
+        """
         self._versions_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self._versions_dir))
         try:
             save(tmp)
+            (tmp / _CARD).unlink(missing_ok=True)  # the registry writes the card
+            files = {name: _digest(tmp / name) for name in _files_of(tmp)}
             for _ in range(100):
                 name = f"v{self._next_number()}"
-                full_card = {**card, "version": name}
+                full_card = {**card, "version": name, "files": files}
                 (tmp / "card.json").write_text(json.dumps(full_card, indent=2, default=str))
                 try:
                     # rename onto a missing path is atomic; onto an existing one it fails,
@@ -108,6 +139,50 @@ class Registry:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    def verify(self, version: str) -> Path:
+        """Check every file of ``version`` against its card; returns the version's directory.
+
+        Raises :class:`VersionIntegrityError` naming the version and the first
+        file that is missing, changed (sha256 or size) or not in the card, or
+        a card that cannot be read or records no checksums.
+        """
+        path = self.path(version)
+        card = _read_card(version, path)
+        files = card.get("files")
+        if files is None:
+            raise VersionIntegrityError(
+                version,
+                _CARD,
+                "its card records no checksums (written before Moodwire recorded them): "
+                "retrain it, or train a new version with `moodwire bootstrap --train FILE`",
+            )
+        if not isinstance(files, dict) or not all(
+            isinstance(e, dict)
+            and isinstance(e.get("sha256"), str)
+            and isinstance(e.get("size"), int)
+            for e in files.values()
+        ):
+            raise VersionIntegrityError(
+                version, _CARD, 'card.json: "files" must map each file to its sha256 and size'
+            )
+        present = set(_files_of(path))
+        problems: list[tuple[str, str]] = []
+        for name in sorted(set(files) - present):
+            problems.append((name, f"{name} is missing"))
+        for name in sorted(present - set(files)):
+            problems.append((name, f"{name} is not one of its files (added after it was written)"))
+        for name in sorted(present & set(files)):
+            expected = files[name]
+            if (path / name).stat().st_size != expected["size"]:
+                problems.append((name, f"{name} has changed (size differs from its card)"))
+            elif _digest(path / name)["sha256"] != expected["sha256"]:
+                problems.append((name, f"{name} has changed (sha256 differs from its card)"))
+        if problems:
+            file, problem = problems[0]
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise VersionIntegrityError(version, file, problem + more)
+        return path
+
     def _next_number(self) -> int:
         numbers = [
             int(m.group(1))
@@ -119,47 +194,135 @@ class Registry:
     # -- serving pointer ------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
+        """The serving pointer, checked: a malformed one is a :class:`RegistryError`."""
         if not self.serving_file.is_file():
             return {"version": None, "history": []}
-        return json.loads(self.serving_file.read_text())
+        where = str(self.serving_file)
+        fix = "move it aside and promote a version (`moodwire promote VERSION`)"
+        try:
+            state = json.loads(self.serving_file.read_bytes())
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            raise RegistryError(f"{where} is not valid JSON ({exc}): {fix}") from None
+        if not isinstance(state, dict):
+            raise RegistryError(
+                f"{where} must hold a JSON object, not {type(state).__name__}: {fix}"
+            )
+        version = state.get("version")
+        if version is not None and not isinstance(version, str):
+            raise RegistryError(f"{where}: 'version' must be a string, not {version!r}: {fix}")
+        history = state.get("history", [])
+        if not isinstance(history, list) or not all(isinstance(h, str) for h in history):
+            raise RegistryError(f"{where}: 'history' must be a list of version names: {fix}")
+        if version is not None:
+            try:
+                self.path(version)
+            except RegistryError as exc:
+                raise RegistryError(f"{where} names {exc}: {fix}") from None
+        return {"version": version, "history": history}
 
     def serving(self) -> str | None:
-        return self._state().get("version")
+        """The serving version (None when none serves); a malformed pointer raises."""
+        return self._state()["version"]
 
     def history(self) -> list[str]:
-        return list(self._state().get("history", []))
+        return list(self._state()["history"])
+
+    def pointer_state(self) -> bytes | None:
+        """``serving.json`` exactly as it is now (None when there is none), for :meth:`restore`."""
+        try:
+            return self.serving_file.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def restore(self, saved: bytes | None) -> None:
+        """Put the serving pointer back exactly as :meth:`pointer_state` saw it (atomically)."""
+        if saved is None:
+            self.serving_file.unlink(missing_ok=True)
+            return
+        self._replace_pointer(saved)
 
     def promote(self, version: str) -> str | None:
-        """Make ``version`` the serving one; returns the previously serving version."""
-        self.path(version)  # must exist
+        """Make ``version`` the serving one; returns the previously serving version.
+
+        The version's files are verified first: a tampered version is never promoted.
+        """
+        self.verify(version)
         state = self._state()
-        previous = state.get("version")
-        history = [v for v in state.get("history", [])]
+        previous = state["version"]
+        history = list(state["history"])
         history.append(version)
         self._write_state({"version": version, "history": history[-100:]})
         return previous
 
+    def rollback_target(self) -> tuple[str, str]:
+        """What :meth:`rollback` would do now, ``(from, to)``, without doing it."""
+        return _rollback_of(self._state())
+
     def rollback(self) -> tuple[str, str]:
-        """Serve the version that served before the current one; returns ``(from, to)``."""
+        """Serve the version that served before the current one; returns ``(from, to)``.
+
+        The target's files are verified first: a tampered version is never served.
+        """
         state = self._state()
-        history = list(state.get("history", []))
-        current = state.get("version")
-        if current is None or len(history) < 2:
-            raise RegistryError("nothing to roll back to: fewer than two versions have served")
-        history.pop()  # the current one
-        target = history[-1]
-        self._write_state({"version": target, "history": history})
+        current, target = _rollback_of(state)
+        self.verify(target)
+        self._write_state({"version": target, "history": state["history"][:-1]})
         return current, target
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         state = {**state, "updated_at": datetime.now(UTC).isoformat()}
+        self._replace_pointer(json.dumps(state, indent=2).encode())
+
+    def _replace_pointer(self, data: bytes) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".serving-", dir=self.root)
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.serving_file)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.serving_file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _rollback_of(state: dict[str, Any]) -> tuple[str, str]:
+    history, current = state["history"], state["version"]
+    if current is None or len(history) < 2:
+        raise RegistryError("nothing to roll back to: fewer than two versions have served")
+    return current, history[-2]
+
+
+def _read_card(version: str, path: Path) -> dict[str, Any]:
+    try:
+        card = json.loads((path / _CARD).read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise VersionIntegrityError(
+            version, _CARD, f"card.json is not valid JSON ({exc})"
+        ) from None
+    if not isinstance(card, dict):
+        raise VersionIntegrityError(version, _CARD, "card.json does not hold a JSON object")
+    return card
+
+
+def _files_of(root: Path) -> list[str]:
+    """Every file under ``root`` but its card, as sorted relative POSIX paths."""
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).as_posix() != _CARD
+    )
+
+
+def _digest(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            size += len(block)
+    return {"sha256": h.hexdigest(), "size": size}
 
 
 def _make_read_only(path: Path) -> None:
