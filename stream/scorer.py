@@ -16,7 +16,8 @@ import structlog
 import torch
 from prometheus_client import Counter
 
-from learner.classifier import SentimentClassifier, select_device
+from learner.classifier import ModelLoadError, SentimentClassifier, select_device
+from learner.loading import load_version
 from learner.registry import Registry, RegistryError
 from moodwire.settings import Settings
 from retrieval.embedder import FrozenEmbedder
@@ -53,7 +54,11 @@ class Scorer:
 
 
 def load_serving(settings: Settings, embedder: FrozenEmbedder | None = None) -> Scorer:
-    """The registry's serving version (and the frozen embedder), on the chosen device."""
+    """The registry's serving version (and the frozen embedder), on the chosen device.
+
+    The version is verified and smoke-tested first (:func:`~learner.loading.load_version`):
+    a refused one raises :class:`RegistryError` or :class:`ModelLoadError`.
+    """
     registry = Registry(settings.resolved_registry())
     version = registry.serving()
     if version is None:
@@ -62,9 +67,7 @@ def load_serving(settings: Settings, embedder: FrozenEmbedder | None = None) -> 
             "`moodwire bootstrap --train FILE` (or run `moodwire demo`)"
         )
     device = select_device(settings.device)
-    classifier = SentimentClassifier.from_pretrained(
-        registry.path(version), device=str(device), max_length=settings.max_length
-    )
+    classifier = load_version(registry, version, device=str(device), max_length=settings.max_length)
     if embedder is None:
         embedder = FrozenEmbedder(device=device, max_length=settings.max_length)
     return Scorer(
@@ -96,11 +99,14 @@ class ServingWatcher:
     :meth:`refresh` costs one ``os.stat`` while the serving pointer stays put.
     When it moved, the new version is loaded synchronously (on the scorer's
     device) and swapped in; the last ``keep`` classifiers stay loaded, so a
-    rollback to the previous one is instant. A version that cannot be loaded
-    is logged and the old one keeps serving; it is not retried until the
-    pointer moves again. The pointer's state is taken when the watcher is
-    built, so build it *before* loading the scorer: a promotion in between is
-    then seen at the first refresh.
+    rollback to the previous one is instant. A version is verified and
+    smoke-tested before it serves (:func:`~learner.loading.load_version`); one
+    that is refused (tampered, unloadable, non-finite outputs, or a malformed
+    pointer) is logged as ``model_swap_refused`` and the old one keeps serving;
+    it is not retried until the pointer moves again. (A version held in the
+    cache was verified when it was loaded.) The pointer's state is taken when
+    the watcher is built, so build it *before* loading the scorer: a promotion
+    in between is then seen at the first refresh.
 
     >>> import tempfile
     >>> registry = Registry(tempfile.mkdtemp())
@@ -147,6 +153,7 @@ class ServingWatcher:
         self._seen = pointer
         previous = scorer.version
         t0 = time.perf_counter()
+        version: str | None = None
         try:
             version = self.registry.serving()
             if version is None:
@@ -156,11 +163,23 @@ class ServingWatcher:
             classifier = self._cache.get(version)
             cached = classifier is not None
             if classifier is None:
-                classifier = SentimentClassifier.from_pretrained(
-                    self.registry.path(version),
+                classifier = load_version(
+                    self.registry,
+                    version,
                     device=str(scorer.device),
                     max_length=scorer.classifier.max_length,
                 )
+        except (RegistryError, ModelLoadError) as exc:
+            # Refused: the pointer or the version is not fit to serve.
+            MODEL_SWAPS.labels("refused").inc()
+            log.error(
+                "model_swap_refused",
+                version=version,
+                serving=previous,
+                registry=str(self.registry.root),
+                reason=str(exc),
+            )
+            return None
         except Exception as exc:  # noqa: BLE001 - any load failure keeps the old version serving
             MODEL_SWAPS.labels("failed").inc()
             log.error(

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 from transformers import BertConfig
 
@@ -194,9 +195,10 @@ def test_a_version_that_cannot_load_keeps_the_old_one_serving_and_is_not_retried
         assert watcher.refresh(scorer) is None  # the same pointer: no second attempt
     assert scorer.version == "v1" and scorer.classifier is before
     assert loads == [registry.path(broken)]
-    failed = [e for e in logs if e["event"] == "model_swap_failed"]
-    assert len(failed) == 1 and failed[0]["serving"] == "v1" and failed[0]["error"]
-    assert failed[0]["log_level"] == "error"
+    refused = [e for e in logs if e["event"] == "model_swap_refused"]
+    assert len(refused) == 1 and refused[0]["serving"] == "v1"
+    assert refused[0]["version"] == broken and "does not load" in refused[0]["reason"]
+    assert refused[0]["log_level"] == "error"
 
     registry.promote("v2")  # the operator fixes it: the next refresh follows
     swap = watcher.refresh(scorer)
@@ -214,8 +216,77 @@ def test_a_pointer_to_a_missing_version_keeps_the_old_one_serving(registry: Regi
     with capture_logs() as logs:
         assert watcher.refresh(scorer) is None
     assert scorer.version == "v1"
-    (failed,) = [e for e in logs if e["event"] == "model_swap_failed"]
-    assert "v9" in failed["error"]
+    (refused,) = [e for e in logs if e["event"] == "model_swap_refused"]
+    assert "v9" in refused["reason"] and str(pointer) in refused["reason"]
+
+
+def _refused_swaps() -> float:
+    return REGISTRY.get_sample_value("moodwire_model_swaps_total", {"outcome": "refused"}) or 0.0
+
+
+def _flip_a_byte(path: Path) -> None:
+    """One byte of the tensor data (past the safetensors header): the file still loads."""
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0x01
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+
+
+def test_a_tampered_version_is_refused_and_the_old_one_keeps_serving(
+    registry: Registry, saved_models: dict[str, Path], loads: list[Path]
+) -> None:
+    watcher = ServingWatcher(registry)
+    scorer = _serving_scorer(registry)
+    before, counted = scorer.classifier, _refused_swaps()
+    loads.clear()
+    registry.promote("v2")  # verified when promoted, tampered afterwards
+    _flip_a_byte(registry.path("v2") / "model.safetensors")
+    # It would load: what stops it is the checksum.
+    SentimentClassifier.from_pretrained(registry.path("v2"), device="cpu")
+    loads.clear()
+    with capture_logs() as logs:
+        assert watcher.refresh(scorer) is None
+        assert watcher.refresh(scorer) is None  # the same pointer: not tried again
+    assert scorer.version == "v1" and scorer.classifier is before and loads == []
+    (refused,) = [e for e in logs if e["event"] == "model_swap_refused"]
+    assert refused["version"] == "v2" and refused["serving"] == "v1"
+    assert "version v2 refused: model.safetensors has changed" in refused["reason"]
+    assert _refused_swaps() == counted + 1
+
+    v3 = _add_version(registry, saved_models["b"])  # a good one: the next refresh follows
+    registry.promote(v3)
+    swap = watcher.refresh(scorer)
+    assert swap is not None and scorer.version == v3
+
+
+def test_a_version_with_nan_weights_is_refused_by_the_smoke_batch(registry: Registry) -> None:
+    nan = _tiny_classifier(2)
+    with torch.no_grad():
+        nan.model.classifier.weight.fill_(float("nan"))
+    watcher = ServingWatcher(registry)
+    scorer = _serving_scorer(registry)
+    version = registry.write_version(nan.save, {"kind": "test"})
+    registry.promote(version)  # its checksums are right: only the smoke batch can tell
+    with capture_logs() as logs:
+        assert watcher.refresh(scorer) is None
+    assert scorer.version == "v1"
+    (refused,) = [e for e in logs if e["event"] == "model_swap_refused"]
+    assert refused["version"] == version and "non-finite" in refused["reason"]
+
+
+def test_a_garbage_pointer_keeps_the_old_one_serving(registry: Registry) -> None:
+    watcher = ServingWatcher(registry)
+    scorer = _serving_scorer(registry)
+    pointer = registry.serving_file
+    (registry.root / "edited.json").write_text("{half a json")
+    os.replace(registry.root / "edited.json", pointer)
+    counted = _refused_swaps()
+    with capture_logs() as logs:
+        assert watcher.refresh(scorer) is None
+    assert scorer.version == "v1"
+    (refused,) = [e for e in logs if e["event"] == "model_swap_refused"]
+    assert refused["version"] is None and str(pointer) in refused["reason"]
+    assert "not valid JSON" in refused["reason"] and _refused_swaps() == counted + 1
 
 
 def test_a_registry_without_a_pointer_is_left_alone(tmp_path: Path) -> None:
