@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(64 * 1024, ge=256)
     max_text_chars: int = Field(4000, ge=16)
     max_entities: int = Field(64, ge=0)
+    # Event times further ahead than this are refused (one item stamped in 2999 would
+    # otherwise close every alert window of its partition at once).
+    max_future_s: float = Field(86_400.0, ge=0)
 
     # Scoring
     device: str = "auto"

@@ -86,7 +86,9 @@ rejected = sa.Table(
     sa.Column("offset", sa.BigInteger, nullable=False),
     sa.Column("reason", sa.String(64), nullable=False, index=True),
     sa.Column("detail", sa.Text, nullable=False),
-    sa.Column("raw", sa.Text, nullable=False),
+    sa.Column("raw", sa.Text, nullable=False),  # a readable preview
+    sa.Column("raw_base64", sa.Text),  # the value itself, byte for byte (up to 64 KiB)
+    sa.Column("raw_bytes", sa.Integer),  # its full length
     sa.Column("rejected_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("published", sa.Boolean, nullable=False, default=False),
     sa.UniqueConstraint("topic", "partition", "offset", name="uq_rejected_position"),
@@ -205,8 +207,18 @@ class Store:
             self._ensure_indexes()
 
     def _ensure_indexes(self) -> None:
-        """Indexes added since a store was created (``create_all`` skips existing tables)."""
+        """Columns and indexes added since a store was created (``create_all`` skips
+        existing tables); nullable columns only, so an older store upgrades in place."""
         inspector = sa.inspect(self.engine)
+        for table in (rejected,):
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have and column.nullable:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    with self.engine.begin() as conn:
+                        conn.execute(
+                            sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                        )
         for table in (items, item_entities):
             have = {ix["name"] for ix in inspector.get_indexes(table.name)}
             for index in table.indexes:
@@ -290,6 +302,64 @@ class Store:
                 conn.execute(
                     rejected.update().where(rejected.c.seq.in_(chunk)).values(published=True)
                 )
+
+    def probe(self) -> None:
+        """Write a row and roll it back: raises whatever stops writes now (an outage).
+
+        Tells a write that fails because of its own data from one that fails
+        because the store does: if this works, the store does.
+        """
+        with self.engine.connect() as conn:
+            tx = conn.begin()
+            try:
+                conn.execute(
+                    audit_log.insert().values(
+                        ts=datetime.now(UTC), actor="probe", action="probe", details={}
+                    )
+                )
+            finally:
+                tx.rollback()
+
+    def dead_letter_items(self, ids: Sequence[str], rejections: list[dict[str, Any]]) -> list[int]:
+        """Move stored items that cannot be published into ``rejected``, in one transaction.
+
+        Returns the rejections' sequence numbers (to publish on the dead-letter topic).
+        """
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(ids), 500):
+                conn.execute(item_entities.delete().where(item_entities.c.item_id.in_(chunk)))
+                conn.execute(items.delete().where(items.c.id.in_(chunk)))
+            if rejections:
+                conn.execute(self._insert(rejected), [dict(r, published=False) for r in rejections])
+            seqs: list[int] = []
+            for r in rejections:
+                q = sa.select(rejected.c.seq).where(
+                    rejected.c.topic == r["topic"],
+                    rejected.c.partition == r["partition"],
+                    rejected.c.offset == r["offset"],
+                )
+                seqs.extend(conn.execute(q).scalars())
+        return seqs
+
+    def audit(
+        self,
+        actor: str,
+        action: str,
+        target: str | None,
+        reason: str | None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                audit_log.insert().values(
+                    ts=datetime.now(UTC),
+                    actor=actor,
+                    action=action,
+                    target=target,
+                    reason=reason,
+                    details=details or {},
+                )
+            )
 
     def audit(
         self,

@@ -15,8 +15,11 @@ from moodwire.store import Store
 from retrieval.past_items import PastItems
 from stream.alerting import Alerter
 from stream.broker import ensure_topics
-from stream.clients import make_consumer, make_producer
+from stream.clients import make_consumer, make_producer, make_reader
 from stream.entities import EntityTagger, WatchList
+from stream.health import HealthServer, Readiness
+from stream.outage import Health
+from stream.publish import Publisher
 from stream.scorer import Scorer, ServingWatcher, load_serving
 from stream.topics import Taxonomy, TopicModel
 from stream.webhook import WebhookSink
@@ -47,6 +50,30 @@ def topic_model(settings: Settings, embed: Callable[[list[str]], np.ndarray]) ->
     """Zero-shot topics in the frozen space, from the taxonomy the settings name."""
     taxonomy = Taxonomy.load(settings.taxonomy) if settings.taxonomy else Taxonomy.default()
     return TopicModel(taxonomy, embed)
+
+
+def serve_health(settings: Settings, health: Health, ready: Readiness) -> HealthServer | None:
+    """``/healthz``, ``/readyz`` and ``/metrics`` on ``MOODWIRE_METRICS_PORT``, when set."""
+    if not settings.metrics_port:
+        return None
+    server = HealthServer(
+        health, ready, host=settings.metrics_host, port=settings.metrics_port
+    ).start()
+    log.info("health_listening", port=server.port, paths=["/healthz", "/readyz", "/metrics"])
+    return server
+
+
+def worker_readiness(worker: Worker) -> Readiness:
+    """Ready: a model serves and the worker holds partitions (dependencies: the server's part)."""
+
+    def ready() -> tuple[bool, dict]:
+        partitions = worker.assigned_partitions
+        return bool(worker.scorer.version) and partitions > 0, {
+            "model_version": worker.scorer.version,
+            "partitions": partitions,
+        }
+
+    return ready
 
 
 class CorrectedTopics:
@@ -95,11 +122,7 @@ def build_worker(
     The worker follows the registry's serving version between batches and
     watches the scored stream with the drift detectors the settings name.
     """
-    if settings.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
-        log.info("metrics_listening", port=settings.metrics_port)
+    health = Health("worker")
     store = Store(settings.resolved_store_url())
     # Watch the pointer before loading: a promotion while the model loads is seen at once.
     serving = ServingWatcher(Registry(settings.resolved_registry()))
@@ -119,7 +142,10 @@ def build_worker(
         [topics.news, topics.scored, topics.dlq, topics.control, topics.alerts],
         settings.partitions,
     )
-    producer = make_producer(settings, client_id="moodwire-worker")
+    publisher = Publisher(
+        lambda: make_producer(settings, client_id="moodwire-worker"),
+        make_reader=lambda: make_reader(settings, client_id="moodwire-replay-check"),
+    )
     consumer = make_consumer(
         settings, topics.news, group_id=settings.consumer_group, client_id="moodwire-worker"
     )
@@ -137,7 +163,7 @@ def build_worker(
         return [[(n.id, n.similarity) for n in row] for row in past.neighbors(vectors, k)]
 
     def publish(key: str, value: bytes) -> None:
-        producer.send(topics.alerts, key=key.encode(), value=value)
+        publisher.send_nowait(topics.alerts, key.encode(), value, "alert_publish")
 
     # Every partition of the news topic holds the event-time watermark back until it speaks.
     partitions = consumer.partitions_for_topic(topics.news) or range(settings.partitions)
@@ -156,21 +182,25 @@ def build_worker(
         scorer,
         past,
         consumer,
-        producer,
+        publisher,
         monitor=monitor,
         serving=serving,
         tag_entities=entity_tagger(settings).tag,
         assign_topics=CorrectedTopics(topic_model(settings, scorer.embedder.embed), store),
         alerter=alerter,
+        health=health,
     )
+    server = serve_health(settings, health, worker_readiness(worker))
 
     def close() -> None:
         try:
             past.save()
         finally:
             consumer.close(autocommit=False)
-            producer.close()
+            publisher.close()
             if webhook is not None:
                 webhook.close(timeout_s=5)
+            if server is not None:
+                server.close()
 
     return worker, close

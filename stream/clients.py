@@ -26,14 +26,31 @@ class _LogRebalance(ConsumerRebalanceListener):
 
 
 def make_producer(settings: Settings, *, client_id: str = "moodwire") -> KafkaProducer:
-    # acks=all + idempotence: a retried send is not written twice by the broker.
+    # acks=all + idempotence: a retried send is not written twice by the broker. A send
+    # that the broker has not acknowledged within delivery_timeout_ms fails (and is
+    # retried by stream.publish, which checks the topic first); send() itself waits at
+    # most max_block_ms for the topic's metadata, so an outage shows within seconds.
     return KafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=client_id,
         acks="all",
         linger_ms=5,
         max_request_size=max(1 << 20, settings.max_message_bytes * 4),
-        retries=10,
+        request_timeout_ms=10_000,
+        delivery_timeout_ms=30_000,
+        max_block_ms=10_000,
+    )
+
+
+def make_reader(settings: Settings, *, client_id: str = "moodwire-reader") -> KafkaConsumer:
+    """A group-less consumer that never commits: for reading a topic's tail."""
+    return KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=client_id,
+        group_id=None,
+        enable_auto_commit=False,
+        request_timeout_ms=15_000,
+        max_partition_fetch_bytes=max(1 << 20, settings.max_message_bytes * 4),
     )
 
 

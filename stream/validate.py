@@ -1,7 +1,9 @@
 """Turn raw Kafka values into valid items, or into a rejection with a reason.
 
-Errors are data: :func:`validate` never raises on bad input, it returns a
-:class:`Rejected` that the worker sends to the dead-letter topic.
+Errors are data: :func:`validate` never raises, whatever the bytes, it returns
+a :class:`Rejected` that the worker sends to the dead-letter topic. What it
+accepts is storable on SQLite and PostgreSQL and publishable as JSON (see
+:class:`stream.schemas.NewsItem` for what is normalised and what refused).
 
 >>> limits = Limits(max_message_bytes=1000, max_text_chars=100, max_entities=4)
 >>> validate(b'{"text": "ACME beats estimates"}', kafka_ts_ms=0, limits=limits).item.text
@@ -10,17 +12,21 @@ Errors are data: :func:`validate` never raises on bad input, it returns a
 'empty_text'
 >>> validate(b'\\xff\\xfe', kafka_ts_ms=0, limits=limits).reason
 'invalid_utf8'
+>>> validate(b'{"text": "x", "ts": 1e308}', kafka_ts_ms=0, limits=limits).reason
+'ts_out_of_range'
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import ValidationError
 
-from stream.schemas import NewsItem
+from stream.schemas import TS_MAX, TS_MIN, NewsItem, storable_text
 
 REASONS = (
     "oversized",
@@ -28,9 +34,11 @@ REASONS = (
     "malformed_json",
     "not_an_object",
     "schema",
+    "ts_out_of_range",
     "empty_text",
     "text_too_long",
     "too_many_entities",
+    "unexpected",  # validation itself failed on this value: a bug, kept as data all the same
 )
 
 
@@ -39,6 +47,9 @@ class Limits:
     max_message_bytes: int
     max_text_chars: int
     max_entities: int
+    # Event times further ahead than this are refused: one item stamped in 2999 would
+    # otherwise close every alert window of its partition at once.
+    max_future_s: float = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -53,8 +64,74 @@ class Rejected:
     detail: str
 
 
-def validate(raw: bytes | None, *, kafka_ts_ms: int | None, limits: Limits) -> Accepted | Rejected:
-    """Validate one raw message value."""
+class _NotJson(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NotJson(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJson(f"number {text[:40]} does not fit in a double")
+    return value
+
+
+def decode_json(text: str) -> Any:
+    """Strict JSON: no NaN/Infinity, no number that overflows a double.
+
+    Raises ``ValueError`` (``json.JSONDecodeError`` included) or ``RecursionError``.
+
+    >>> decode_json('{"a": 1}')
+    {'a': 1}
+    >>> decode_json('{"a": NaN}')
+    Traceback (most recent call last):
+    ...
+    stream.validate._NotJson: NaN is not a JSON number
+    """
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def kafka_time(ms: int | None) -> datetime | None:
+    """A Kafka record timestamp as an aware datetime, or None when absent or absurd.
+
+    Any producer can stamp any int64 on a record.
+
+    >>> kafka_time(0).isoformat(), kafka_time(-1), kafka_time(2**63 - 1)
+    ('1970-01-01T00:00:00+00:00', None, None)
+    """
+    if ms is None or isinstance(ms, bool) or ms < 0:
+        return None
+    try:
+        ts = datetime.fromtimestamp(ms / 1000.0, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return ts if TS_MIN <= ts < TS_MAX else None
+
+
+def validate(
+    raw: bytes | None,
+    *,
+    kafka_ts_ms: int | None,
+    limits: Limits,
+    now: datetime | None = None,
+) -> Accepted | Rejected:
+    """Validate one raw message value; never raises."""
+    try:
+        return _validate(raw, kafka_ts_ms, limits, now or datetime.now(UTC))
+    except Exception as exc:  # noqa: BLE001 - whatever a message holds, it is data, not a crash
+        return Rejected("unexpected", _detail(f"{type(exc).__name__}: {exc}"))
+
+
+def _detail(text: str) -> str:
+    return storable_text(text)[:500]
+
+
+def _validate(
+    raw: bytes | None, kafka_ts_ms: int | None, limits: Limits, now: datetime
+) -> Accepted | Rejected:
     if raw is None:
         return Rejected("malformed_json", "message has no value (tombstone)")
     if len(raw) > limits.max_message_bytes:
@@ -62,21 +139,28 @@ def validate(raw: bytes | None, *, kafka_ts_ms: int | None, limits: Limits) -> A
             "oversized", f"{len(raw)} bytes > max_message_bytes={limits.max_message_bytes}"
         )
     try:
-        decoded = raw.decode("utf-8")
+        decoded = bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
         return Rejected("invalid_utf8", f"byte {exc.start}: {exc.reason}")
     try:
-        payload = json.loads(decoded)
+        payload = decode_json(decoded)
     except json.JSONDecodeError as exc:
         return Rejected("malformed_json", f"line {exc.lineno} col {exc.colno}: {exc.msg}")
+    except RecursionError:
+        return Rejected("malformed_json", "nested too deeply")
+    except ValueError as exc:  # NaN, 1e999, an integer of more than 4,300 digits
+        return Rejected("malformed_json", _detail(str(exc)))
     if not isinstance(payload, dict):
         return Rejected("not_an_object", f"expected a JSON object, got {type(payload).__name__}")
     try:
         item = NewsItem.model_validate(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "item"
-        return Rejected("schema", f"{where}: {first['msg']} ({exc.error_count()} error(s))")
+        reason = "ts_out_of_range" if "out of range" in first["msg"] else "schema"
+        return Rejected(reason, _detail(f"{where}: {first['msg']} ({exc.error_count()} error(s))"))
+    except RecursionError:
+        return Rejected("schema", "meta is nested too deeply")
     if not item.text.strip():
         return Rejected("empty_text", "text is empty or whitespace")
     if len(item.text) > limits.max_text_chars:
@@ -87,11 +171,14 @@ def validate(raw: bytes | None, *, kafka_ts_ms: int | None, limits: Limits) -> A
         return Rejected(
             "too_many_entities", f"{len(item.entities)} > max_entities={limits.max_entities}"
         )
+    horizon = now + timedelta(seconds=limits.max_future_s)
     if item.ts is None:
-        ts = (
-            datetime.fromtimestamp(kafka_ts_ms / 1000.0, tz=UTC)
-            if kafka_ts_ms is not None and kafka_ts_ms >= 0
-            else datetime.now(UTC)
+        # The broker's time when the feed gave none (unless that is absurd too).
+        ts = kafka_time(kafka_ts_ms)
+        item = item.model_copy(update={"ts": ts if ts is not None and ts <= horizon else now})
+    elif item.ts > horizon:
+        return Rejected(
+            "ts_out_of_range",
+            f"ts {item.ts.isoformat()} is more than {limits.max_future_s:g} s in the future",
         )
-        item = item.model_copy(update={"ts": ts})
     return Accepted(item=item, id=item.resolved_id())

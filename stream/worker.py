@@ -1,38 +1,48 @@
 """The scoring worker: consume → validate → score → retrieve → store → publish → commit.
 
-Delivery guarantees (DESIGN.md, invariant 1):
+Delivery guarantees (DESIGN.md, invariants 1–3):
 
-* Offsets are committed only after every record of the batch is in the store
-  and acknowledged by Kafka on ``news.scored`` / ``news.dlq``.
-* Store writes are idempotent on the item id (rejections on their topic,
-  partition and offset), and each row is an outbox entry flagged ``published``
-  once Kafka acknowledged it. A record replayed after a crash is therefore
-  never stored twice, and is re-published only when the output topic does not
-  already hold it (checked against the topic's tail), so a kill at any point
-  leaves no gap and no duplicate.
-* Bad input is data: it goes to the dead-letter topic with a reason and the
-  stream goes on.
+* **Nothing lost.** Offsets are committed only after every record of the batch
+  is in the store and Kafka acknowledged its publication on ``news.scored`` /
+  ``news.dlq``; every send is checked (:class:`stream.publish.Publisher`), a
+  failed one is retried, and a row is flagged published only once the broker
+  acknowledged that very record.
+* **Nothing twice.** Store writes are idempotent on the item id (rejections on
+  their topic, partition and offset), and each row is an outbox entry flagged
+  ``published`` once acknowledged. A record replayed after a crash is never
+  stored twice, and is re-published only when the output topic does not
+  already hold it (checked against the topic's tail); a send retried after an
+  unclear failure is checked the same way.
+* **Nothing a message holds stops the stream.** Each record is isolated: one
+  that fails validation, scoring, storing or publishing for a reason of its
+  own goes to the dead-letter topic with the reason and its raw bytes, and the
+  rest of its batch goes on. A batch write that fails is bisected to find the
+  poison row; a probe write (rolled back) tells a bad row from a bad store.
+* **Outages are waited out.** Broker gone, database unreachable, disk full:
+  the step is retried with backoff (:class:`stream.outage.Waiter`) while the
+  consumer's partitions are paused and it keeps polling, so the group does
+  not churn; logs, metrics and ``/readyz`` say so; the worker resumes by
+  itself. A commit refused because the group rebalanced meanwhile is not an
+  error: the partition's new owner re-reads the batch and idempotence absorbs
+  it. A broker that comes back empty (the embedded one keeps nothing) is read
+  from the start of each partition again.
 * The serving model changes only between batches: before each batch the worker
   follows the registry's serving pointer (:class:`stream.scorer.ServingWatcher`),
   so a batch polled after a promotion or rollback is scored by the new version,
   and every stored item names the version that scored it.
-* Drift detection is advisory: the batch's items are fed to the drift monitor
-  after its offsets are committed, and an event is stored and announced on the
-  control topic then. A failure there is logged and never fails the batch.
-* So are alerts: after the commit the alerter catches up with the store and
-  judges the event-time windows that closed (:mod:`stream.alerting`).
+* Drift detection and alerts are advisory: they run after the commit, and a
+  failure there is logged and never fails the batch.
 * Each item is tagged with its entities (cashtags, the feed's own, the watch
   list) and a topic before it is stored, so both are part of the stored row.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,18 +50,22 @@ from typing import Any
 import numpy as np
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import errors as kafka_errors
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from learner.drift import DriftEvent, StreamMonitor
 from moodwire.settings import Settings
 from moodwire.store import Store, encode_embedding
 from retrieval.past_items import PastItems
 from stream.alerting import Alerter
-from stream.schemas import ControlMessage, Rejection, ScoredItem
+from stream.deadletter import dlq_message, rejection_row
+from stream.outage import ConsumerKeepalive, Health, Stopping, Waiter, is_outage
+from stream.publish import Outgoing, Publisher
+from stream.schemas import ControlMessage, Neighbor, ScoredItem
 from stream.scorer import Scorer, ServingWatcher
-from stream.validate import Accepted, Limits, Rejected, validate
+from stream.validate import Accepted, Limits, Rejected, kafka_time, validate
 
 log = structlog.get_logger(__name__)
 
@@ -64,9 +78,25 @@ BATCH_SECONDS = Histogram("moodwire_batch_seconds", "Wall time per batch, by sta
 DRIFT_EVENTS = Counter(
     "moodwire_drift_events_total", "Unsupervised drift events", ["detector", "signal"]
 )
+BATCH_FAILURES = Counter(
+    "moodwire_batch_failures_total", "Batches retried after an unexpected error"
+)
+LAST_BATCH = Gauge("moodwire_last_batch_timestamp_seconds", "When the last batch was committed")
 
-_RAW_KEEP = 2000  # characters of a rejected value kept for the operator
 _IDLE_ALERTS_S = 5.0  # how often an idle worker still runs the alert rules
+_CANARY = "Company reports quarterly results in line with expectations"
+# Commit errors that mean the group moved on without us: the batch is the new owner's.
+_COMMIT_LOST = (
+    kafka_errors.CommitFailedError,
+    kafka_errors.IllegalGenerationError,
+    kafka_errors.UnknownMemberIdError,
+    kafka_errors.RebalanceInProgressError,
+    kafka_errors.IllegalStateError,
+)
+
+
+class ModelUnhealthy(RuntimeError):
+    """The serving model fails on plain text: no item is to blame (waited out)."""
 
 
 @dataclass
@@ -81,9 +111,106 @@ class BatchResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class _Batch:
+    """One batch on its way through the stages."""
+
+    records: list[ConsumerRecord]
+    now: datetime
+    accepted: list[tuple[ConsumerRecord, Accepted]] = field(default_factory=list)
+    rejections: list[dict[str, Any]] = field(default_factory=list)  # rows of `rejected`
+    probs: np.ndarray | None = None
+    vectors: np.ndarray | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)  # rows of `items`
+    messages: dict[str, bytes] = field(default_factory=dict)  # id -> news.scored value
+    raw_by_id: dict[str, ConsumerRecord] = field(default_factory=dict)
+    new_ids: set[str] = field(default_factory=set)
+    replayed: set[str] = field(default_factory=set)  # stored by an earlier attempt, unpublished
+    rej_seqs: list[int] = field(default_factory=list)
+    unstored: list[dict[str, Any]] = field(default_factory=list)  # dead letters the store refused
+    result: BatchResult = field(default_factory=BatchResult)
+
+    def reject(self, rec: ConsumerRecord, reason: str, detail: str) -> None:
+        self.rejections.append(
+            rejection_row(rec.topic, rec.partition, rec.offset, rec.value, reason, detail, self.now)
+        )
+        log.warning(
+            "item_rejected",
+            reason=reason,
+            detail=detail[:300],
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+        )
+
+
 def no_drift_monitor() -> StreamMonitor:
     """A monitor with every signal switched off."""
     return StreamMonitor(confidence="off", label_mix="off", embedding="off")
+
+
+def scored_item(
+    acc: Accepted,
+    probs: np.ndarray,
+    labels: tuple[str, ...],
+    *,
+    version: str,
+    entities: list[str],
+    topic: str | None,
+    neighbors: list[Neighbor],
+    scored_at: datetime,
+) -> ScoredItem:
+    """What the worker publishes for one accepted item."""
+    label_idx = int(probs.argmax())
+    item = acc.item
+    return ScoredItem(
+        id=acc.id,
+        text=item.text,
+        ts=item.ts,
+        source=item.source,
+        entities=entities,
+        topic=topic,
+        meta=dict(item.meta),
+        label=labels[label_idx],
+        probs={lab: round(float(x), 6) for lab, x in zip(labels, probs, strict=True)},
+        confidence=round(float(probs[label_idx]), 6),
+        model_version=version,
+        neighbors=neighbors,
+        scored_at=scored_at,
+    )
+
+
+def item_row(
+    scored: ScoredItem,
+    probs: np.ndarray,
+    vector: np.ndarray,
+    *,
+    partition: int | None = None,
+    offset: int | None = None,
+    kafka_ts: datetime | None = None,
+) -> dict[str, Any]:
+    """The store's ``items`` row of a scored item (the one item→row mapping)."""
+    return {
+        "id": scored.id,
+        "text": scored.text,
+        "ts": scored.ts,
+        "source": scored.source,
+        "entities": list(scored.entities),
+        "meta": dict(scored.meta),
+        "label": scored.label,
+        "topic": scored.topic,
+        "p_negative": float(probs[0]),
+        "p_neutral": float(probs[1]),
+        "p_positive": float(probs[2]),
+        "confidence": scored.confidence,
+        "model_version": scored.model_version,
+        "neighbors": [n.model_dump() for n in scored.neighbors],
+        "embedding": encode_embedding(vector),
+        "src_partition": partition,
+        "src_offset": offset,
+        "kafka_ts": kafka_ts,
+        "scored_at": scored.scored_at,
+    }
 
 
 class Worker:
@@ -95,7 +222,9 @@ class Worker:
     this worker in drift events (default: ``worker:HOST-PID``);
     ``tag_entities(text, given)`` and ``assign_topics(vectors)`` tag items
     (default: the feed's entities, no topic); ``alerter`` runs the alert rules
-    after each batch (default: none).
+    after each batch (default: none); ``health`` collects what it knows of its
+    dependencies (default: a new one). ``producer`` is a
+    :class:`~stream.publish.Publisher` (or a bare producer, wrapped in one).
     """
 
     def __init__(
@@ -105,7 +234,7 @@ class Worker:
         scorer: Scorer,
         past: PastItems,
         consumer: KafkaConsumer,
-        producer: KafkaProducer,
+        producer: Publisher | KafkaProducer,
         *,
         monitor: StreamMonitor | None = None,
         serving: ServingWatcher | None = None,
@@ -113,26 +242,48 @@ class Worker:
         tag_entities: Callable[[str, list[str]], list[str]] | None = None,
         assign_topics: Callable[[np.ndarray], list[str | None]] | None = None,
         alerter: Alerter | None = None,
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.scorer = scorer
         self.past = past
         self.consumer = consumer
-        self.producer = producer
+        self.publisher = (
+            producer if isinstance(producer, Publisher) else Publisher(lambda: producer)
+        )
         self.monitor = monitor if monitor is not None else no_drift_monitor()
         self.serving = serving
         self.origin = origin or f"worker:{socket.gethostname()}-{os.getpid()}"
         self.tag_entities = tag_entities or (lambda _text, given: list(given))
         self.assign_topics = assign_topics or (lambda vectors: [None] * len(vectors))
         self.alerter = alerter
+        self.health = health or Health("worker")
         self._alerts_at = 0.0
         self.limits = Limits(
             max_message_bytes=settings.max_message_bytes,
             max_text_chars=settings.max_text_chars,
             max_entities=settings.max_entities,
+            max_future_s=settings.max_future_s,
         )
+        # A scored message bigger than the producer accepts is refused before it is stored.
+        self.max_publish_bytes = max(1 << 20, settings.max_message_bytes * 4) - 1024
         self.totals = BatchResult()
+        self.assigned_partitions = 0  # as of the last poll (for /readyz)
+        self._joined = False  # held partitions once: a coordinator lost after that is an outage
+        self.set_stop(threading.Event())
+
+    def set_stop(self, stop: threading.Event) -> None:
+        """The event that ends :meth:`run` and any wait for a dependency."""
+        self.stop = stop
+        self.keepalive = ConsumerKeepalive(self.consumer, stop)
+        self.waiter = Waiter(
+            self.health, stop, keepalive=self.keepalive, after_outage=self._after_outage
+        )
+
+    @property
+    def producer(self) -> KafkaProducer:
+        return self.publisher.producer
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -158,7 +309,13 @@ class Worker:
     def run(
         self, stop: threading.Event, *, on_batch: Callable[[BatchResult], None] | None = None
     ) -> BatchResult:
-        """Score until ``stop`` is set; the batch in hand is finished and committed first."""
+        """Score until ``stop`` is set; the batch in hand is finished and committed first.
+
+        Only ``stop`` ends it: outages are waited out, poison records
+        dead-lettered, and a batch that fails for any other reason is read
+        again after a backoff.
+        """
+        self.set_stop(stop)
         log.info(
             "worker_started",
             group=self.settings.consumer_group,
@@ -167,32 +324,39 @@ class Worker:
             device=str(self.scorer.device),
             index_size=len(self.past),
         )
+        failures = 0
         while not stop.is_set():
-            records = self.poll_batch()
+            self.health.beat()
+            records = self._poll()
             # Between batches, after the poll: a pointer moved before the poll returned
             # already serves this batch. Idle polls check too, so a swap is loaded early.
             self.follow_serving()
             if not records:
-                # Quiet: drift events from the learner still become alerts.
-                if time.monotonic() - self._alerts_at >= _IDLE_ALERTS_S:
-                    self._mark_partitions([])  # read to the end now, maybe
-                    self._watch_alerts()
+                self._idle()
                 continue
             try:
                 result = self.process(records)
+            except Stopping:
+                break  # not committed: the batch is read again after a restart
             except Exception:
-                # The one error policy for a batch that cannot be finished (store or broker
-                # down, …): stop without committing. Nothing is lost: a restarted worker
-                # re-reads the batch, and the store's idempotence absorbs the replay.
+                # A bug, or a failure nobody classified: never lose the batch, never
+                # spin. Read it again after a backoff; nothing was committed.
+                failures += 1
+                BATCH_FAILURES.inc()
                 first = records[0]
                 log.exception(
-                    "batch_failed_stopping",
+                    "batch_failed_retrying",
                     topic=first.topic,
                     partition=first.partition,
                     offset=first.offset,
                     records=len(records),
+                    failures=failures,
                 )
-                raise
+                self._rewind(records)
+                self.keepalive(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                self.keepalive.resume()
+                continue
+            failures = 0
             if on_batch is not None:
                 on_batch(result)
         log.info(
@@ -205,166 +369,67 @@ class Worker:
         )
         return self.totals
 
+    def _poll(self) -> list[ConsumerRecord]:
+        try:
+            records = self.poll_batch()
+            self.assigned_partitions = len(self.consumer.assignment())
+        except Exception as exc:  # noqa: BLE001 - the broker's problem, not ours to die of
+            self.health.down("kafka", exc)
+            log.warning("poll_failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            self.stop.wait(2.0)
+            return []
+        self._joined = self._joined or self.assigned_partitions > 0
+        return records
+
+    def _idle(self) -> None:
+        self._watch_kafka()
+        # Quiet: drift events from the learner still become alerts.
+        if time.monotonic() - self._alerts_at >= _IDLE_ALERTS_S:
+            self._mark_partitions([])  # read to the end now, maybe
+            self._watch_alerts()
+
     def follow_serving(self) -> None:
         """Swap in the registry's serving version if it changed (call between batches only)."""
         if self.serving is None:
             return
-        if self.serving.refresh(self.scorer) is not None:
+        try:
+            swapped = self.serving.refresh(self.scorer)
+        except Exception:  # noqa: BLE001 - the old version keeps serving
+            log.exception("serving_refresh_failed", serving=self.scorer.version)
+            return
+        if swapped is not None:
             # Confidence and label mix depend on the model: they start a new normal.
             self.monitor.model_changed()
 
-    # -- one batch ------------------------------------------------------------------------
+    # -- one batch: the stages, top to bottom -------------------------------------------
 
     def process(self, records: list[ConsumerRecord]) -> BatchResult:
-        t0 = time.perf_counter()
-        result = BatchResult(records=len(records))
-        accepted: list[tuple[ConsumerRecord, Accepted]] = []
-        rejections: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        now = datetime.now(UTC)
-        for rec in records:
-            outcome = validate(rec.value, kafka_ts_ms=rec.timestamp, limits=self.limits)
-            if isinstance(outcome, Rejected):
-                rejections.append(self._rejection_row(rec, outcome, now))
-                log.warning(
-                    "item_rejected",
-                    reason=outcome.reason,
-                    detail=outcome.detail,
-                    topic=rec.topic,
-                    partition=rec.partition,
-                    offset=rec.offset,
-                )
-            elif outcome.id in seen:
-                result.duplicates += 1  # the same item twice in one batch: count it once
-            else:
-                seen.add(outcome.id)
-                accepted.append((rec, outcome))
-
-        t1 = time.perf_counter()
-        scored_rows: list[dict[str, Any]] = []
-        messages: dict[str, bytes] = {}
-        probs = vectors = None
-        if accepted:
-            texts = [a.item.text for _, a in accepted]
-            probs, vectors = self.scorer.score(texts)
-            t2 = time.perf_counter()
-            neighbors = self.past.neighbors(
-                vectors, self.settings.neighbors_k, exclude=[a.id for _, a in accepted]
-            )
-            topics = self.assign_topics(vectors)
-            scored_at = datetime.now(UTC)
-            for (rec, acc), p, v, nbrs, topic in zip(
-                accepted, probs, vectors, neighbors, topics, strict=True
-            ):
-                label_idx = int(p.argmax())
-                item = acc.item
-                entities = self.tag_entities(item.text, list(item.entities))
-                scored = ScoredItem(
-                    id=acc.id,
-                    text=item.text,
-                    ts=item.ts,
-                    source=item.source,
-                    entities=entities,
-                    topic=topic,
-                    meta=dict(item.meta),
-                    label=self.scorer.classifier.labels[label_idx],
-                    probs={
-                        lab: round(float(x), 6)
-                        for lab, x in zip(self.scorer.classifier.labels, p, strict=True)
-                    },
-                    confidence=round(float(p[label_idx]), 6),
-                    model_version=self.scorer.version,
-                    neighbors=nbrs,
-                    scored_at=scored_at,
-                )
-                messages[acc.id] = scored.model_dump_json().encode("utf-8")
-                scored_rows.append(
-                    {
-                        "id": acc.id,
-                        "text": item.text,
-                        "ts": item.ts,
-                        "source": item.source,
-                        "entities": entities,
-                        "meta": dict(item.meta),
-                        "label": scored.label,
-                        "topic": topic,
-                        "p_negative": float(p[0]),
-                        "p_neutral": float(p[1]),
-                        "p_positive": float(p[2]),
-                        "confidence": scored.confidence,
-                        "model_version": scored.model_version,
-                        "neighbors": [n.model_dump() for n in nbrs],
-                        "embedding": encode_embedding(v),
-                        "src_partition": rec.partition,
-                        "src_offset": rec.offset,
-                        "kafka_ts": datetime.fromtimestamp(rec.timestamp / 1000.0, tz=UTC)
-                        if rec.timestamp is not None and rec.timestamp >= 0
-                        else None,
-                        "scored_at": scored_at,
-                    }
-                )
-        else:
-            t2 = t1
-        t3 = time.perf_counter()
-
-        new_ids, replayed, rej_seqs = self.store.write_batch(scored_rows, rejections)
-        t4 = time.perf_counter()
-        result.duplicates += len(scored_rows) - len(new_ids) - len(replayed)
-        if replayed:
-            # A previous attempt stored these and may or may not have published them.
-            already = find_published(self.consumer.config, self.settings.topics.scored, replayed)
-            if already:
-                self.store.mark_published(already)
-            replayed -= already
-            result.republished = len(replayed)
-            log.info(
-                "replay_repaired",
-                stored_before=len(already) + len(replayed),
-                republished=len(replayed),
-            )
-        to_publish = [i for i in messages if i in new_ids or i in replayed]
-        for item_id in to_publish:
-            self.producer.send(
-                self.settings.topics.scored, key=item_id.encode(), value=messages[item_id]
-            )
-        rej_by_seq = (
-            {r["seq"]: r for r in self.store.rejections_by_seq(rej_seqs)} if rej_seqs else {}
-        )
-        for seq in rej_seqs:
-            self.producer.send(self.settings.topics.dlq, value=self._dlq_payload(rej_by_seq[seq]))
-        self.producer.flush()
-        self.store.mark_published(to_publish, rej_seqs)
-        t5 = time.perf_counter()
-
-        self.past.catch_up()
-        self._commit(records)
-        self._mark_partitions(accepted)
-        t6 = time.perf_counter()
-
-        # Only now, with the batch stored, published and committed: drift is advisory and
-        # must neither delay delivery nor describe items that a crash could still lose.
-        if probs is not None and vectors is not None:
-            result.drift_events = self._watch_drift(accepted, probs, vectors)
-        t7 = time.perf_counter()
-        result.alerts = self._watch_alerts()
-        t8 = time.perf_counter()
-
-        result.stored = len(new_ids)
-        result.rejected = len(rejections)
-        result.timings = {
-            "validate": t1 - t0,
-            "model": t2 - t1,
-            "retrieve": t3 - t2,
-            "store": t4 - t3,
-            "publish": t5 - t4,
-            "commit": t6 - t5,
-            "drift": t7 - t6,
-            "alerts": t8 - t7,
-        }
-        for stage, seconds in result.timings.items():
-            BATCH_SECONDS.labels(stage).observe(seconds)
+        batch = _Batch(records=records, now=datetime.now(UTC))
+        batch.result.records = len(records)
+        stages: list[tuple[str, Callable[[_Batch], None]]] = [
+            ("validate", self._validate),
+            ("model", self._score),
+            ("retrieve", self._enrich),
+            ("store", self._store),
+            ("publish", self._publish),
+            ("commit", self._commit),
+            ("index", self._catch_up),
+            ("drift", self._watch_drift),
+            ("alerts", self._alert),
+        ]
+        timings: dict[str, float] = {}
+        for name, stage in stages:
+            t0 = time.perf_counter()
+            stage(batch)
+            timings[name] = time.perf_counter() - t0
+        result = batch.result
+        result.timings = timings
+        result.stored = len(batch.new_ids)
+        result.rejected = len(batch.rejections)
+        for stage_name, seconds in timings.items():
+            BATCH_SECONDS.labels(stage_name).observe(seconds)
         ITEMS.labels(self.scorer.version).inc(result.stored)
-        for r in rejections:
+        for r in batch.rejections:
             REJECTED.labels(r["reason"]).inc()
         DUPLICATES.inc(result.duplicates)
         for key in (
@@ -380,34 +445,397 @@ class Worker:
         log.debug("batch_done", **{k: v for k, v in vars(result).items() if k != "timings"})
         return result
 
+    def _validate(self, batch: _Batch) -> None:
+        """Valid items, or dead letters with a reason; the same item twice counts once."""
+        seen: set[str] = set()
+        for rec in batch.records:
+            outcome = validate(rec.value, kafka_ts_ms=rec.timestamp, limits=self.limits)
+            if isinstance(outcome, Rejected):
+                batch.reject(rec, outcome.reason, outcome.detail)
+            elif outcome.id in seen:
+                batch.result.duplicates += 1
+            else:
+                seen.add(outcome.id)
+                batch.accepted.append((rec, outcome))
+
+    def _score(self, batch: _Batch) -> None:
+        """Probabilities and frozen-space vectors; a text the model fails on is dead-lettered."""
+        if not batch.accepted:
+            return
+        texts = [a.item.text for _, a in batch.accepted]
+
+        def attempt() -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+            self.follow_serving()  # an operator's rollback is how a broken model is left
+            return self._score_isolated(texts)
+
+        probs, vectors, bad = self.waiter.run(
+            attempt, "model", transient=lambda e: isinstance(e, ModelUnhealthy) or is_outage(e)
+        )
+        if bad:
+            for i in sorted(bad):
+                rec, _ = batch.accepted[i]
+                batch.reject(rec, "unscorable", bad[i])
+            keep = [i for i in range(len(texts)) if i not in bad]
+            batch.accepted = [batch.accepted[i] for i in keep]
+            probs, vectors = probs[keep], vectors[keep]
+        batch.probs, batch.vectors = probs, vectors
+
+    def _score_isolated(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """Score all texts; on failure bisect to the ones to blame (``{index: why}``)."""
+        n = len(texts)
+        probs = np.full((n, len(self.scorer.classifier.labels)), np.nan, dtype=np.float32)
+        vectors: np.ndarray | None = None
+        bad: dict[int, str] = {}
+
+        def run(idx: list[int]) -> None:
+            nonlocal vectors
+            try:
+                p, v = self.scorer.score([texts[i] for i in idx])
+                p, v = np.asarray(p, dtype=np.float32), np.asarray(v, dtype=np.float32)
+                if p.shape[0] != len(idx) or v.shape[0] != len(idx):
+                    raise ValueError(f"scorer returned {p.shape[0]} rows for {len(idx)} texts")
+            except Exception as exc:  # noqa: BLE001 - find the text to blame, if any
+                if is_outage(exc):
+                    raise
+                if len(idx) == 1:
+                    bad[idx[0]] = f"scoring failed: {type(exc).__name__}: {str(exc)[:300]}"
+                    return
+                mid = len(idx) // 2
+                run(idx[:mid])
+                run(idx[mid:])
+                return
+            if vectors is None:
+                vectors = np.full((n, v.shape[1]), np.nan, dtype=np.float32)
+            ok = np.isfinite(p).all(axis=1) & np.isfinite(v).all(axis=1)
+            ok &= np.abs(p.sum(axis=1) - 1.0) < 1e-3
+            for j, i in enumerate(idx):
+                if ok[j]:
+                    probs[i], vectors[i] = p[j], v[j]
+                else:
+                    bad[i] = "the model gave non-finite or unnormalised scores for this text"
+
+        run(list(range(n)))
+        if bad:
+            self._check_model()  # blame the texts only if the model handles a plain one
+            log.warning("texts_unscorable", n=len(bad), of=n)
+        if vectors is None:
+            vectors = np.zeros((n, 0), dtype=np.float32)
+        return probs, vectors, bad
+
+    def _check_model(self) -> None:
+        try:
+            p, v = self.scorer.score([_CANARY])
+            fine = bool(np.isfinite(p).all() and np.isfinite(v).all())
+        except Exception as exc:  # noqa: BLE001
+            raise ModelUnhealthy(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+        if not fine:
+            raise ModelUnhealthy(f"version {self.scorer.version} gives non-finite scores")
+
+    def _enrich(self, batch: _Batch) -> None:
+        """Neighbours, topic and entities; then the scored message and the store row of each."""
+        if not batch.accepted or batch.probs is None or batch.vectors is None:
+            return
+        probs, vectors = batch.probs, batch.vectors
+        n = len(batch.accepted)
+        neighbors: list[list[Neighbor]] = [[] for _ in range(n)]
+        try:  # advisory: an item without neighbours is still an item
+            neighbors = self.past.neighbors(
+                vectors, self.settings.neighbors_k, exclude=[a.id for _, a in batch.accepted]
+            )
+        except Exception:
+            log.exception("neighbours_failed", items=n)
+        topics: list[str | None] = [None] * n
+        try:
+            topics = list(self.assign_topics(vectors))
+        except Exception:
+            log.exception("topics_failed", items=n)
+        labels = tuple(self.scorer.classifier.labels)
+        scored_at = datetime.now(UTC)
+        kept: list[int] = []
+        for i, (rec, acc) in enumerate(batch.accepted):
+            try:
+                entities = self.tag_entities(acc.item.text, list(acc.item.entities))
+            except Exception:
+                log.exception("entities_failed", item_id=acc.id)
+                entities = list(acc.item.entities)
+            try:
+                scored = scored_item(
+                    acc,
+                    probs[i],
+                    labels,
+                    version=self.scorer.version,
+                    entities=entities,
+                    topic=topics[i],
+                    neighbors=neighbors[i],
+                    scored_at=scored_at,
+                )
+                message = scored.model_dump_json().encode("utf-8")
+                if len(message) > self.max_publish_bytes:
+                    raise ValueError(f"scored message of {len(message)} bytes is too large")
+                row = item_row(
+                    scored,
+                    probs[i],
+                    vectors[i],
+                    partition=rec.partition,
+                    offset=rec.offset,
+                    kafka_ts=kafka_time(rec.timestamp),
+                )
+            except Exception as exc:  # noqa: BLE001 - this item's own problem
+                batch.reject(rec, "unpublishable", f"{type(exc).__name__}: {str(exc)[:300]}")
+                continue
+            batch.messages[acc.id] = message
+            batch.rows.append(row)
+            batch.raw_by_id[acc.id] = rec
+            kept.append(i)
+        if len(kept) < n:
+            batch.accepted = [batch.accepted[i] for i in kept]
+            batch.probs, batch.vectors = probs[kept], vectors[kept]
+
+    def _store(self, batch: _Batch) -> None:
+        """Write items and dead letters idempotently; waits out outages, isolates poison rows."""
+        parts = [("item", r) for r in batch.rows] + [("letter", r) for r in batch.rejections]
+        new_ids, replayed, rej_seqs = self._write(parts, batch)
+        batch.new_ids, batch.replayed, batch.rej_seqs = new_ids, replayed, rej_seqs
+        stored_rows = sum(1 for kind, _ in parts if kind == "item")
+        batch.result.duplicates += stored_rows - len(new_ids) - len(replayed)
+        batch.result.republished = len(replayed)
+
+    def _write(
+        self, parts: list[tuple[str, dict[str, Any]]], batch: _Batch
+    ) -> tuple[set[str], set[str], list[int]]:
+        rows = [r for kind, r in parts if kind == "item"]
+        letters = [r for kind, r in parts if kind == "letter"]
+        try:
+            return self.waiter.run(lambda: self.store.write_batch(rows, letters), "store")
+        except Stopping:
+            raise
+        except Exception as exc:  # noqa: BLE001 - maybe a row of its own: find it
+            if len(parts) == 1:
+                return self._poison(parts[0], batch, exc)
+        # Bisect: each half in its own transaction (writes are idempotent).
+        new: set[str] = set()
+        replayed: set[str] = set()
+        seqs: list[int] = []
+        mid = len(parts) // 2
+        for half in (parts[:mid], parts[mid:]):
+            a, b, c = self._write(half, batch)
+            new, replayed, seqs = new | a, replayed | b, seqs + c
+        return new, replayed, seqs
+
+    def _poison(
+        self, part: tuple[str, dict[str, Any]], batch: _Batch, exc: Exception
+    ) -> tuple[set[str], set[str], list[int]]:
+        """One row that would not store: its own fault only if the store takes a probe."""
+        self.waiter.run(self.store.probe, "store")  # waits while the store is the problem
+        text = str(exc).splitlines()[0][:300] if str(exc) else ""
+        detail = f"{type(exc).__name__}: {text}"
+        kind, row = part
+        if kind == "letter":
+            # A dead letter the store refuses is still said on the dead-letter topic.
+            log.error("dead_letter_unstorable", detail=detail, **_position(row))
+            batch.unstored.append(row)
+            return set(), set(), []
+        rec = batch.raw_by_id[row["id"]]
+        log.error("item_unstorable", item_id=row["id"][:100], detail=detail)
+        batch.messages.pop(row["id"], None)
+        letter = rejection_row(
+            rec.topic, rec.partition, rec.offset, rec.value, "unstorable", detail, batch.now
+        )
+        batch.rejections.append(letter)
+        return self._write([("letter", letter)], batch)
+
+    def _publish(self, batch: _Batch) -> None:
+        """Checked sends of new (and repaired) items and dead letters; then flag them published."""
+        topics = self.settings.topics
+        replayed = batch.replayed
+        on_topic = self.publisher.on_topic
+        if replayed and on_topic is not None:
+            # A previous attempt stored these and may or may not have published them.
+            already = self.waiter.run(lambda: on_topic(topics.scored, set(replayed)), "kafka")
+            if already:
+                self.waiter.run(lambda: self.store.mark_published(already), "store")
+            log.info(
+                "replay_repaired", stored_before=len(replayed), republished=len(replayed - already)
+            )
+            replayed = replayed - already
+        to_publish = [i for i in batch.messages if i in batch.new_ids or i in replayed]
+        outgoing = [
+            Outgoing(topics.scored, i.encode(), batch.messages[i], ("item", i)) for i in to_publish
+        ]
+        outgoing += self._dead_letters(batch.rej_seqs)
+        outgoing += [
+            dlq_message(r, topics.dlq, ref=("unstored", n)) for n, r in enumerate(batch.unstored)
+        ]
+        delivery = self.publisher.deliver(outgoing, self.waiter)
+        if delivery.undeliverable:
+            again = self._dead_letter_undeliverable(batch, delivery.undeliverable)
+            more = self.publisher.deliver(again, self.waiter)
+            delivery.acked |= more.acked
+            delivery.found |= more.found
+        published = delivery.published
+        item_ids = [ref[1] for ref in published if ref[0] == "item"]
+        seqs = [ref[1] for ref in published if ref[0] == "dlq"]
+        self.waiter.run(lambda: self.store.mark_published(item_ids, seqs), "store")
+
+    def _dead_letters(self, seqs: list[int]) -> list[Outgoing]:
+        if not seqs:
+            return []
+        rows = self.waiter.run(lambda: self.store.rejections_by_seq(seqs), "store")
+        return [dlq_message(r, self.settings.topics.dlq) for r in rows]
+
+    def _dead_letter_undeliverable(
+        self, batch: _Batch, undeliverable: dict[Hashable, str]
+    ) -> list[Outgoing]:
+        """Stored items the broker refused for their own sake move to the dead letters."""
+        letters = []
+        ids = []
+        for ref, why in undeliverable.items():
+            if ref[0] != "item":
+                log.error("dead_letter_undeliverable", ref=str(ref), error=why)
+                continue
+            rec = batch.raw_by_id[ref[1]]
+            ids.append(ref[1])
+            batch.new_ids.discard(ref[1])
+            letters.append(
+                rejection_row(
+                    rec.topic, rec.partition, rec.offset, rec.value, "unpublishable", why, batch.now
+                )
+            )
+        if not ids:
+            return []
+        batch.rejections.extend(letters)
+        seqs = self.waiter.run(lambda: self.store.dead_letter_items(ids, letters), "store")
+        log.warning("items_dead_lettered_after_store", n=len(ids))
+        return self._dead_letters(seqs)
+
+    def _commit(self, batch: _Batch) -> None:
+        """Commit the batch's offsets (waiting out outages); a rebalance hands it on."""
+        offsets: dict[TopicPartition, int] = {}
+        for rec in batch.records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            offsets[tp] = max(offsets.get(tp, -1), rec.offset + 1)
+        commit = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        try:
+            self.waiter.run(
+                lambda: self.consumer.commit(commit),
+                "kafka",
+                transient=lambda e: is_outage(e) and not isinstance(e, _COMMIT_LOST),
+                what="commit",
+            )
+        except _COMMIT_LOST as exc:
+            # Stored and published already; the partition's new owner reads the batch
+            # again and the store's idempotence absorbs it.
+            log.warning(
+                "commit_lost_to_rebalance",
+                partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in offsets),
+                error=f"{type(exc).__name__}: {str(exc)[:200]}",
+            )
+        LAST_BATCH.set_to_current_time()
+
+    def _catch_up(self, batch: _Batch) -> None:
+        """The index takes the new items (for the next batch's neighbours); advisory."""
+        self._advise("index", self.past.catch_up)
+        self._mark_partitions(batch.accepted)
+
+    # -- outages --------------------------------------------------------------------------
+
+    def _after_outage(self, dependency: str) -> None:
+        try:
+            self.keepalive.resume()
+        except Exception:  # noqa: BLE001
+            log.exception("resume_failed")
+        if dependency == "kafka":
+            self._check_positions()
+
+    def _watch_kafka(self) -> None:
+        """An idle worker notices a broker outage (and its end) through its group coordinator."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        unknown = getattr(coordinator, "coordinator_unknown", None)
+        if unknown is None:
+            return
+        try:
+            gone = bool(unknown())
+        except Exception:  # noqa: BLE001
+            return
+        if gone and self._joined and self.health.is_up("kafka"):
+            self.health.down("kafka", "group coordinator unknown")
+        elif not gone and not self.health.is_up("kafka"):
+            self.health.up("kafka")
+            self._check_positions()
+
+    def _check_positions(self) -> None:
+        """A broker that came back empty (the embedded one keeps nothing) is read from the start.
+
+        If a partition's end is now below our position, its log was lost: read it
+        from its beginning again (what is already stored is absorbed as duplicates).
+        """
+        try:
+            assigned = list(self.consumer.assignment())
+            if not assigned:
+                return
+            ends = self.consumer.end_offsets(assigned)
+            for tp in assigned:
+                position = self.consumer.position(tp)
+                end = ends.get(tp)
+                if end is not None and position is not None and position > end:
+                    log.warning(
+                        "partition_log_lost_reading_again",
+                        partition=f"{tp.topic}:{tp.partition}",
+                        position=position,
+                        end=end,
+                    )
+                    self.consumer.seek_to_beginning(tp)
+        except Exception:  # noqa: BLE001 - advisory; the fetcher resets out-of-range offsets too
+            log.exception("position_check_failed")
+
+    def _rewind(self, records: list[ConsumerRecord]) -> None:
+        """Seek back so the batch is read again (it was not committed)."""
+        first: dict[TopicPartition, int] = {}
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            first[tp] = min(first.get(tp, rec.offset), rec.offset)
+        for tp, offset in first.items():
+            try:
+                self.consumer.seek(tp, offset)
+            except Exception:  # noqa: BLE001 - revoked meanwhile: its new owner reads it
+                log.info("rewind_skipped", partition=f"{tp.topic}:{tp.partition}")
+
+    def _advise(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run an advisory step: a failure is logged and never fails the batch."""
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001
+            if is_outage(exc):
+                log.warning(f"{what}_skipped_outage", error=f"{type(exc).__name__}")
+            else:
+                log.exception(f"{what}_failed")
+            return None
+
     # -- alerts -------------------------------------------------------------------------
+
+    def _alert(self, batch: _Batch) -> None:
+        batch.result.alerts = self._watch_alerts()
 
     def _watch_alerts(self) -> int:
         """Run the alert rules over what the store holds now; never fails the batch."""
         if self.alerter is None:
             return 0
         self._alerts_at = time.monotonic()
-        try:
-            return len(self.alerter.step())
-        except Exception:
-            log.exception("alerting_failed")
-            return 0
+        return len(self._advise("alerting", self.alerter.step) or [])
 
     # -- drift --------------------------------------------------------------------------
 
-    def _watch_drift(
-        self,
-        accepted: list[tuple[ConsumerRecord, Accepted]],
-        probs: np.ndarray,
-        vectors: np.ndarray,
-    ) -> int:
+    def _watch_drift(self, batch: _Batch) -> None:
         """Feed the batch to the monitor and emit what fired; never fails the batch."""
+        if batch.probs is None or batch.vectors is None or not batch.accepted:
+            return
+        accepted = batch.accepted
         first = self.monitor.seen
         try:
-            events = self.monitor.update(probs, vectors)
+            events = self.monitor.update(batch.probs, batch.vectors)
         except Exception:
             log.exception("drift_monitor_failed", items=len(accepted), position=first)
-            return 0
+            return
         for event in events:
             i = event.position - first
             rec, acc = accepted[i] if 0 <= i < len(accepted) else (None, None)
@@ -420,7 +848,7 @@ class Worker:
                     signal=event.signal,
                     position=event.position,
                 )
-        return len(events)
+        batch.result.drift_events = len(events)
 
     def _emit_drift(
         self, event: DriftEvent, rec: ConsumerRecord | None, acc: Accepted | None
@@ -450,8 +878,6 @@ class Worker:
             self.store.record_drift({**row, "details": details})
         except Exception:
             log.exception("drift_record_failed", **row)
-        # `details` reaches the wire once ControlMessage has such a field (extra keys are
-        # ignored until then); the reason carries the essentials either way.
         message = ControlMessage.model_validate(
             {
                 "action": "drift",
@@ -462,24 +888,15 @@ class Worker:
                 "details": {**event.as_row(), **details},
             }
         )
-        try:
-            # Not flushed: the producer sends it within linger_ms; a failure is logged.
-            self.producer.send(
-                self.settings.topics.control, value=message.model_dump_json().encode("utf-8")
-            ).add_errback(
-                lambda exc: log.error("drift_announce_failed", **row, error=str(exc)[:200])
-            )
-        except Exception:
-            log.exception("drift_announce_failed", **row)
+        # Advisory: sent within linger_ms, a failure is logged.
+        self.publisher.send_nowait(
+            self.settings.topics.control,
+            None,
+            message.model_dump_json().encode("utf-8"),
+            "drift_announce",
+        )
 
     # -- helpers --------------------------------------------------------------------------
-
-    def _commit(self, records: list[ConsumerRecord]) -> None:
-        offsets: dict[TopicPartition, int] = {}
-        for rec in records:
-            tp = TopicPartition(rec.topic, rec.partition)
-            offsets[tp] = max(offsets.get(tp, -1), rec.offset + 1)
-        self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
 
     def _mark_partitions(self, accepted: list[tuple[ConsumerRecord, Accepted]]) -> None:
         """Tell the alert rules how far in event time each of our partitions is stored.
@@ -493,8 +910,9 @@ class Worker:
             key, ts = (rec.topic, rec.partition), acc.item.ts
             if ts is not None and (key not in newest or ts > newest[key]):
                 newest[key] = ts
-        marks = []
-        try:
+
+        def mark() -> None:
+            marks = []
             for tp in self.consumer.assignment():
                 end = self.consumer.highwater(tp)
                 caught_up = end is not None and self.consumer.position(tp) >= end
@@ -507,77 +925,9 @@ class Worker:
                     }
                 )
             self.store.mark_partitions(marks)
-        except Exception:
-            log.exception("partition_marks_failed")
 
-    def _rejection_row(
-        self, rec: ConsumerRecord, outcome: Rejected, now: datetime
-    ) -> dict[str, Any]:
-        raw = rec.value or b""
-        return {
-            "topic": rec.topic,
-            "partition": rec.partition,
-            "offset": rec.offset,
-            "reason": outcome.reason,
-            "detail": outcome.detail,
-            "raw": raw[: _RAW_KEEP * 4].decode("utf-8", errors="replace")[:_RAW_KEEP],
-            "rejected_at": now,
-        }
-
-    @staticmethod
-    def _dlq_payload(row: dict[str, Any]) -> bytes:
-        rej = Rejection(
-            reason=row["reason"],
-            detail=row["detail"],
-            topic=row["topic"],
-            partition=row["partition"],
-            offset=row["offset"],
-            raw=row["raw"],
-            rejected_at=row["rejected_at"]
-            if row["rejected_at"].tzinfo
-            else row["rejected_at"].replace(tzinfo=UTC),
-        )
-        return rej.model_dump_json().encode("utf-8")
+        self._advise("partition_marks", mark)
 
 
-def find_published(
-    consumer_config: dict[str, Any], topic: str, ids: set[str], window: int = 2000
-) -> set[str]:
-    """Which of ``ids`` are among the last ``window`` messages of each partition of ``topic``.
-
-    Only used to repair a replay after a crash, so it may be slow; it reads
-    with a group-less consumer and never commits.
-    """
-    reader = KafkaConsumer(
-        bootstrap_servers=consumer_config["bootstrap_servers"],
-        group_id=None,
-        enable_auto_commit=False,
-        client_id="moodwire-replay-check",
-    )
-    found: set[str] = set()
-    try:
-        partitions = reader.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return found
-        reader.assign(tps)
-        ends = reader.end_offsets(tps)
-        for tp in tps:
-            reader.seek(tp, max(0, ends[tp] - window))
-        pending = {tp for tp in tps if ends[tp] > 0}
-        deadline = time.monotonic() + 30
-        while pending and time.monotonic() < deadline:
-            for tp, recs in reader.poll(timeout_ms=200).items():
-                for r in recs:
-                    key = r.key.decode("utf-8", errors="replace") if r.key else None
-                    if key is None:
-                        key = json.loads(r.value).get("id")
-                    if key in ids:
-                        found.add(key)
-                if reader.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-        if pending:
-            raise TimeoutError(f"could not read the tail of {topic} to repair a replay")
-    finally:
-        reader.close()
-    return found
+def _position(row: dict[str, Any]) -> dict[str, Any]:
+    return {"topic": row["topic"], "partition": row["partition"], "offset": row["offset"]}

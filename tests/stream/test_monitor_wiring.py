@@ -56,12 +56,20 @@ class NoNeighbours:
 
 
 class Sent:
+    """A send the broker acknowledged at once."""
+
+    is_done = True
+    exception = None
+
     def __init__(self) -> None:
         self.errbacks: list = []
 
     def add_errback(self, fn: Any) -> Sent:
         self.errbacks.append(fn)
         return self
+
+    def succeeded(self) -> bool:
+        return True
 
 
 class Producer:
@@ -72,7 +80,7 @@ class Producer:
         self.sent.append((topic, value))
         return Sent()
 
-    def flush(self) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         pass
 
     def on(self, topic: str) -> list[bytes]:
