@@ -39,7 +39,10 @@ settings (environment, overridden by flags):
   MOODWIRE_REGISTRY           model registry directory        (DATA_DIR/registry)
   MOODWIRE_DATA_DIR           where state lives by default    (./moodwire-data)
   MOODWIRE_DEVICE             auto | cpu | cuda[:N]           (auto)
-  MOODWIRE_OPERATOR_TOKEN     credential for dashboard actions  (unset: actions disabled)
+  MOODWIRE_OPERATOR_TOKEN     the operator credential for dashboard and CLI actions
+                              (unset: actions disabled)
+  MOODWIRE_CREDENTIAL         the credential a CLI action presents (else --credential-file,
+                              else a prompt on a terminal)
 """
 
 
@@ -51,6 +54,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", type=Path, help="default home of store, registry and index")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _operator_args(p: argparse.ArgumentParser) -> None:
+    """Flags of an operator action: why, who, and the credential it presents."""
+    p.add_argument("--reason", default="", help="why: written to the audit log")
+    p.add_argument("--actor", default=None, help="who, for the audit log (default: your login)")
+    p.add_argument(
+        "--credential-file",
+        type=Path,
+        metavar="PATH",
+        help="file holding the operator credential (MOODWIRE_OPERATOR_TOKEN); default: "
+        "MOODWIRE_CREDENTIAL, else a prompt when stdin is a terminal",
+    )
 
 
 def _labelled_args(p: argparse.ArgumentParser) -> None:
@@ -154,10 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
         "retrain",
         "ask the active learner to train a candidate now (operator action)",
         "Publish a retrain command on `moodwire.control` and write it to the audit log. The "
-        "learner trains as soon as it has MOODWIRE_LEARNER__MIN_NEW_LABELS fresh labels.",
+        "learner trains as soon as it has MOODWIRE_LEARNER__MIN_NEW_LABELS fresh labels. "
+        "Needs the operator credential.",
     )
-    p.add_argument("--reason", default="")
-    p.add_argument("--actor", default=None)
+    _operator_args(p)
 
     p = add("produce", "publish a CSV/JSONL file as a live feed to `news`")
     p.add_argument("file", type=Path)
@@ -239,14 +255,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true")
 
-    add("models", "list the registry's versions, as JSON")
-    p = add("promote", "serve a version (operator action)")
+    p = add("models", "list the registry's versions, as JSON")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also prove every version as a load does (checksums of its files, then a smoke "
+        "batch that must give finite probabilities): each gets verified and problem; exits 1 "
+        "naming each refused version on stderr",
+    )
+    p = add(
+        "promote",
+        "serve a version (operator action)",
+        "Verify the version's checksums, write the promotion to the audit log and switch the "
+        "serving pointer in one step (if the audit row cannot be written, nothing changes). "
+        "Needs the operator credential.",
+    )
     p.add_argument("version")
-    p.add_argument("--reason", default="")
-    p.add_argument("--actor", default=None)
-    p = add("rollback", "serve the previously serving version (operator action)")
-    p.add_argument("--reason", default="")
-    p.add_argument("--actor", default=None)
+    _operator_args(p)
+    p = add(
+        "rollback",
+        "serve the previously serving version (operator action)",
+        "Like promote, for the version that served before the current one. Needs the "
+        "operator credential.",
+    )
+    _operator_args(p)
 
     p = add("bench", "benchmarks, printed as JSON")
     bench = p.add_subparsers(dest="bench", metavar="BENCH", required=True)

@@ -21,13 +21,24 @@ from learner.classifier import ModelLoadError
 from learner.data import DataError
 from learner.registry import Registry, RegistryError
 from moodwire.cli import UserError, command, print_json
+from moodwire.operations import NotAllowed
 from moodwire.settings import Settings
 from stream.broker import BrokerError
 
 log = structlog.get_logger("moodwire")
 
-# Errors that are the user's to fix: one clear line, no traceback.
-USER_ERRORS = (UserError, DataError, RegistryError, ModelLoadError, BrokerError, FileNotFoundError)
+# Errors that are the user's to fix: one clear line, no traceback. RegistryError covers
+# VersionIntegrityError (a tampered or unverifiable version) and a malformed serving.json;
+# ModelLoadError a version that does not load or fails its smoke batch.
+USER_ERRORS = (
+    UserError,
+    DataError,
+    RegistryError,
+    ModelLoadError,
+    BrokerError,
+    FileNotFoundError,
+    NotAllowed,
+)
 
 
 @contextmanager
@@ -124,8 +135,10 @@ def learner_cmd(args: argparse.Namespace, settings: Settings) -> int:
 def retrain_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from moodwire import operations
 
+    _require_operator(args, settings)
     actor = args.actor or getpass.getuser()
-    print_json(operations.request_retrain(settings, actor=actor, reason=args.reason))
+    with _audit_log_errors():
+        print_json(operations.request_retrain(settings, actor=actor, reason=args.reason))
     return 0
 
 
@@ -249,8 +262,21 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
     serving = registry.serving()
     promoted = serving is None or args.promote
     if promoted:
-        registry.promote(version)
-        _audit(settings, "promote", version, "bootstrap", {"previous": serving})
+        from learner.loading import smoke_check
+        from moodwire.operations import audited_switch
+        from moodwire.store import Store
+
+        smoke_check(classifier, version)
+        with audited_switch(
+            Store(settings.resolved_store_url()),
+            registry,
+            actor="moodwire",
+            action="promote",
+            target=version,
+            reason="bootstrap",
+            details={"previous": serving},
+        ):
+            registry.promote(version)
     from moodwire.learning import seed_memory
 
     # What v1 learned is the learner's first memory: replayed and held out as "old" data.
@@ -279,8 +305,8 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
 @command("eval")
 @_guard
 def eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from learner.classifier import SentimentClassifier
     from learner.data import load_labelled, parse_label_map
+    from learner.loading import load_version
     from learner.metrics import evaluate
 
     registry = Registry(settings.resolved_registry())
@@ -293,8 +319,8 @@ def eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
         label_col=args.label_col,
         label_map=parse_label_map(args.label_map),
     )
-    classifier = SentimentClassifier.from_pretrained(
-        registry.path(version), device=settings.device, max_length=settings.max_length
+    classifier = load_version(
+        registry, version, device=settings.device, max_length=settings.max_length
     )
     metrics = evaluate(classifier, data)
     print_json({"version": version, "data": str(args.data), **metrics})
@@ -306,25 +332,42 @@ def eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
 def models_cmd(args: argparse.Namespace, settings: Settings) -> int:
     registry = Registry(settings.resolved_registry())
     serving = registry.serving()
-    rows = []
+    rows, refused = [], []
     for v in registry.versions():
         holdout = v.card.get("metrics", {}).get("holdout", {})
-        rows.append(
-            {
-                "version": v.name,
-                "serving": v.name == serving,
-                "created_at": v.card.get("created_at"),
-                "kind": v.card.get("kind"),
-                "parent": v.card.get("parent"),
-                "accuracy": holdout.get("accuracy"),
-                "macro_f1": holdout.get("macro_f1"),
-                "trigger": v.card.get("trigger"),
-                "decision": v.card.get("decision"),
-                "gate": v.card.get("gate"),
-            }
-        )
+        row = {
+            "version": v.name,
+            "serving": v.name == serving,
+            "created_at": v.card.get("created_at"),
+            "kind": v.card.get("kind"),
+            "parent": v.card.get("parent"),
+            "accuracy": holdout.get("accuracy"),
+            "macro_f1": holdout.get("macro_f1"),
+            "trigger": v.card.get("trigger"),
+            "decision": v.card.get("decision"),
+            "gate": v.card.get("gate"),
+        }
+        if args.verify:
+            problem = _proof_problem(registry, v.name, settings)
+            row.update(verified=problem is None, problem=problem)
+            if problem is not None:
+                refused.append(problem)
+        rows.append(row)
     print_json({"serving": serving, "versions": rows})
-    return 0
+    for problem in refused:
+        print(f"moodwire models: {problem}", file=sys.stderr)
+    return 1 if refused else 0
+
+
+def _proof_problem(registry: Registry, version: str, settings: Settings) -> str | None:
+    """Why ``version`` would be refused at load (checksums, load, smoke batch); None if not."""
+    from learner.loading import load_version
+
+    try:
+        load_version(registry, version, device=settings.device, max_length=settings.max_length)
+    except (RegistryError, ModelLoadError) as exc:
+        return " ".join(str(exc).split())  # one line
+    return None
 
 
 @command("promote")
@@ -332,8 +375,10 @@ def models_cmd(args: argparse.Namespace, settings: Settings) -> int:
 def promote_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from moodwire import operations
 
+    _require_operator(args, settings)
     actor = args.actor or getpass.getuser()
-    print_json(operations.promote(settings, args.version, actor=actor, reason=args.reason))
+    with _audit_log_errors(" (the serving version is unchanged)"):
+        print_json(operations.promote(settings, args.version, actor=actor, reason=args.reason))
     return 0
 
 
@@ -342,22 +387,51 @@ def promote_cmd(args: argparse.Namespace, settings: Settings) -> int:
 def rollback_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from moodwire import operations
 
+    _require_operator(args, settings)
     actor = args.actor or getpass.getuser()
-    print_json(operations.rollback(settings, actor=actor, reason=args.reason))
+    with _audit_log_errors(" (the serving version is unchanged)"):
+        print_json(operations.rollback(settings, actor=actor, reason=args.reason))
     return 0
 
 
-def _audit(
-    settings: Settings,
-    action: str,
-    target: str,
-    reason: str | None,
-    details: dict,
-    actor: str = "moodwire",
-) -> None:
-    from moodwire.store import Store
+def _require_operator(args: argparse.Namespace, settings: Settings) -> None:
+    """Refuse an operator action without the operator credential, as the dashboard does.
 
-    Store(settings.resolved_store_url()).audit(actor, action, target, reason, details)
+    The credential presented is the file ``--credential-file`` names, else
+    ``MOODWIRE_CREDENTIAL``, else a prompt when stdin is a terminal.
+    """
+    from moodwire.operations import check_credential
+
+    if settings.operator_token is None:
+        check_credential(settings, None)  # refused, with the dashboard's message
+    check_credential(settings, _presented_credential(args))
+
+
+def _presented_credential(args: argparse.Namespace) -> str | None:
+    if args.credential_file is not None:
+        try:
+            return args.credential_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"--credential-file {args.credential_file}: {exc}") from None
+    # Read here, at the entry point: a credential is presented per command, not a setting.
+    presented = os.environ.get("MOODWIRE_CREDENTIAL")
+    if presented:
+        return presented
+    if sys.stdin is not None and sys.stdin.isatty():
+        return getpass.getpass("operator credential: ")
+    return None
+
+
+@contextmanager
+def _audit_log_errors(unchanged: str = "") -> Iterator[None]:
+    """A store that cannot take the audit row is one clear line (nothing was done)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+        raise UserError(f"the audit log could not be written{unchanged}: {reason}") from None
 
 
 def _sha256(path: Path) -> str:

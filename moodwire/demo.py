@@ -79,11 +79,22 @@ def bootstrap_demo_model(settings: Settings, n: int = 600, progress: bool = True
             "metrics": {"holdout": metrics},
         },
     )
-    registry.promote(version)
+    from learner.loading import smoke_check
     from moodwire.learning import seed_memory
+    from moodwire.operations import audited_switch
     from moodwire.store import Store
 
-    Store(settings.resolved_store_url()).audit("demo", "promote", version, "bootstrap", {})
+    smoke_check(clf, version)
+    with audited_switch(
+        Store(settings.resolved_store_url()),
+        registry,
+        actor="demo",
+        action="promote",
+        target=version,
+        reason="bootstrap",
+        details={},
+    ):
+        registry.promote(version)
 
     seed_memory(settings, train, holdout)
     return version

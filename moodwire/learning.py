@@ -35,14 +35,17 @@ import structlog
 from kafka import KafkaProducer
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from learner import replay as replay_store
-from learner.classifier import SentimentClassifier
+from learner.classifier import ModelLoadError, SentimentClassifier
 from learner.continual import ContinualLearner, Outcome, make_replay
 from learner.data import LabelledText
 from learner.drift import DriftEvent
-from learner.registry import Registry
+from learner.loading import load_version, smoke_check
+from learner.registry import Registry, RegistryError
 from learner.replay import Reservoir
+from moodwire.operations import audited_switch
 from moodwire.settings import Settings
 from moodwire.store import Store
 from stream.schemas import ControlMessage, LabelMessage, label_row
@@ -156,6 +159,7 @@ class LearnerProcess:
         self._learned: set[int] = set()  # learned ones above it (others wait for their item)
         self._awaiting: str | None = None  # a candidate waiting for an operator's approval
         self._waiting = True  # labels in the store may wait for their items (catch up at start)
+        self._refused: tuple[str | None, str] | None = None  # a serving state it would not load
         state_file = self.dir / "state.json"
         if state_file.is_file():
             state = json.loads(state_file.read_text(encoding="utf-8"))
@@ -297,10 +301,28 @@ class LearnerProcess:
     # -- serving version changes made by operators --------------------------------------
 
     def sync_serving(self) -> None:
-        current = self.registry.serving()
-        if current is None or current == self.learner.version:
+        """Follow an operator's promotion or rollback; a refused version is not followed.
+
+        A version that fails verification or its smoke batch (or a malformed
+        pointer) is logged once as ``learner_serving_refused`` and the learner
+        keeps its current model; it is not tried again until the pointer moves.
+        """
+        try:
+            current = self.registry.serving()
+        except RegistryError as exc:
+            self._refuse(None, exc)
             return
-        classifier = self.load(current)
+        if current is None or current == self.learner.version:
+            self._refused = None
+            return
+        if self._refused is not None and self._refused[0] == current:
+            return
+        try:
+            classifier = self.load(current)
+        except (RegistryError, ModelLoadError) as exc:
+            self._refuse(current, exc)
+            return
+        self._refused = None
         if current == self._awaiting:
             self.learner.adopt(classifier, current)  # an operator approved our candidate
             self._awaiting = None
@@ -308,6 +330,17 @@ class LearnerProcess:
             self.learner.serve(classifier, current)
         log.info("learner_follows_serving", version=current)
         self._save_state(memory=True)
+
+    def _refuse(self, version: str | None, exc: Exception) -> None:
+        refused = (version, str(exc))
+        if refused != self._refused:
+            log.error(
+                "learner_serving_refused",
+                version=version,
+                serving=self.learner.version,
+                reason=str(exc),
+            )
+        self._refused = refused
 
     # -- retraining -----------------------------------------------------------------------
 
@@ -335,10 +368,30 @@ class LearnerProcess:
         RETRAINS.labels(outcome.decision).inc()
         details = {"trigger": trigger, "gate": card["gate"], "training": card["training"]}
         if outcome.decision == "promote":
-            previous = self.registry.promote(version)
-            self.store.audit(
-                "learner", "promote", version, trigger, {**details, "previous": previous}
-            )
+            try:
+                smoke_check(outcome.classifier, version)  # proven before it serves
+                previous = self.registry.serving()
+                # Audit first: the switch stands only once its audit row is committed.
+                with audited_switch(
+                    self.store,
+                    self.registry,
+                    actor="learner",
+                    action="promote",
+                    target=version,
+                    reason=trigger,
+                    details={**details, "previous": previous},
+                ):
+                    self.registry.promote(version)
+            except (RegistryError, ModelLoadError, SQLAlchemyError, OSError) as exc:
+                # Nothing changed: the serving version and the learner's model stay.
+                log.error(
+                    "model_promotion_failed",
+                    version=version,
+                    serving=self.learner.version,
+                    error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                )
+                self._save_state(memory=True)
+                return outcome
             self.learner.adopt(outcome.classifier, version)
             self._send(
                 ControlMessage(action="promote", version=version, actor="learner", reason=trigger)
@@ -396,7 +449,6 @@ def build_learner(
     settings: Settings, *, progress: bool = False
 ) -> tuple[LearnerProcess, Callable[[], None]]:
     """A ready learner process and the function that closes what it opened."""
-    from learner.classifier import SentimentClassifier
     from stream.broker import ensure_topics
     from stream.clients import make_consumer, make_producer
 
@@ -410,8 +462,8 @@ def build_learner(
     ensure_topics(settings.bootstrap_servers, [topics.labels, topics.control], settings.partitions)
 
     def load(version: str) -> SentimentClassifier:
-        return SentimentClassifier.from_pretrained(
-            registry.path(version), device=settings.device, max_length=settings.max_length
+        return load_version(
+            registry, version, device=settings.device, max_length=settings.max_length
         )
 
     consumer = make_consumer(

@@ -1,14 +1,19 @@
 """State-changing actions, shared by the command line and the dashboard.
 
-Every action here names who did it and why, and is written to the audit log.
-The dashboard asks for the operator credential first (:func:`check_credential`);
-the command line is trusted as the shell account that runs it. Nothing here
-imports training code: the dashboard must stay light.
+Every action here names who did it and why, and is written to the audit log
+in the same step as its effect (audit first): the audit row is inserted in a
+transaction, the effect happens inside it, then it commits. A failed audit
+write means no effect; a serving-pointer switch whose audit row cannot be
+committed is put back (:func:`audited_switch`). Both the dashboard and the
+command line ask for the operator credential first (:func:`check_credential`).
+Nothing here imports training code: the dashboard must stay light.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -58,27 +63,79 @@ def _actor(actor: str) -> str:
     return actor[:256]
 
 
-def _publish(settings: Settings, topic: str, msg: Any, key: str | None = None) -> None:
-    """Send one message and wait until the broker has it."""
+@contextmanager
+def _producer(settings: Settings, topic: str) -> Iterator[Any]:
+    """A producer for ``topic``, connected before any transaction is opened around its send."""
     from stream.broker import ensure_topics
     from stream.clients import make_producer
 
     ensure_topics(settings.bootstrap_servers, [topic], settings.partitions)
     producer = make_producer(settings, client_id="moodwire-operator")
     try:
-        value = msg.model_dump_json().encode()
-        producer.send(topic, key=key.encode() if key else None, value=value).get(30)
+        yield producer
     finally:
         producer.close(timeout=5)
 
 
-def _serve(
-    settings: Settings, action: str, version: str, actor: str, reason: str, details: dict
-) -> None:
-    """After the registry switched to ``version``: audit, then tell the workers."""
+def _send(producer: Any, topic: str, msg: Any, key: str | None = None) -> None:
+    """Send one message and wait until the broker has it."""
+    value = msg.model_dump_json().encode()
+    producer.send(topic, key=key.encode() if key else None, value=value).get(30)
+
+
+def _publish(settings: Settings, topic: str, msg: Any, key: str | None = None) -> None:
+    with _producer(settings, topic) as producer:
+        _send(producer, topic, msg, key)
+
+
+@contextmanager
+def audited_switch(
+    store: Store,
+    registry: Registry,
+    *,
+    actor: str,
+    action: str,
+    target: str | None,
+    reason: str | None,
+    details: dict[str, Any],
+) -> Iterator[None]:
+    """An action that moves the serving pointer (the block moves it) and its audit row, as one step.
+
+    The row is inserted first: if that fails, the block never runs. If the
+    block raises, the row is rolled back. If the commit fails after the block
+    switched the pointer, the pointer is put back exactly as it was and the
+    error raised: a switch that stands is always audited.
+    """
+    saved = registry.pointer_state()
+    try:
+        with store.audited(actor, action, target, reason, details):
+            yield
+    except BaseException as exc:
+        if registry.pointer_state() != saved:
+            try:
+                registry.restore(saved)
+            except BaseException as undo:
+                log.critical(
+                    "serving_switch_not_undone",
+                    action=action,
+                    target=target,
+                    error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                    undo_error=f"{type(undo).__name__}: {str(undo)[:200]}",
+                )
+                raise
+            log.error(
+                "serving_switch_undone",
+                action=action,
+                target=target,
+                error=f"{type(exc).__name__}: {str(exc)[:200]}",
+            )
+        raise
+
+
+def _announce(settings: Settings, action: str, version: str, actor: str, reason: str) -> None:
+    """Tell the workers (they follow the registry themselves, so a failure is only logged)."""
     from stream.schemas import ControlMessage
 
-    Store(settings.resolved_store_url()).audit(actor, action, version, reason or None, details)
     msg = ControlMessage(action=action, version=version, actor=actor, reason=reason or None)
     try:
         _publish(settings, settings.topics.control, msg)
@@ -87,31 +144,77 @@ def _serve(
 
 
 def promote(settings: Settings, version: str, *, actor: str, reason: str = "") -> dict[str, Any]:
-    """Serve ``version``; audited and announced on ``moodwire.control``."""
+    """Serve ``version``; audited in the same step, then announced on ``moodwire.control``."""
     actor = _actor(actor)
-    previous = Registry(settings.resolved_registry()).promote(version)
-    _serve(settings, "promote", version, actor, reason, {"previous": previous})
+    registry = Registry(settings.resolved_registry())
+    registry.verify(version)  # refused before anything is written
+    store = Store(settings.resolved_store_url())
+    previous = registry.serving()
+    with audited_switch(
+        store,
+        registry,
+        actor=actor,
+        action="promote",
+        target=version,
+        reason=reason or None,
+        details={"previous": previous},
+    ):
+        registry.promote(version)
+    _announce(settings, "promote", version, actor, reason)
     return {"serving": version, "previous": previous}
 
 
 def rollback(settings: Settings, *, actor: str, reason: str = "") -> dict[str, Any]:
-    """Serve the previously serving version; audited and announced."""
+    """Serve the previously serving version; audited in the same step, then announced."""
     actor = _actor(actor)
-    current, target = Registry(settings.resolved_registry()).rollback()
-    _serve(settings, "rollback", target, actor, reason, {"from": current})
+    registry = Registry(settings.resolved_registry())
+    current, target = registry.rollback_target()
+    registry.verify(target)
+    store = Store(settings.resolved_store_url())
+    with audited_switch(
+        store,
+        registry,
+        actor=actor,
+        action="rollback",
+        target=target,
+        reason=reason or None,
+        details={"from": current},
+    ):
+        registry.rollback()
+    _announce(settings, "rollback", target, actor, reason)
     return {"serving": target, "previous": current}
 
 
 def request_retrain(settings: Settings, *, actor: str, reason: str = "") -> dict[str, Any]:
-    """Ask the active learner to train a candidate now; audited once the broker has it."""
+    """Ask the active learner to train a candidate now.
+
+    The audit row is inserted, the command published and acknowledged by the
+    broker, then the row committed. A commit that fails after the broker has
+    the command cannot take it back: that is logged as ``retrain_request_unaudited``.
+    """
     from stream.schemas import ControlMessage
 
     actor = _actor(actor)
     msg = ControlMessage(action="retrain", actor=actor, reason=reason or None)
-    _publish(settings, settings.topics.control, msg)
-    Store(settings.resolved_store_url()).audit(
-        actor, "retrain", None, reason or None, {"requested_at": msg.ts.isoformat()}
-    )
+    store = Store(settings.resolved_store_url())
+    topic = settings.topics.control
+    with _producer(settings, topic) as producer:
+        sent = False
+        try:
+            with store.audited(
+                actor, "retrain", None, reason or None, {"requested_at": msg.ts.isoformat()}
+            ):
+                _send(producer, topic, msg)
+                sent = True
+        except Exception as exc:
+            if sent:
+                log.error(
+                    "retrain_request_unaudited",
+                    actor=actor,
+                    reason=reason,
+                    error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                )
+            raise
     return {"requested": "retrain", "actor": actor, "reason": reason}
 
 
@@ -128,7 +231,10 @@ def correct(
 
     It is also stored at once (under the same id the learner gives it when it
     consumes the message, so it is stored once), so the correction shows
-    immediately rather than after the learner's next poll.
+    immediately rather than after the learner's next poll. The audit row and
+    the stored label are one transaction, committed once the broker has the
+    message; a commit that fails after that is logged as ``correction_unaudited``
+    (the message cannot be taken back; the learner stores the label from it).
     """
     from stream.schemas import LabelMessage, label_row
 
@@ -139,30 +245,50 @@ def correct(
     if store.get_item(item_id) is None:
         raise ValueError(f"no item {item_id!r} in the store")
     msg = LabelMessage(item_id=item_id, label=label, topic=topic, source="analyst", annotator=actor)
-    _publish(settings, settings.topics.labels, msg, key=item_id)
     row = label_row(msg)
-    store.add_labels([row])
-    store.audit(actor, "correct", item_id, reason or None, {"label": label, "topic": topic})
+    labels_topic = settings.topics.labels
+    with _producer(settings, labels_topic) as producer:
+        sent = False
+        try:
+            with store.audited(
+                actor, "correct", item_id, reason or None, {"label": label, "topic": topic}
+            ) as conn:
+                store.add_labels_in(conn, [row])
+                _send(producer, labels_topic, msg, key=item_id)
+                sent = True
+        except Exception as exc:
+            if sent:
+                log.error(
+                    "correction_unaudited",
+                    actor=actor,
+                    item_id=item_id,
+                    error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                )
+            raise
     return {"item_id": item_id, "label": label, "topic": topic, "label_id": row["id"]}
 
 
 def acknowledge(settings: Settings, alert_id: str, *, actor: str, reason: str = "") -> None:
+    """Mark an alert seen; the mark and its audit row are one transaction."""
     actor = _actor(actor)
     store = Store(settings.resolved_store_url())
-    if not store.acknowledge_alert(alert_id, actor):
-        raise ValueError(f"no alert {alert_id!r}")
-    store.audit(actor, "acknowledge", alert_id, reason or None, {})
+    with store.audited(actor, "acknowledge", alert_id, reason or None, {}) as conn:
+        if not store.acknowledge_alert_in(conn, alert_id, actor):
+            raise ValueError(f"no alert {alert_id!r}")  # rolls the audit row back
 
 
 def mute(
     settings: Settings, alert_id: str, *, hours: float, actor: str, reason: str = ""
 ) -> datetime:
+    """Hide an alert's episode for ``hours``; the mute and its audit row are one transaction."""
     actor = _actor(actor)
     if not 0 < hours <= 24 * 30:
         raise ValueError("mute for between a minute and 30 days")
     until = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=hours)
     store = Store(settings.resolved_store_url())
-    if not store.mute_alert(alert_id, until):
-        raise ValueError(f"no alert {alert_id!r}")
-    store.audit(actor, "mute", alert_id, reason or None, {"until": until.isoformat()})
+    with store.audited(
+        actor, "mute", alert_id, reason or None, {"until": until.isoformat()}
+    ) as conn:
+        if not store.mute_alert_in(conn, alert_id, until):
+            raise ValueError(f"no alert {alert_id!r}")  # rolls the audit row back
     return until

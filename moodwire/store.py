@@ -13,12 +13,13 @@ the broker has acknowledged it, so a crash in between is repaired on replay.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 metadata = sa.MetaData()
 
@@ -361,14 +362,29 @@ class Store:
                 )
             )
 
-    def audit(
+    @contextmanager
+    def audited(
         self,
         actor: str,
         action: str,
         target: str | None,
         reason: str | None,
         details: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> Iterator[Connection]:
+        """An operator action and its audit row as one step: the row first, then the block.
+
+        Opens a transaction, inserts the audit row, runs the block (its effect;
+        a database effect goes through the yielded connection, in the same
+        transaction) and commits. If the insert fails the block never runs; if
+        the block raises, the row is rolled back; if the commit fails, the
+        error is raised for the caller to undo an effect outside the database.
+
+        >>> store = Store("sqlite://")
+        >>> with store.audited("ann", "promote", "v2", "better", {}):
+        ...     pass  # switch the serving pointer here
+        >>> [r["action"] for r in store.audit_rows()]
+        ['promote']
+        """
         with self.engine.begin() as conn:
             conn.execute(
                 audit_log.insert().values(
@@ -380,6 +396,7 @@ class Store:
                     details=details or {},
                 )
             )
+            yield conn
 
     def add_labels(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Store labels idempotently (on their ``id``); returns the rows that were new."""
@@ -400,6 +417,24 @@ class Store:
                 fresh.append(dict(r, received_at=now))
             if fresh:
                 conn.execute(self._insert(labels), fresh)
+        return fresh
+
+    def add_labels_in(self, conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """:meth:`add_labels` inside the caller's transaction (e.g. :meth:`audited`'s)."""
+        now = datetime.now(UTC)
+        known: set[str] = set()
+        for chunk in _chunks([r["id"] for r in rows], 500):
+            known.update(
+                conn.execute(sa.select(labels.c.id).where(labels.c.id.in_(chunk))).scalars()
+            )
+        fresh, seen = [], set()
+        for r in rows:
+            if r["id"] in known or r["id"] in seen:
+                continue
+            seen.add(r["id"])
+            fresh.append(dict(r, received_at=now))
+        if fresh:
+            conn.execute(self._insert(labels), fresh)
         return fresh
 
     def record_drift(self, event: dict[str, Any]) -> int:
@@ -525,6 +560,15 @@ class Store:
             ).rowcount
         return bool(done)
 
+    def acknowledge_alert_in(self, conn: Connection, alert_id: str, actor: str) -> bool:
+        """:meth:`acknowledge_alert` inside the caller's transaction (e.g. :meth:`audited`'s)."""
+        done = conn.execute(
+            alerts.update()
+            .where(alerts.c.id == alert_id)
+            .values(acknowledged_by=actor, acknowledged_at=datetime.now(UTC))
+        ).rowcount
+        return bool(done)
+
     def alert_muted(self, alert_id: str, now: datetime | None = None) -> bool:
         """Whether an operator muted this alert's episode until after ``now``."""
         with self.engine.connect() as conn:
@@ -539,6 +583,13 @@ class Store:
             done = conn.execute(
                 alerts.update().where(alerts.c.id == alert_id).values(muted_until=until)
             ).rowcount
+        return bool(done)
+
+    def mute_alert_in(self, conn: Connection, alert_id: str, until: datetime | None) -> bool:
+        """:meth:`mute_alert` inside the caller's transaction (e.g. :meth:`audited`'s)."""
+        done = conn.execute(
+            alerts.update().where(alerts.c.id == alert_id).values(muted_until=until)
+        ).rowcount
         return bool(done)
 
     # -- reads ----------------------------------------------------------------------------

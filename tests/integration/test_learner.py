@@ -32,6 +32,8 @@ from moodwire.store import Store
 from stream.synthetic import demo_feed, labelled_headlines
 
 pytestmark = pytest.mark.integration
+# The operator credential, configured and presented, as an operator's shell would.
+OPERATOR = {"MOODWIRE_OPERATOR_TOKEN": "t0ken", "MOODWIRE_CREDENTIAL": "t0ken"}
 
 
 def _own_registry(settings: Settings, tmp_path: Path, **learner: object) -> Settings:
@@ -86,7 +88,9 @@ def test_labels_and_a_retrain_command_give_a_promoted_version(
         produce(s.bootstrap_servers, s.topics.labels, labels + bad)
         store = Store(s.resolved_store_url())
         wait_until(lambda: store.stats()["labels"]["total"] == 250, 60, "labels stored")
-        done = moodwire_cli(["retrain", "--reason", "test", "--actor", "alice"], env=env)
+        done = moodwire_cli(
+            ["retrain", "--reason", "test", "--actor", "alice"], env={**env, **OPERATOR}
+        )
         assert done.returncode == 0, done.stderr
         wait_until(
             lambda: log_events(log, "model_promoted") or log_events(log, "candidate_rejected"),
@@ -127,7 +131,8 @@ def test_learner_killed_mid_training_leaves_serving_untouched_and_resumes(
         # All 120 learned (and persisted) before the retrain: otherwise the command can
         # come in a poll with only some of them, and the rest wait in Kafka for a later one.
         wait_until(lambda: _fresh_in_state(s) == 120, 90, "the labels to be learned")
-        moodwire_cli(["retrain", "--reason", "test"], env=env)
+        done = moodwire_cli(["retrain", "--reason", "test"], env={**env, **OPERATOR})
+        assert done.returncode == 0, done.stderr
         wait_until(lambda: log_events(log, "retrain_started"), 60, "training to start")
     finally:
         stop_process(proc, signal.SIGKILL)

@@ -86,7 +86,11 @@ def test_promote_and_rollback_reach_the_worker_within_one_batch(
         wait_until(lambda: store.count_items() >= 2 * n, 120, "the second lot stored")
         assert _versions(store, lots[1]) == {v2}
 
-        done = moodwire_cli(["rollback", "--reason", "test", "--actor", "tester"], env=env)
+        # The operator credential, configured and presented, as an operator's shell would.
+        operator = {"MOODWIRE_OPERATOR_TOKEN": "t0ken", "MOODWIRE_CREDENTIAL": "t0ken"}
+        done = moodwire_cli(
+            ["rollback", "--reason", "test", "--actor", "tester"], env={**env, **operator}
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         assert json.loads(done.stdout.strip().splitlines()[-1])["serving"] == "v1"
         produce_items(settings.bootstrap_servers, settings.topics.news, lots[2])

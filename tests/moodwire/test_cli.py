@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import csv
+import getpass
+import io
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from helpers import last_json, moodwire_cli, read_all, settings_env, wait_until
 
+from learner.registry import Registry
 from moodwire.settings import Settings
+from moodwire.store import Store
 from stream.broker import free_port
 from stream.synthetic import labelled_headlines
 
@@ -153,7 +160,8 @@ def test_user_errors_are_one_clear_line(tmp_path: Path) -> None:
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr
     res = moodwire_cli(
-        ["promote", "v7", "--registry", str(tmp_path / "r"), "--data-dir", str(tmp_path)]
+        ["promote", "v7", "--registry", str(tmp_path / "r"), "--data-dir", str(tmp_path)],
+        env={**os.environ, "MOODWIRE_OPERATOR_TOKEN": "t0ken", "MOODWIRE_CREDENTIAL": "t0ken"},
     )
     assert res.returncode == 2 and "unknown model version 'v7'" in res.stderr
     res = moodwire_cli(
@@ -203,3 +211,121 @@ def test_alerts_and_backtest_explain_bad_input(tmp_path) -> None:  # noqa: ANN00
     no_ts.write_text("text\nACME beats estimates\n", encoding="utf-8")
     assert main(["backtest", str(no_ts), *env_store]) == 2
     assert main(["backtest", str(tmp_path / "missing.csv"), *env_store]) == 2
+
+
+# -- operator actions need the operator credential --------------------------------------
+
+TOKEN = "s3cret-operator"
+
+
+@pytest.fixture
+def operator_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Registry, Store]]:
+    """A registry where v1 then v2 served (v3 written), a store, no credential presented."""
+    reg = Registry(tmp_path / "registry")
+    for payload in "abc":
+        reg.write_version(lambda d, p=payload: (d / "weights.txt").write_text(p), {})
+    reg.promote("v1")
+    reg.promote("v2")
+    url = f"sqlite:///{tmp_path / 'ops.db'}"
+    for name in ("MOODWIRE_OPERATOR_TOKEN", "MOODWIRE_CREDENTIAL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MOODWIRE_REGISTRY", str(reg.root))
+    monkeypatch.setenv("MOODWIRE_STORE_URL", url)
+    monkeypatch.setenv("MOODWIRE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MOODWIRE_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # refused before any send
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal: no prompt
+    # main() points structlog at this test's captured stderr: put it back afterwards.
+    logging = structlog.get_config()
+    yield reg, Store(url)
+    structlog.configure(**logging)
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str], words: str) -> None:
+    from moodwire.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+
+
+def test_promote_rollback_and_retrain_are_refused_without_the_right_credential(
+    operator_env: tuple[Registry, Store],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reg, store = operator_env
+    before = reg.pointer_state()
+    actions = (["promote", "v3"], ["rollback"], ["retrain"])
+    # No operator credential configured: refused as the dashboard refuses.
+    for argv in actions:
+        _refused(argv, capsys, "no operator credential is configured (set MOODWIRE_OPERATOR_TOKEN)")
+    monkeypatch.setenv("MOODWIRE_OPERATOR_TOKEN", TOKEN)
+    for argv in actions:
+        _refused(argv, capsys, f"moodwire {argv[0]}: this action needs the operator credential")
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("guess\n")
+    for argv in actions:
+        _refused([*argv, "--credential-file", str(wrong)], capsys, "wrong operator credential")
+    _refused(["promote", "v3", "--credential-file", str(tmp_path / "none.txt")], capsys, "none.txt")
+    monkeypatch.setenv("MOODWIRE_CREDENTIAL", "guess")
+    for argv in actions:
+        _refused(argv, capsys, "wrong operator credential")
+    assert reg.pointer_state() == before and store.audit_rows() == []
+
+
+@pytest.mark.integration
+def test_the_right_credential_from_env_file_or_prompt_is_accepted(
+    broker: str,
+    operator_env: tuple[Registry, Store],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from moodwire.cli import main
+
+    reg, store = operator_env
+    monkeypatch.setenv("MOODWIRE_BOOTSTRAP_SERVERS", broker)
+    monkeypatch.setenv("MOODWIRE_TOPICS__CONTROL", f"moodwire.control-{tmp_path.name}")
+    monkeypatch.setenv("MOODWIRE_OPERATOR_TOKEN", TOKEN)
+    monkeypatch.setenv("MOODWIRE_CREDENTIAL", TOKEN)
+    assert main(["promote", "v3", "--actor", "ann", "--reason", "better"]) == 0
+    assert last_json(capsys.readouterr().out) == {"serving": "v3", "previous": "v2"}
+
+    monkeypatch.delenv("MOODWIRE_CREDENTIAL")
+    right = tmp_path / "token.txt"
+    right.write_text(TOKEN + "\n")
+    assert main(["rollback", "--actor", "bob", "--credential-file", str(right)]) == 0
+    assert last_json(capsys.readouterr().out)["serving"] == "v2"
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    prompts: list[str] = []
+    monkeypatch.setattr(sys, "stdin", Terminal(""))
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: prompts.append(prompt) or TOKEN)
+    assert main(["retrain", "--actor", "cy", "--reason", "drift"]) == 0
+    assert prompts == ["operator credential: "]
+    assert reg.serving() == "v2"
+    assert [(r["actor"], r["action"]) for r in store.audit_rows()] == [
+        ("ann", "promote"),
+        ("bob", "rollback"),
+        ("cy", "retrain"),
+    ]
+
+
+def test_the_command_line_refuses_a_promotion_without_a_credential(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "registry")
+    for payload in "ab":
+        reg.write_version(lambda d, p=payload: (d / "weights.txt").write_text(p), {})
+    reg.promote("v1")
+    env = {k: v for k, v in os.environ.items() if k != "MOODWIRE_CREDENTIAL"}
+    env.update(MOODWIRE_OPERATOR_TOKEN=TOKEN, MOODWIRE_REGISTRY=str(reg.root))
+    env["MOODWIRE_DATA_DIR"] = str(tmp_path)
+    res = moodwire_cli(["promote", "v2"], env=env, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == "moodwire promote: this action needs the operator credential"
+    assert reg.serving() == "v1" and not (tmp_path / "moodwire.db").exists()
