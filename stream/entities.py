@@ -16,6 +16,7 @@ upper-case ticker.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
+from stream.errors import ConfigFileError, load_yaml_list, read_config_text, shown
 
 # A cashtag is "$" plus 1-6 letters and an optional share class (".B"); "$5" and
 # "$5.2bn" are money, and "US$ACME" or "$$ACME" are not tags.
@@ -32,7 +33,16 @@ _CASHTAG = re.compile(r"(?<![\w$])\$([A-Za-z]{1,6}(?:\.[A-Za-z]{1,2})?)(?![\w])"
 # long, so "IT" or "A" in prose never tag Gartner or Agilent.
 _BARE_TICKER = re.compile(r"(?<![\w$])([A-Z]{3,6}(?:\.[A-Z]{1,2})?)(?![\w])")
 _NON_ALNUM = re.compile(r"[\W_]+")
+_TICKER_PREFIX = re.compile(r"^[\s$]+")
 _DEFAULT_PATH = "defaults/watchlist.yaml"
+
+# What a watch-list file may make us hold: every name's leading word runs are
+# kept as lookup prefixes, so a phrase costs about words x characters.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_ENTRIES = 50_000
+MAX_TICKER_CHARS = 32
+MAX_PHRASE_CHARS = 200
+MAX_PHRASE_WORDS = 16
 
 
 def normalise(text: str) -> str:
@@ -47,10 +57,10 @@ def normalise(text: str) -> str:
 def canonical_ticker(raw: str) -> str:
     """Upper case, without surrounding blanks or a leading ``$``; ``""`` when nothing is left.
 
-    >>> canonical_ticker(" $brk.b ")
-    'BRK.B'
+    >>> canonical_ticker(" $brk.b "), canonical_ticker("$ $acme")
+    ('BRK.B', 'ACME')
     """
-    return raw.strip().lstrip("$").strip().upper()
+    return _TICKER_PREFIX.sub("", raw).strip().upper()
 
 
 @dataclass(frozen=True)
@@ -109,16 +119,21 @@ class WatchList:
     def load(cls, path: str | Path) -> WatchList:
         """Read a YAML (list, or ``{entities: [...]}``) or CSV (``ticker,name,aliases``) file.
 
-        CSV aliases are separated by ``|``. Errors name the file and the entry
-        (YAML) or line (CSV).
+        CSV aliases are separated by ``|``. Every problem is a
+        :class:`~stream.errors.ConfigFileError` naming the file and the entry
+        (YAML) or line (CSV); files over ``MAX_FILE_BYTES``, lists over
+        ``MAX_ENTRIES`` and YAML aliases are refused.
         """
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix in (".yaml", ".yml"):
-            return cls.from_records(_yaml_records(path, "entities"), source=str(path))
+            records = load_yaml_list(path, "entities", "entries", "watch list", MAX_FILE_BYTES)
+            return cls.from_records(records, source=str(path))
         if suffix == ".csv":
             return cls(_csv_entries(path))
-        raise ValueError(f"{path}: unknown watch-list format {suffix!r} (use .yaml, .yml or .csv)")
+        raise ConfigFileError(
+            f"{path}: unknown watch-list format {suffix!r} (use .yaml, .yml or .csv)"
+        )
 
     @classmethod
     def default(cls) -> WatchList:
@@ -200,43 +215,43 @@ class EntityTagger:
         return f"EntityTagger(watchlist={self.watchlist!r}, only_watched={self.only_watched})"
 
 
+def _phrase(value: object, what: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigFileError(f"{where}: {what} must be a string, got {shown(value)}")
+    value = value.strip()
+    if len(value) > MAX_PHRASE_CHARS or len(normalise(value).split()) > MAX_PHRASE_WORDS:
+        raise ConfigFileError(
+            f"{where}: {what} {shown(value, 30)} is too long; names and aliases are at most "
+            f"{MAX_PHRASE_CHARS} characters and {MAX_PHRASE_WORDS} words"
+        )
+    return value
+
+
 def _entry(record: object, where: str) -> WatchEntry:
     if not isinstance(record, Mapping):
-        raise ValueError(f"{where}: expected a mapping, got {type(record).__name__}")
+        raise ConfigFileError(f"{where}: expected a mapping, got {type(record).__name__}")
     raw = record.get("ticker")
     if raw is None or (isinstance(raw, str) and not canonical_ticker(raw)):
-        raise ValueError(f"{where}: missing ticker")
+        raise ConfigFileError(f"{where}: missing ticker")
     if not isinstance(raw, str):
-        raise ValueError(f"{where}: ticker must be a string, got {raw!r}")
+        raise ConfigFileError(f"{where}: ticker must be a string, got {shown(raw)}")
     ticker = canonical_ticker(raw)
     if any(c.isspace() for c in ticker):
-        raise ValueError(f"{where}: ticker {raw!r} contains whitespace")
+        raise ConfigFileError(f"{where}: ticker {shown(raw)} contains whitespace")
+    if not ticker.isprintable() or len(ticker) > MAX_TICKER_CHARS:
+        raise ConfigFileError(
+            f"{where}: ticker {shown(raw)} is not a ticker (at most {MAX_TICKER_CHARS} "
+            "printable characters)"
+        )
     name = record.get("name")
-    if name is None or name == "":
-        name = ticker
-    if not isinstance(name, str):
-        raise ValueError(f"{where}: name must be a string, got {name!r}")
+    name = _phrase(name, "name", where) if name is not None else ""
     aliases = record.get("aliases") or []
     if isinstance(aliases, str):
         aliases = [aliases]
-    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
-        raise ValueError(f"{where}: aliases must be a list of strings, got {aliases!r}")
-    return WatchEntry(ticker, name.strip(), tuple(a.strip() for a in aliases if a.strip()))
-
-
-def _yaml_records(path: Path, key: str) -> list[Any]:
-    """The list of records in a YAML file: the top level, or the list under ``key``."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: invalid YAML: {exc}") from exc
-    if isinstance(data, Mapping):
-        if key not in data:
-            raise ValueError(f"{path}: expected a list or a mapping with key {key!r}")
-        data = data[key]
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of entries, got {type(data).__name__}")
-    return data
+    if not isinstance(aliases, list):
+        raise ConfigFileError(f"{where}: aliases must be a list of strings, got {shown(aliases)}")
+    aliases = [_phrase(a, "alias", where) for a in aliases]
+    return WatchEntry(ticker, name or ticker, tuple(a for a in aliases if a))
 
 
 def _unique_entries(located: Iterable[tuple[str, Any]], source: object) -> list[WatchEntry]:
@@ -244,28 +259,35 @@ def _unique_entries(located: Iterable[tuple[str, Any]], source: object) -> list[
     entries: list[WatchEntry] = []
     seen: set[str] = set()
     for where, record in located:
+        if len(entries) == MAX_ENTRIES:
+            raise ConfigFileError(
+                f"{where}: more than {MAX_ENTRIES:,} entries; a watch list this long is refused"
+            )
         entry = _entry(record, where)
         if entry.ticker in seen:
-            raise ValueError(f"{where}: duplicate ticker {entry.ticker!r}")
+            raise ConfigFileError(f"{where}: duplicate ticker {entry.ticker!r}")
         seen.add(entry.ticker)
         entries.append(entry)
     if not entries:
-        raise ValueError(f"{source}: no entries")
+        raise ConfigFileError(f"{source}: no entries")
     return entries
 
 
 def _csv_entries(path: Path) -> list[WatchEntry]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
+    text = read_config_text(path, "watch list", MAX_FILE_BYTES)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+
+    def located() -> Iterator[tuple[str, dict[str, Any]]]:
+        for row in reader:
+            record = {k.strip(): v for k, v in row.items() if k is not None}
+            if not any((v or "").strip() for v in record.values()):
+                continue  # blank line
+            record["aliases"] = (record.get("aliases") or "").split("|")
+            yield f"{path}: line {reader.line_num}", record
+
+    try:
         if reader.fieldnames is None or "ticker" not in [n.strip() for n in reader.fieldnames]:
-            raise ValueError(f"{path}: line 1: header must have a 'ticker' column")
-
-        def located() -> Iterator[tuple[str, dict[str, Any]]]:
-            for row in reader:
-                record = {k.strip(): v for k, v in row.items() if k is not None}
-                if not any((v or "").strip() for v in record.values()):
-                    continue  # blank line
-                record["aliases"] = (record.get("aliases") or "").split("|")
-                yield f"{path}: line {reader.line_num}", record
-
+            raise ConfigFileError(f"{path}: line 1: header must have a 'ticker' column")
         return _unique_entries(located(), path)
+    except csv.Error as exc:
+        raise ConfigFileError(f"{path}: line {reader.line_num}: malformed CSV: {exc}") from exc

@@ -26,10 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+
+from stream.errors import ConfigFileError, load_yaml_list, shown
 
 OTHER = "other"
 _DEFAULT_PATH = "defaults/topics.yaml"
+# Every description and example is embedded when a model is built, so the file
+# size bounds that work; a name is a label on pages and in the store.
+MAX_FILE_BYTES = 1024 * 1024
+MAX_TOPICS = 1_000
+MAX_NAME_CHARS = 100
 
 Embed = Callable[[list[str]], np.ndarray]
 
@@ -64,35 +70,37 @@ class Taxonomy:
     ) -> Taxonomy:
         """Build from mappings with ``name``, ``description`` and ``examples``.
 
-        Errors name ``source``, the 1-based entry number and the topic.
+        Errors are :class:`~stream.errors.ConfigFileError` naming ``source``,
+        the 1-based entry number and the topic.
         """
         topics: list[Topic] = []
         seen: set[str] = set()
         for i, record in enumerate(records, start=1):
+            if i > MAX_TOPICS:
+                raise ConfigFileError(
+                    f"{source}: entry {i}: more than {MAX_TOPICS:,} topics; "
+                    "a taxonomy this big is refused"
+                )
             topic = _topic(record, f"{source}: entry {i}")
             if topic.name in seen:
-                raise ValueError(f"{source}: entry {i}: duplicate topic {topic.name!r}")
+                raise ConfigFileError(f"{source}: entry {i}: duplicate topic {topic.name!r}")
             seen.add(topic.name)
             topics.append(topic)
         if not topics:
-            raise ValueError(f"{source}: no topics")
+            raise ConfigFileError(f"{source}: no topics")
         return cls(topics)
 
     @classmethod
     def load(cls, path: str | Path) -> Taxonomy:
-        """Read a YAML file: a list of topics, or a mapping ``{topics: [...]}``."""
+        """Read a YAML file: a list of topics, or a mapping ``{topics: [...]}``.
+
+        Every problem is a :class:`~stream.errors.ConfigFileError` naming the
+        file and the entry; files over ``MAX_FILE_BYTES`` and YAML aliases are
+        refused.
+        """
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: invalid YAML: {exc}") from exc
-        if isinstance(data, Mapping):
-            if "topics" not in data:
-                raise ValueError(f"{path}: expected a list or a mapping with key 'topics'")
-            data = data["topics"]
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a list of topics, got {type(data).__name__}")
-        return cls.from_records(data, source=str(path))
+        records = load_yaml_list(path, "topics", "topics", "taxonomy", MAX_FILE_BYTES)
+        return cls.from_records(records, source=str(path))
 
     @classmethod
     def default(cls) -> Taxonomy:
@@ -234,23 +242,27 @@ def _as_rows(vectors: np.ndarray, what: str, dim: int | None = None) -> np.ndarr
 
 def _topic(record: object, where: str) -> Topic:
     if not isinstance(record, Mapping):
-        raise ValueError(f"{where}: expected a mapping, got {type(record).__name__}")
+        raise ConfigFileError(f"{where}: expected a mapping, got {type(record).__name__}")
     name = record.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{where}: missing name")
+        raise ConfigFileError(f"{where}: missing name")
     name = name.strip()
+    if len(name) > MAX_NAME_CHARS:
+        raise ConfigFileError(
+            f"{where}: name {shown(name, 30)} is longer than {MAX_NAME_CHARS} characters"
+        )
     where = f"{where} ({name!r})"
     description = record.get("description") or ""
     if not isinstance(description, str):
-        raise ValueError(f"{where}: description must be a string")
+        raise ConfigFileError(f"{where}: description must be a string")
     examples = record.get("examples") or []
     if not isinstance(examples, list) or not all(isinstance(e, str) for e in examples):
-        raise ValueError(f"{where}: examples must be a list of strings")
+        raise ConfigFileError(f"{where}: examples must be a list of strings")
     examples = [e.strip() for e in examples if e.strip()]
     if not description.strip() and not examples:
-        raise ValueError(f"{where}: needs a description or examples")
+        raise ConfigFileError(f"{where}: needs a description or examples")
     if name == OTHER:
-        raise ValueError(f"{where}: {OTHER!r} is reserved for items that fit no topic")
+        raise ConfigFileError(f"{where}: {OTHER!r} is reserved for items that fit no topic")
     return Topic(name, description.strip(), tuple(examples))
 
 

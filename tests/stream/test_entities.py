@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from stream import entities, errors
 from stream.entities import EntityTagger, WatchList, canonical_ticker, normalise
+from stream.errors import ConfigFileError
 from stream.synthetic import COMPANIES
 
 WATCH = WatchList.from_records(
@@ -189,8 +193,124 @@ def test_bad_files_name_the_file_and_entry(
 ) -> None:
     path = tmp_path / name
     path.write_text(content)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigFileError, match=message):
         WatchList.load(path)
+
+
+@pytest.fixture(params=["libyaml", "pure-python"])
+def yaml_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run with libyaml and with PyYAML's own parser, the fallback where libyaml is missing."""
+    if request.param == "pure-python":
+        monkeypatch.setattr(errors, "_SAFE_LOADER", yaml.SafeLoader)
+    return request.param
+
+
+# Each case is a crash (or a malformed list) the loader fuzzing found before the fix.
+_BILLION_LAUGHS = "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10)
+)
+_MERGE_BOMB = "m0: &m0 {ticker: ACME, name: x}\n" + "".join(
+    f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 9)}]}}\n" for i in range(1, 10)
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        # PyYAML's constructors raise AttributeError, KeyError, IndexError on these tags.
+        ("w.yaml", b"- {ticker: !!timestamp x}\n", r"line 1, column 12: YAML tag '!!timestamp'"),
+        ("w.yaml", b"- {ticker: ACME, name: !!bool x}\n", r"YAML tag '!!bool' is not allowed"),
+        ("w.yaml", b"- {ticker: ACME, name: !!float ''}\n", r"YAML tag '!!float'"),
+        ("w.yaml", b"- !!python/object/apply:os.system [x]\n", r"'!!python/object/apply"),
+        # ...and plain ValueError on values the resolver takes for dates or numbers.
+        ("w.yaml", b"- {ticker: 2001-13-45}\n", r"w\.yaml: invalid YAML value: month"),
+        ("w.yaml", b"- {ticker: 0b_}\n", r"w\.yaml: invalid YAML value"),
+        ("w.yaml", b"- {ticker: " + b"9" * 5000 + b"}\n", r"invalid YAML value: Exceeds"),
+        # RecursionError in the composer.
+        ("w.yaml", b"entities: " + b"[" * 5000, r"w\.yaml: .*(nesting depth|nested deeper)"),
+        ("w.yaml", b"entities:\n" + b"- " * 2000 + b"x\n", r"nested deeper than 32 levels"),
+        # Alias bombs: refused before anything is built.
+        ("w.yaml", (_BILLION_LAUGHS + "entities: *l9\n").encode(), r"line 2, .*aliases \(\*l0\)"),
+        ("w.yaml", (_MERGE_BOMB + "entities: [*m9]\n").encode(), r"aliases \(\*m0\)"),
+        # UnicodeDecodeError, which named no file.
+        ("w.yaml", b"- {ticker: ACME, name: Caf\xe9}\n", r"w\.yaml: not UTF-8 text \(byte 26\)"),
+        ("w.csv", b"ticker,name\nACME,Caf\xe9\n", r"w\.csv: not UTF-8 text"),
+        # PyYAML's multi-line messages quoting the file; now one line with the position.
+        (
+            "w.yaml",
+            b"- ticker: ACME\n  name: Acme\n $glbx\n",
+            r"invalid YAML at line 3, column 2: ",
+        ),
+        # Tickers that were accepted but could never be matched or shown.
+        ("w.yaml", b'- {ticker: "\\ufeff"}\n', r"ticker '\\ufeff' is not a ticker"),
+        ("w.csv", b"ticker\nA\x00B\n", r"w\.csv: line 2: ticker 'A\\x00B' is not a ticker"),
+        ("w.csv", b"ticker\n" + b"X" * 40 + b"\n", r"is not a ticker \(at most 32"),
+        # Half a surrogate pair, which no page, store or log can encode.
+        (
+            "w.yaml",
+            b'- {ticker: ACME, name: "\\udc00"}\n',
+            r"surrogate pair|invalid Unicode character escape",
+        ),
+        # A long phrase is kept as one prefix per word: quadratic memory.
+        (
+            "w.yaml",
+            b"- {ticker: ACME, aliases: [" + b"a " * 20 + b"]}\n",
+            r"alias 'a a a.*16 words",
+        ),
+        ("w.csv", b"ticker,name\nACME," + b"x" * 201 + b"\n", r"line 2: name 'xxx.*200 char"),
+    ],
+)
+def test_hostile_files_are_refused_in_one_line(
+    tmp_path: Path, yaml_parser: str, name: str, content: bytes, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ConfigFileError, match=message) as caught:
+        WatchList.load(path)
+    assert "\n" not in str(caught.value)
+    assert str(path) in str(caught.value)
+    assert len(str(caught.value)) < 300
+
+
+def test_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text(_MERGE_BOMB + "entities: [*m9]\n")  # 9**9 merged keys if expanded
+    started = time.perf_counter()
+    with pytest.raises(ConfigFileError, match="aliases"):
+        WatchList.load(path)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_size_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "w.csv"
+    path.write_text("ticker\nAAA\nBBB\nCCC\n")
+    monkeypatch.setattr(entities, "MAX_ENTRIES", 2)
+    with pytest.raises(ConfigFileError, match=r"w\.csv: line 4: more than 2 entries"):
+        WatchList.load(path)
+    monkeypatch.setattr(entities, "MAX_FILE_BYTES", 10)
+    with pytest.raises(ConfigFileError, match=r"w\.csv: larger than 0 KiB; a watch list this big"):
+        WatchList.load(path)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match=r"missing\.yaml: no such file"):
+        WatchList.load(tmp_path / "missing.yaml")
+    assert issubclass(ConfigFileError, ValueError)
+
+
+def test_awkward_but_valid_files_load(tmp_path: Path) -> None:
+    bom = tmp_path / "bom.csv"  # Excel writes a byte-order mark; the header is still "ticker"
+    bom.write_bytes(b"\xef\xbb\xbfticker,name\r\nACME,Acme Corp\r\n")
+    assert WatchList.load(bom).name("ACME") == "Acme Corp"
+    blank_name = tmp_path / "blank.csv"  # U+2028 strips to nothing: the name is the ticker
+    blank_name.write_text("ticker,name\n$ $acme,\u2028\n", encoding="utf-8")
+    watch = WatchList.load(blank_name)
+    assert watch.tickers() == ["ACME"]  # "$ $acme" gave "$ACME", which "$ACME" in watch missed
+    assert watch.name("ACME") == "ACME"
+    assert "$acme" in watch
+    ampersand = tmp_path / "amp.yaml"  # "&" inside a plain scalar is not an anchor
+    ampersand.write_text("- {ticker: T, name: AT&T}\n- {ticker: JNJ, name: '*J&J'}\n")
+    assert WatchList.load(ampersand).name("JNJ") == "*J&J"
 
 
 def test_default_watch_list_has_the_demo_companies_and_large_caps() -> None:

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from retrieval.embedder import FrozenEmbedder
+from stream import errors, topics
+from stream.errors import ConfigFileError
 from stream.topics import OTHER, Taxonomy, TopicModel, toy_embed
 
 TOPICS = [
@@ -297,8 +300,59 @@ def test_taxonomy_files_load_as_list_or_mapping(tmp_path: Path) -> None:
 def test_bad_taxonomy_files_error_clearly(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "t.yaml"
     path.write_text(content)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigFileError, match=message):
         Taxonomy.load(path)
+
+
+@pytest.mark.parametrize(
+    "parser",
+    [getattr(yaml, "CSafeLoader", yaml.SafeLoader), yaml.SafeLoader],
+    ids=["libyaml", "python"],
+)
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        # Crashes the loader fuzzing found before the fix: AttributeError, KeyError,
+        # IndexError in PyYAML's constructors, RecursionError in its composer,
+        # UnicodeDecodeError naming no file, a multi-line message quoting the file.
+        (b"- {name: e, description: !!timestamp x}\n", r"t\.yaml: line 1, .*tag '!!timestamp'"),
+        (b"- {name: e, description: !!bool x}\n", r"tag '!!bool' is not allowed"),
+        (b"- {name: !!python/object:os.system x}\n", r"tag '!!python/object:os.system'"),
+        (b"- {name: e, examples: [" + b"[" * 5000 + b"]}\n", r"t\.yaml: .*nest"),
+        (b"topics:\n" + b"- " * 2000 + b"x\n", r"t\.yaml: .*nested deeper than 32"),
+        (b"- {name: e, description: 2001-13-45}\n", r"t\.yaml: invalid YAML value: month"),
+        (b"- {name: caf\xe9, description: a}\n", r"t\.yaml: not UTF-8 text \(byte 12\)"),
+        (b"- name: e\n  examples: [a,\n- name: f\n", r"t\.yaml: invalid YAML at line \d+, column"),
+        # An alias bomb (examples: *x with x a list of lists of ...) and plain aliases.
+        (b"x: &x [a, a]\ntopics: [{name: e, examples: *x}]\n", r"aliases \(\*x\) are not"),
+        # Half a surrogate pair (libyaml refuses the escape itself).
+        (b'- {name: "\\ud83d", description: a}\n', r"surrogate pair|invalid Unicode character"),
+        # A name that made a 1,000-character message and a label no page can show.
+        (b"- {name: " + b"x" * 101 + b", description: a}\n", r"entry 1: name 'xxx.*than 100 char"),
+    ],
+)
+def test_hostile_taxonomy_files_are_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parser: type, content: bytes, message: str
+) -> None:
+    monkeypatch.setattr(errors, "_SAFE_LOADER", parser)
+    path = tmp_path / "t.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigFileError, match=message) as caught:
+        Taxonomy.load(path)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_taxonomy_size_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text("".join(f"- {{name: t{i}, description: d}}\n" for i in range(3)))
+    monkeypatch.setattr(topics, "MAX_TOPICS", 2)
+    with pytest.raises(ConfigFileError, match=r"t\.yaml: entry 3: more than 2 topics"):
+        Taxonomy.load(path)
+    monkeypatch.setattr(topics, "MAX_FILE_BYTES", 10)
+    with pytest.raises(ConfigFileError, match=r"t\.yaml: larger than 0 KiB; a taxonomy this big"):
+        Taxonomy.load(path)
+    with pytest.raises(ConfigFileError, match=r"nope\.yaml: no such file"):
+        Taxonomy.load(tmp_path / "nope.yaml")
 
 
 def test_embed_must_return_one_row_per_text() -> None:
