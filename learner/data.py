@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,10 @@ _SYNONYMS = {
     "bull": "positive",
 }
 _LABEL_MAP_EXAMPLE = "0=negative,1=positive,2=neutral"
+# Rows are flat records; anything nested deeper is not a labelled-data file,
+# and the bound keeps every later walk or repr of a value far from recursion limits.
+_MAX_JSON_DEPTH = 32
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 class DataError(ValueError):
@@ -57,6 +62,19 @@ def _canonical(name: str) -> str | None:
     return _SYNONYMS.get(name.strip().lower())
 
 
+def _shown(value: object, limit: int = 60) -> str:
+    """``repr`` cut to ``limit`` characters: a value in a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _listing(names: list, limit: int = 12) -> str:
+    """A list for a message, its tail elided past ``limit`` items."""
+    if len(names) <= limit:
+        return _shown(names, 400)
+    return f"{_shown(names[:limit], 400)[:-1]}, ... ({len(names)} in all)]"
+
+
 def parse_label_map(spec: str | None) -> dict[str, str] | None:
     """Parse ``"raw=label,..."`` into a mapping onto ``LABELS``; ``None`` or blank gives ``None``.
 
@@ -69,6 +87,13 @@ def parse_label_map(spec: str | None) -> dict[str, str] | None:
     """
     if spec is None or not spec.strip():
         return None
+    if not spec.isascii():
+        try:
+            spec.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that were not UTF-8 in the shell's argument
+            raise DataError(
+                f"label map {_shown(spec)} is not UTF-8 text; write it like {_LABEL_MAP_EXAMPLE!r}"
+            ) from None
     mapping: dict[str, str] = {}
     for part in spec.split(","):
         if not part.strip():
@@ -100,6 +125,8 @@ def _read_text(path: Path) -> str:
     try:
         # utf-8-sig drops a byte-order mark when there is one.
         return path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror})") from exc
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path}: not UTF-8 text (byte {exc.start}); re-save the file as UTF-8"
@@ -114,30 +141,64 @@ def _scalar(value: object) -> object:
     return value
 
 
+def _storable(text: str) -> str:
+    """``text`` with each unpaired UTF-16 surrogate (a ``"\\ud83d"`` escape cut from its
+    pair) replaced by U+FFFD, as the stream's validator repairs them."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _plain(value: object, where: str, depth: int = 1) -> object:
+    """A parsed JSON value with its strings made storable; refuses deep nesting."""
+    if isinstance(value, str):
+        return _storable(value)
+    if isinstance(value, list | dict):
+        if depth > _MAX_JSON_DEPTH:
+            raise DataError(f"{where} is nested deeper than {_MAX_JSON_DEPTH} levels")
+        if isinstance(value, list):
+            return [_plain(v, where, depth + 1) for v in value]
+        return {_storable(k): _plain(v, where, depth + 1) for k, v in value.items()}
+    return value
+
+
+def _parse_json(text: str, where: str, hint: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        at = f"line {exc.lineno}, " if "\n" in text else ""
+        raise DataError(f"{where} is not valid JSON ({at}{exc.msg}){hint}") from exc
+    except RecursionError:
+        raise DataError(f"{where} is nested deeper than {_MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise DataError(f"{where} holds a number Python refuses to read ({exc})") from exc
+
+
 def _jsonl_rows(path: Path, content: str) -> tuple[list[_Row], list[str]]:
     if content.lstrip().startswith("["):  # a .json file holding one array of objects
-        try:
-            items = json.loads(content)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+        items = _parse_json(content, str(path), "")
+        if not isinstance(items, list):  # "[1] 2" fails to parse; this cannot happen
+            raise DataError(f"{path}: expected one JSON array of objects")
         numbered = [(f"item {i}", item) for i, item in enumerate(items, start=1)]
     else:
         numbered = []
-        for lineno, line in enumerate(content.splitlines(), start=1):
+        # JSONL lines end at "\n" (or "\r\n"); other line separators such as
+        # U+2028 may sit raw inside a JSON string.
+        for lineno, line in enumerate(content.split("\n"), start=1):
             if not line.strip():
                 continue
-            try:
-                numbered.append((f"line {lineno}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{path}: line {lineno} is not valid JSON ({exc.msg}); "
-                    "JSONL needs one JSON object per line"
-                ) from exc
+            where = f"{path}: line {lineno}"
+            hint = "; JSONL needs one JSON object per line"
+            numbered.append((f"line {lineno}", _parse_json(line, where, hint)))
     rows, columns = [], {}
     for where, item in numbered:
         if not isinstance(item, dict):
             raise DataError(f"{path}: {where} is a JSON {type(item).__name__}, not an object")
-        values = {str(k): _scalar(v) for k, v in item.items()}
+        values = {_storable(k): _scalar(_plain(v, f"{path}: {where}")) for k, v in item.items()}
         columns.update(dict.fromkeys(values))
         rows.append(_Row(where, values))
     return rows, list(columns)
@@ -147,14 +208,17 @@ def _delimiter(header_line: str) -> str:
     """The candidate delimiter that splits the header into the most fields."""
     best, best_fields = ",", 1
     for delimiter in _DELIMITERS:
-        fields = len(next(csv.reader([header_line], delimiter=delimiter), []))
+        try:
+            fields = len(next(csv.reader([header_line], delimiter=delimiter), []))
+        except csv.Error:  # a NUL or an overlong field: the real read reports it, with a line
+            continue
         if fields > best_fields:
             best, best_fields = delimiter, fields
     return best
 
 
 def _csv_rows(path: Path, content: str) -> tuple[list[_Row], list[str]]:
-    header_line = content.split("\n", 1)[0].rstrip("\r")
+    header_line = _LINE_BREAK.split(content, maxsplit=1)[0]
     reader = csv.reader(io.StringIO(content, newline=""), delimiter=_delimiter(header_line))
     try:
         header = next(reader, None)
@@ -188,14 +252,16 @@ def _pick_column(
         by_lower = {c.lower(): c for c in columns}
         if wanted.lower() in by_lower:
             return by_lower[wanted.lower()]
-        raise DataError(f"{path}: no {what} column {wanted!r}; the columns are {columns}")
+        raise DataError(
+            f"{path}: no {what} column {_shown(wanted)}; the columns are {_listing(columns)}"
+        )
     by_lower = {c.lower(): c for c in columns}
     for name in candidates:
         if name in by_lower:
             return by_lower[name]
     raise DataError(
         f"{path}: cannot tell which column holds the {what} (looked for "
-        f"{', '.join(candidates)}); the columns are {columns}; name it with "
+        f"{', '.join(candidates)}); the columns are {_listing(columns)}; name it with "
         f"--{what}-col"
     )
 
@@ -211,6 +277,11 @@ def _read_rows(path: str | Path, text_col: str | None) -> tuple[Path, list[_Row]
     kept = []
     for row in rows:
         text = row.values.get(column, "")
+        if isinstance(text, list | dict):
+            kind = "array" if isinstance(text, list) else "object"
+            raise DataError(
+                f"{path}: {row.where}: the text in column {column!r} is a JSON {kind}, not a string"
+            )
         text = text if isinstance(text, str) else str(text)
         if text.strip():
             kept.append(_Row(row.where, {**row.values, column: text}))
@@ -268,19 +339,20 @@ def load_labelled(
     distinct = sorted({value for _, value in raw})
     if not mapping and all(_is_number(value) for value in distinct):
         raise DataError(
-            f"{path}: column {label_column!r} holds numeric labels {distinct}; say what they "
+            f"{path}: column {label_column!r} holds numeric labels {_listing(distinct)}; say "
+            "what they "
             f"mean with --label-map, e.g. --label-map {_LABEL_MAP_EXAMPLE!r}"
         )
     items = []
     for row, value in raw:
         label = mapping.get(value) or mapping_lower.get(value.lower()) or _canonical(value)
         if label is None:
-            known = f"the label map's {sorted(mapping)} or " if mapping else ""
+            known = f"the label map's {_listing(sorted(mapping))} or " if mapping else ""
             raise DataError(
-                f"{path}: {row.where}: unknown label {value!r} in column {label_column!r}; "
-                f"expected {known}one of {', '.join(LABELS)} (or bearish/bullish, "
-                f"neg/neu/pos); map other names with --label-map, e.g. "
-                f"'{value}=negative'"
+                f"{path}: {row.where}: unknown label {_shown(value)} in column "
+                f"{label_column!r}; expected {known}one of {', '.join(LABELS)} (or "
+                "bearish/bullish, neg/neu/pos); map other names with --label-map, e.g. "
+                f"{_shown(value + '=negative')}"
             )
         items.append(LabelledText(row.values[text_column], label))
     return items

@@ -152,6 +152,81 @@ def test_file_problems(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        # RecursionError from json's decoder, as an array file and as one line.
+        ("f.json", b"[" * 5000, r"f\.json is nested deeper than 32 levels"),
+        ("f.jsonl", b'{"text": ' + b"[" * 5000 + b"\n", r"f\.jsonl: line 1 is nested deeper"),
+        ("f.jsonl", b'{"text": "a", "label": ' + b"[" * 40 + b"]" * 40 + b"}", r"line 1 is nested"),
+        # A plain ValueError from int(): more than 4,300 digits.
+        ("f.jsonl", b'{"text": "a", "label": ' + b"9" * 5000 + b"}\n", r"line 1 holds a number"),
+        # Accepted before as the text "['a']" (and a deep one broke str()).
+        ("f.jsonl", b'{"text": ["a"], "label": "pos"}\n', r"line 1: the text .* JSON array"),
+        # Messages that ran over many lines or thousands of characters.
+        ("f.csv", b'text,label\na,"line one\nline two"\n', r"unknown label 'line one\\nline two'"),
+        ("f.csv", b"text,label\na," + b"x" * 5000 + b"\n", r"unknown label 'xxx+\.\.\. in column"),
+        (
+            "f.csv",
+            b",".join(b"c%d" % i for i in range(500)) + b"\n",
+            r"'c11', \.\.\. \(500 in all\)",
+        ),
+    ],
+)
+def test_hostile_files_are_refused_in_one_line(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    path = write(tmp_path, name, content)
+    with pytest.raises(DataError, match=message) as caught:
+        load_labelled(path)
+    assert "\n" not in str(caught.value)
+    assert str(path) in str(caught.value)
+    assert len(str(caught.value)) < 600
+
+
+def test_half_surrogate_escapes_are_repaired(tmp_path: Path) -> None:
+    # A tweet cut inside an emoji: the text loaded, then no tokenizer, store or
+    # terminal could encode it (and an unknown label made an unprintable message).
+    path = write(
+        tmp_path,
+        "f.jsonl",
+        '{"text": "Up \\ud83d", "label": "pos", "\\udc00": 1}\n'
+        '{"text": "Flat \\ud83d\\ude00", "label": "neu"}\n',
+    )
+    assert load_labelled(path) == [
+        LabelledText("Up \ufffd", "positive"),
+        LabelledText("Flat \U0001f600", "neutral"),
+    ]
+    assert read_records(path)[0] == {"text": "Up \ufffd", "label": "pos", "\ufffd": 1}
+    bad_label = write(tmp_path, "g.jsonl", '{"text": "a", "label": "\\ud800"}\n')
+    with pytest.raises(DataError, match="unknown label") as caught:
+        load_labelled(bad_label)
+    str(caught.value).encode("utf-8")
+
+
+def test_awkward_but_valid_files_load(tmp_path: Path) -> None:
+    # U+2028 may sit raw in a JSON string; splitlines() cut the line there.
+    path = write(
+        tmp_path, "f.jsonl", '{"text": "a\u2028b", "label": "pos"}\n{"text": "c", "label": 0}\n'
+    )
+    assert load_labelled(path, label_map={"0": "negative"}) == [
+        LabelledText("a\u2028b", "positive"),
+        LabelledText("c", "negative"),
+    ]
+    old_mac = write(tmp_path, "f.csv", "text;label\rup;pos\rdown;neg\r")  # CR-only lines
+    assert [x.label for x in load_labelled(old_mac)] == ["positive", "negative"]
+    nul = write(tmp_path, "n.csv", b"text,label\nA\x00B,pos\n")
+    assert load_labelled(nul) == [LabelledText("A\x00B", "positive")]
+
+
+def test_label_map_from_a_non_utf8_argument() -> None:
+    # The shell hands undecodable argument bytes over as lone surrogates.
+    spec = b"caf\xe9=negative".decode("utf-8", "surrogateescape")
+    with pytest.raises(DataError, match=r"label map 'caf\\udce9=negative' is not UTF-8") as caught:
+        parse_label_map(spec)
+    str(caught.value).encode("utf-8")
+
+
+@pytest.mark.parametrize(
     ("spec", "message"),
     [
         ("0=negative,1", "not RAW=LABEL"),
