@@ -102,20 +102,20 @@ def parse_label_map(spec: str | None) -> dict[str, str] | None:
         raw, target = raw.strip(), target.strip()
         if not sep or not raw or not target:
             raise DataError(
-                f"label map entry {part.strip()!r} is not RAW=LABEL; "
+                f"label map entry {_shown(part.strip())} is not RAW=LABEL; "
                 f"write it like {_LABEL_MAP_EXAMPLE!r}"
             )
         label = _canonical(target)
         if label is None:
             raise DataError(
-                f"label map entry {part.strip()!r} maps to {target!r}, which is not one of "
-                f"{', '.join(LABELS)}; write it like {_LABEL_MAP_EXAMPLE!r}"
+                f"label map entry {_shown(part.strip())} maps to {_shown(target)}, which is "
+                f"not one of {', '.join(LABELS)}; write it like {_LABEL_MAP_EXAMPLE!r}"
             )
         if raw in mapping:
-            raise DataError(f"label map names {raw!r} twice; give each raw value once")
+            raise DataError(f"label map names {_shown(raw)} twice; give each raw value once")
         mapping[raw] = label
     if not mapping:
-        raise DataError(f"label map {spec!r} is empty; write it like {_LABEL_MAP_EXAMPLE!r}")
+        raise DataError(f"label map {_shown(spec)} is empty; write it like {_LABEL_MAP_EXAMPLE!r}")
     return mapping
 
 

@@ -28,6 +28,9 @@ import yaml
 # Both config files nest three or four levels deep; this leaves room and stops
 # "[[[[..." long before the composer's recursion could.
 MAX_YAML_DEPTH = 32
+# PyYAML holds every node with its marks (a few hundred bytes each): 4 MiB of
+# "[a,a,a,..." took 750 MB and 30 s. Config files have a few thousand nodes.
+MAX_YAML_NODES = 100_000
 # Explicit tags that only say what plain YAML already says; every other tag
 # (!!python/..., and !!int/!!timestamp/!!bool, whose constructors crash on bad
 # values) is refused.
@@ -77,14 +80,22 @@ def _at(mark: Any) -> str:
 
 
 def _check_events(text: str, source: object) -> None:
-    """Refuse aliases, tags, deep nesting and unstorable scalars before anything is built.
+    """Refuse aliases, tags, deep nesting, too many nodes and unstorable scalars
+    before anything is built.
 
     The event stream is produced without recursion (libyaml or PyYAML's parser
-    both keep an explicit stack), so this pass is safe on any input.
+    both keep an explicit stack) and one event at a time, so this pass is safe
+    on any input.
     """
-    depth = 0
+    depth = nodes = 0
     for event in yaml.parse(text, Loader=_SAFE_LOADER):
         where = f"{source}: {_at(event.start_mark)}"
+        if isinstance(event, yaml.NodeEvent):
+            nodes += 1
+            if nodes > MAX_YAML_NODES:
+                raise ConfigFileError(
+                    f"{where}: more than {MAX_YAML_NODES:,} YAML values; a file this big is refused"
+                )
         if isinstance(event, yaml.AliasEvent):
             raise ConfigFileError(
                 f"{where}: YAML aliases (*{event.anchor}) are not allowed; write the value out"
@@ -119,6 +130,8 @@ def load_yaml(text: str, source: object) -> Any:
     try:
         _check_events(text, source)
         return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader, checked above
+    except ConfigFileError:
+        raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "unreadable"
@@ -127,8 +140,6 @@ def load_yaml(text: str, source: object) -> Any:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
         raise ConfigFileError(f"{source}: invalid YAML: {first_line}") from exc
     except ValueError as exc:
-        if isinstance(exc, ConfigFileError):
-            raise
         # A plain value the resolver took for a date or number that cannot be one
         # (2001-13-45, 0x_, an integer of 5,000 digits).
         raise ConfigFileError(f"{source}: invalid YAML value: {exc}") from exc

@@ -292,6 +292,22 @@ def test_size_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         WatchList.load(path)
 
 
+def test_yaml_of_many_tiny_values_is_refused_before_it_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under the size limit, yet PyYAML's nodes for it took 750 MB and 30 s.
+    path = tmp_path / "w.yaml"
+    path.write_text("entities: [" + "a," * (2 * 1024 * 1024 - 10) + "a]\n")
+    started = time.perf_counter()
+    with pytest.raises(ConfigFileError, match=r"w\.yaml: line 1, .*more than 100,000 YAML values"):
+        WatchList.load(path)
+    assert time.perf_counter() - started < 5.0
+    monkeypatch.setattr(errors, "MAX_YAML_NODES", 6)
+    path.write_text("- {ticker: A}\n- {ticker: B}\n")  # 7 nodes: the list, 2 maps, 4 scalars
+    with pytest.raises(ConfigFileError, match="more than 6 YAML values"):
+        WatchList.load(path)
+
+
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match=r"missing\.yaml: no such file"):
         WatchList.load(tmp_path / "missing.yaml")
