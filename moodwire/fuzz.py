@@ -601,10 +601,11 @@ def _storable(text: str) -> bool:
 
 
 def _check_refusal(exc: BaseException, source: str) -> None:
+    """The one-line rule: one printable line, naming ``source``, of sane length."""
     message = str(exc)
     _expect("\n" not in message and "\r" not in message, "refusal not one line", message)
     _expect(_storable(message), "refusal not printable as UTF-8", message)
-    _expect(source in message, "refusal does not name the file", message)
+    _expect(source in message, "refusal does not name its source", message)
     _expect(len(message) <= 1000, "refusal longer than 1000 characters", message)
 
 
@@ -742,7 +743,11 @@ def loader_targets() -> list[FuzzTarget]:
     )
 
     def label_map(data: bytes) -> Any:
-        mapping = parse_label_map(data.decode("utf-8", "surrogateescape"))
+        try:
+            mapping = parse_label_map(data.decode("utf-8", "surrogateescape"))
+        except DataError as exc:
+            _check_refusal(exc, "label map")
+            raise
         _check_label_map(mapping)
         return mapping
 

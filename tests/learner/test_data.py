@@ -244,6 +244,15 @@ def test_parse_label_map_errors(spec: str, message: str | None) -> None:
         parse_label_map(spec)
 
 
+def test_parse_label_map_errors_stay_one_short_line() -> None:
+    # The property tests found a 10,000-character message quoting the whole entry.
+    with pytest.raises(
+        DataError, match=r"entry '0=9+\.\.\. maps to '9+\.\.\., which is not"
+    ) as caught:
+        parse_label_map("0=" + "9" * 10_000 + "=negative,1")
+    assert len(str(caught.value)) < 300
+
+
 def test_parse_label_map_blank_is_none() -> None:
     assert parse_label_map("") is None
     assert parse_label_map(None) is None
