@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(5.0, gt=0)
     webhook_retries: int = Field(3, ge=0)
 
+    # Outages (broker, store, disk) are waited out: retries back off exponentially with
+    # jitter from retry_initial_s to retry_max_s between attempts, for as long as it takes.
+    retry_initial_s: float = Field(0.5, gt=0, le=60)
+    retry_max_s: float = Field(30.0, gt=0, le=600)
+
     # Operations
     operator_token: SecretStr | None = None
     metrics_port: int | None = None

@@ -278,7 +278,12 @@ class Worker:
         self.stop = stop
         self.keepalive = ConsumerKeepalive(self.consumer, stop)
         self.waiter = Waiter(
-            self.health, stop, keepalive=self.keepalive, after_outage=self._after_outage
+            self.health,
+            stop,
+            keepalive=self.keepalive,
+            after_outage=self._after_outage,
+            initial_s=self.settings.retry_initial_s,
+            max_s=self.settings.retry_max_s,
         )
 
     @property
@@ -353,7 +358,8 @@ class Worker:
                     failures=failures,
                 )
                 self._rewind(records)
-                self.keepalive(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                backoff = self.settings.retry_initial_s * 2 ** min(failures, 8)
+                self.keepalive(min(self.settings.retry_max_s, backoff))
                 self.keepalive.resume()
                 continue
             failures = 0
@@ -464,8 +470,13 @@ class Worker:
             return
         texts = [a.item.text for _, a in batch.accepted]
 
+        tries = 0
+
         def attempt() -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-            self.follow_serving()  # an operator's rollback is how a broken model is left
+            nonlocal tries
+            if tries:
+                self.follow_serving()  # an operator's rollback is how a broken model is left
+            tries += 1
             return self._score_isolated(texts)
 
         probs, vectors, bad = self.waiter.run(

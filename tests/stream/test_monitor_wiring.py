@@ -7,19 +7,16 @@ tests/integration/test_worker_drift_and_swap.py).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
-from kafka.consumer.fetcher import ConsumerRecord
+from doubles import Consumer, NoNeighbours, Producer, TextScorer, item_value, record
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from learner.data import LABELS
 from learner.drift import DriftEvent, StreamMonitor
 from moodwire.settings import Settings, Topics
 from moodwire.store import Store
@@ -28,73 +25,6 @@ from stream.scorer import ModelSwap
 from stream.worker import Worker
 
 DIM = 8
-
-
-class TextScorer:
-    """Probabilities and vectors that are functions of the text, so rows can be traced."""
-
-    def __init__(self, version: str = "v1") -> None:
-        self.version = version
-        self.classifier = SimpleNamespace(labels=LABELS)
-
-    def score(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        n = np.array([float(t.rsplit(" ", 1)[-1]) for t in texts])
-        probs = np.stack([np.full_like(n, 0.2), np.full_like(n, 0.3), np.full_like(n, 0.5)], 1)
-        vectors = np.repeat(n[:, None], DIM, axis=1)  # every coordinate is the item's number
-        return probs, vectors
-
-
-class NoNeighbours:
-    def neighbors(self, vectors: np.ndarray, k: int, exclude: list[str]) -> list[list]:
-        return [[] for _ in range(len(vectors))]
-
-    def catch_up(self) -> None:
-        pass
-
-    def __len__(self) -> int:
-        return 0
-
-
-class Sent:
-    """A send the broker acknowledged at once."""
-
-    is_done = True
-    exception = None
-
-    def __init__(self) -> None:
-        self.errbacks: list = []
-
-    def add_errback(self, fn: Any) -> Sent:
-        self.errbacks.append(fn)
-        return self
-
-    def succeeded(self) -> bool:
-        return True
-
-
-class Producer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes]] = []
-
-    def send(self, topic: str, key: bytes | None = None, value: bytes = b"") -> Sent:
-        self.sent.append((topic, value))
-        return Sent()
-
-    def flush(self, timeout: float | None = None) -> None:
-        pass
-
-    def on(self, topic: str) -> list[bytes]:
-        return [v for t, v in self.sent if t == topic]
-
-
-class Consumer:
-    config: dict[str, Any] = {"bootstrap_servers": "127.0.0.1:1"}
-
-    def __init__(self) -> None:
-        self.commits: list[dict] = []
-
-    def commit(self, offsets: dict) -> None:
-        self.commits.append(offsets)
 
 
 class ScriptedMonitor(StreamMonitor):
@@ -120,17 +50,6 @@ class ScriptedMonitor(StreamMonitor):
 
     def model_changed(self) -> None:
         self.model_changes += 1
-
-
-def _record(offset: int, value: bytes, partition: int = 0) -> ConsumerRecord:
-    return ConsumerRecord(
-        "news", partition, -1, offset, 1_700_000_000_000 + offset, 0, None, value, [], None,
-        -1, len(value), -1,
-    )  # fmt: skip
-
-
-def _item(n: int) -> bytes:
-    return json.dumps({"id": f"item-{n}", "text": f"headline number {n}"}).encode()
 
 
 @pytest.fixture
@@ -163,16 +82,16 @@ def test_accepted_items_feed_the_monitor_in_record_order(settings: Settings) -> 
     monitor = ScriptedMonitor()
     worker = _worker(settings, monitor)
     records = [
-        _record(0, _item(5)),
-        _record(1, b"{not json"),  # rejected
-        _record(2, _item(3)),
-        _record(3, _item(5)),  # the same item again in this batch
-        _record(4, _item(9)),
+        record(0, item_value(5)),
+        record(1, b"{not json"),  # rejected
+        record(2, item_value(3)),
+        record(3, item_value(5)),  # the same item again in this batch
+        record(4, item_value(9)),
     ]
     result = worker.process(records)
     assert result.stored == 3 and result.rejected == 1
     assert monitor.fed == [5.0, 3.0, 9.0] and monitor.seen == 3
-    worker.process([_record(5, _item(1))])
+    worker.process([record(5, item_value(1))])
     assert monitor.fed == [5.0, 3.0, 9.0, 1.0]
 
 
@@ -181,7 +100,7 @@ def test_a_drift_event_is_stored_announced_and_counted_after_the_batch_is_safe(
 ) -> None:
     monitor = ScriptedMonitor(fire_on={12})
     worker = _worker(settings, monitor)
-    worker.process([_record(i, _item(i)) for i in range(10)])
+    worker.process([record(i, item_value(i)) for i in range(10)])
     at_event: dict[str, Any] = {}
     real_record = worker.store.record_drift
 
@@ -195,7 +114,7 @@ def test_a_drift_event_is_stored_announced_and_counted_after_the_batch_is_safe(
     worker.store.record_drift = record_drift  # type: ignore[method-assign]
     before = _drift_count("embedding_shift", "embedding")
     with capture_logs() as logs:
-        result = worker.process([_record(i, _item(i), partition=1) for i in range(10, 15)])
+        result = worker.process([record(i, item_value(i), partition=1) for i in range(10, 15)])
 
     assert result.drift_events == 1 and worker.totals.drift_events == 1
     assert at_event == {"stored": 15, "commits": 2, "published": 15}
@@ -229,7 +148,7 @@ def test_failing_to_record_an_event_never_fails_the_batch(settings: Settings) ->
 
     worker.store.record_drift = broken  # type: ignore[method-assign]
     with capture_logs() as logs:
-        result = worker.process([_record(i, _item(i)) for i in range(3)])
+        result = worker.process([record(i, item_value(i)) for i in range(3)])
     assert result.stored == 3 and result.drift_events == 1
     assert len(worker.consumer.commits) == 1  # type: ignore[attr-defined]
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["drift_record_failed"]
@@ -240,7 +159,7 @@ def test_failing_to_record_an_event_never_fails_the_batch(settings: Settings) ->
 def test_a_failing_detector_never_fails_the_batch(settings: Settings) -> None:
     worker = _worker(settings, ScriptedMonitor(fail=True))
     with capture_logs() as logs:
-        result = worker.process([_record(i, _item(i)) for i in range(3)])
+        result = worker.process([record(i, item_value(i)) for i in range(3)])
     assert result.stored == 3 and result.drift_events == 0
     assert len(worker.consumer.commits) == 1  # type: ignore[attr-defined]
     assert any(e["event"] == "drift_monitor_failed" for e in logs)
@@ -255,7 +174,7 @@ def test_with_every_detector_off_a_shifted_stream_raises_nothing(settings: Setti
     )
     for start in range(0, 1200, 100):  # the item numbers, and so the vectors, jump at 600
         shift = 1000 if start >= 600 else 0
-        worker.process([_record(i, _item(i + shift)) for i in range(start, start + 100)])
+        worker.process([record(i, item_value(i + shift)) for i in range(start, start + 100)])
     assert worker.totals.drift_events == 0 and worker.store.drift_event_rows() == []
     assert worker.producer.on(settings.topics.control) == []  # type: ignore[attr-defined]
 
