@@ -180,3 +180,66 @@ def test_models_verify_exits_1_naming_each_refused_version(
         f"moodwire models: {rows['v1']['problem']}",
         f"moodwire models: {rows[copy]['problem']}",
     ]
+
+
+# -- the learner ------------------------------------------------------------------------
+
+
+def _copy_of_v1(registry: Registry) -> str:
+    v1 = registry.path("v1")
+    return registry.write_version(
+        lambda d: shutil.copytree(
+            v1, d, dirs_exist_ok=True, ignore=shutil.ignore_patterns("card.json")
+        ),
+        {"kind": "test", "parent": "v1"},
+    )
+
+
+def test_the_learner_keeps_its_model_when_an_operator_promotes_a_refused_version(
+    registry: Registry, tmp_path: Path
+) -> None:
+    from structlog.testing import capture_logs
+
+    from moodwire.learning import LearnerProcess
+    from moodwire.store import Store
+
+    settings = Settings(registry=registry.root, data_dir=tmp_path / "data", device="cpu")
+    loaded: list[str] = []
+
+    def load(version: str) -> SentimentClassifier:
+        loaded.append(version)
+        return load_version(registry, version, device="cpu")
+
+    store = Store(f"sqlite:///{tmp_path / 'learner.db'}")
+    # No Kafka needed: following the serving pointer touches neither consumer nor producer.
+    proc = LearnerProcess(settings, store, registry, None, None, load)  # type: ignore[arg-type]
+    model = proc.learner.classifier
+    bad = _copy_of_v1(registry)
+    registry.promote(bad)  # verified when promoted, tampered afterwards
+    _flip_a_byte(registry.path(bad) / "model.safetensors")
+    with capture_logs() as logs:
+        for _ in range(3):  # the learner's loop asks on every poll
+            proc.sync_serving()
+    assert proc.learner.version == "v1" and proc.learner.classifier is model
+    assert loaded == ["v1", bad]  # tried once, not on every poll
+    (refused,) = [e for e in logs if e["event"] == "learner_serving_refused"]
+    assert refused["version"] == bad and refused["serving"] == "v1"
+    assert "model.safetensors has changed" in refused["reason"]
+
+    good = _copy_of_v1(registry)
+    registry.promote(good)
+    proc.sync_serving()
+    assert proc.learner.version == good and loaded[-1] == good
+
+
+@pytest.mark.integration
+def test_a_learner_started_on_a_tampered_version_exits_with_one_line(
+    settings: Settings, registry: Registry, tmp_path: Path
+) -> None:
+    (registry.path("v1") / "tokenizer.json").unlink()
+    env = settings_env(settings.with_overrides(registry=registry.root))
+    res = moodwire_cli(["learner"], env=env, timeout=180)
+    assert res.returncode == 2
+    line = [x for x in res.stderr.strip().splitlines() if x.startswith("moodwire")]
+    assert line == ["moodwire learner: version v1 refused: tokenizer.json is missing"], res.stderr
+    assert "Traceback" not in res.stderr
