@@ -799,3 +799,29 @@ def loader_targets() -> list[FuzzTarget]:
         ),
         FuzzTarget("label_map", LABEL_MAP_SEEDS, label_map, (DataError,), label_map_document),
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m moodwire.fuzz [--cases N] [--seed S] [TARGET ...]``: results as JSON lines."""
+    import argparse
+    from dataclasses import asdict
+
+    parser = argparse.ArgumentParser(prog="python -m moodwire.fuzz", description=main.__doc__)
+    parser.add_argument("targets", nargs="*", help="target names (default: every loader)")
+    parser.add_argument("--cases", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    targets = [t for t in loader_targets() if not args.targets or t.name in args.targets]
+    unknown = set(args.targets) - {t.name for t in targets}
+    if unknown:
+        parser.error(f"unknown targets {sorted(unknown)}")
+    crashes = 0
+    for target in targets:
+        result = fuzz(target, args.cases, args.seed)
+        crashes += result.crashes
+        print(json.dumps(asdict(result)), flush=True)
+    return 1 if crashes else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,6 +3,7 @@ way for a seed, and every file loader survives it."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -14,6 +15,7 @@ from moodwire.fuzz import (
     cases,
     fuzz,
     loader_targets,
+    main,
     mutate,
 )
 
@@ -127,3 +129,12 @@ def test_every_loader_survives_2000_cases(target: FuzzTarget) -> None:
     assert result.crashes == 0, result.examples
     assert result.accepted > 50 and result.refused > 50
     assert result.slowest_case_s < 1.0
+
+
+def test_main_prints_one_json_line_per_target(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--cases", "50", "--seed", "3", "label_map", "csv_loader"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["target"] for r in lines] == ["csv_loader", "label_map"]
+    assert all(r["cases"] == 50 and r["crashes"] == 0 for r in lines)
+    with pytest.raises(SystemExit):
+        main(["no_such_target"])
