@@ -38,4 +38,4 @@ pages = [
 ]
 page = st.navigation(pages)
 ui.sign_in()
-page.run()
+ui.survive_outages(page.run)()

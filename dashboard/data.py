@@ -40,6 +40,16 @@ def settings() -> Settings:
     return Settings()
 
 
+def store_reachable(url: str) -> bool:
+    """Whether the store answers a trivial query now (never raises, never cached)."""
+    try:
+        with get_store(url).engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception:  # noqa: BLE001 - unreachable is the answer
+        return False
+    return True
+
+
 def _utc(value: Any) -> datetime | None:
     if value is None:
         return None

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import streamlit as st
 
 from dashboard import data
 from moodwire import operations
+from stream.outage import is_outage
+
+F = TypeVar("F", bound=Callable[..., Any])
+RETRY_S = 10  # how often a page waiting for the store tries again
 
 PRESETS = ("15m", "1h", "6h", "24h", "7d", "30d", "all", "custom")
 
@@ -134,3 +140,40 @@ def md(text: str) -> str:
     '\\\\$ACME up 5% \\\\(Q3\\\\)'
     """
     return text.translate(_MD_SPECIAL)
+
+
+# -- outages ------------------------------------------------------------------------------
+
+
+def outage_notice(exc: BaseException) -> None:
+    """Say the store is unreachable, and come back by itself when it answers again."""
+    first = str(exc).splitlines()[0][:160] if str(exc) else ""
+    st.warning(
+        f"The store is unreachable ({type(exc).__name__}: {first}). Nothing is lost: the "
+        f"workers wait for it too. This page tries again every {RETRY_S} s by itself.",
+        icon=":material/cloud_off:",
+    )
+
+    @st.fragment(run_every=RETRY_S)
+    def retry() -> None:
+        if data.store_reachable(store_url()):
+            st.cache_data.clear()
+            st.rerun()
+
+    retry()
+
+
+def survive_outages(fn: F) -> F:
+    """A page part that shows :func:`outage_notice` instead of a traceback during an outage."""
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            outage_notice(exc)
+            return None
+
+    return guarded  # type: ignore[return-value]

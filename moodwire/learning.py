@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from kafka import KafkaProducer
+from kafka import KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
@@ -48,7 +49,12 @@ from learner.replay import Reservoir
 from moodwire.operations import audited_switch
 from moodwire.settings import Settings
 from moodwire.store import Store
+from stream.deadletter import dlq_message, rejection_row
+from stream.health import serve_health
+from stream.outage import ConsumerKeepalive, Health, Stopping, Waiter, is_outage
+from stream.publish import Outgoing, Publisher
 from stream.schemas import ControlMessage, LabelMessage, label_row
+from stream.worker import COMMIT_LOST
 
 log = structlog.get_logger(__name__)
 
@@ -141,15 +147,20 @@ class LearnerProcess:
         load: Callable[[str], SentimentClassifier],
         *,
         progress: bool = False,
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
         self.consumer = consumer
-        self.producer = producer
+        self.publisher = (
+            producer if isinstance(producer, Publisher) else Publisher(lambda: producer)
+        )
         self.load = load
         self.progress = progress
+        self.health = health or Health("learner")
         self.dir = learner_dir(settings)
+        self.set_stop(threading.Event())
         version = registry.serving()
         if version is None:
             raise RuntimeError("no model serves: bootstrap one before starting the learner")
@@ -170,7 +181,22 @@ class LearnerProcess:
 
     # -- the loop -------------------------------------------------------------------------
 
+    def set_stop(self, stop: threading.Event) -> None:
+        """The event that ends :meth:`run` and any wait for a dependency."""
+        self.stop = stop
+        self.keepalive = ConsumerKeepalive(self.consumer, stop)
+        self.waiter = Waiter(
+            self.health,
+            stop,
+            keepalive=self.keepalive,
+            after_outage=lambda _dep: self.keepalive.resume(),
+            initial_s=self.settings.retry_initial_s,
+            max_s=self.settings.retry_max_s,
+        )
+
     def run(self, stop: threading.Event) -> None:
+        """Learn until ``stop`` is set; outages are waited out, bad messages dead-lettered."""
+        self.set_stop(stop)
         log.info(
             "learner_active",
             serving=self.learner.version,
@@ -178,45 +204,123 @@ class LearnerProcess:
             fresh=len(self.learner.fresh_train) + len(self.learner.fresh_holdout),
             strategy=self.settings.learner.strategy,
         )
+        failures = 0
         while not stop.is_set():
-            self.poll_once(timeout_ms=500)
-            self.sync_serving()
-            self.retrain_if_due(stop)
+            self.health.beat()
+            try:
+                self.poll_once(timeout_ms=500)
+                self.sync_serving()
+                self.retrain_if_due(stop)
+            except Stopping:
+                break
+            except Exception:
+                # A bug or an unclassified failure: the polled records were not committed,
+                # so read them again after a backoff rather than exit.
+                failures += 1
+                log.exception("learner_step_failed_retrying", failures=failures)
+                self._rewind()
+                backoff = self.settings.retry_initial_s * 2 ** min(failures, 8)
+                self.keepalive(min(self.settings.retry_max_s, backoff))
+                self.keepalive.resume()
+                continue
+            failures = 0
 
     def poll_once(self, timeout_ms: int = 500) -> int:
-        """Read labels and commands, store and learn from them, then commit; returns records."""
-        polled = self.consumer.poll(timeout_ms=timeout_ms)
+        """Read labels and commands, store and learn from them, then commit; returns records.
+
+        A message that is not a valid label or command goes to the dead-letter
+        topic with its reason; the store and the broker are waited for.
+        """
+        try:
+            polled = self.consumer.poll(timeout_ms=timeout_ms)
+        except Exception as exc:  # noqa: BLE001 - the broker's problem: wait, try again
+            self.health.down("kafka", exc)
+            self.stop.wait(2.0)
+            return 0
         records = [r for recs in polled.values() for r in recs]
+        self._inflight = records
         topics = self.settings.topics
-        rows = []
+        rows, letters = [], []
+        now = datetime.now(UTC)
         for rec in records:
             if rec.topic == topics.control:
-                self._on_control(rec.value)
+                refused = self._on_control(rec.value)
+                if refused is not None:
+                    letters.append(_letter(rec, refused, now))
                 continue
             try:
-                msg = LabelMessage.model_validate_json(rec.value)
+                msg = LabelMessage.model_validate_json(rec.value or b"")
                 if msg.item_id is None and not msg.text:
                     raise ValueError("a label needs an item_id or a text")
                 if msg.label is None and msg.topic is None:
                     raise ValueError("a label needs a label or a topic")
             except (ValidationError, ValueError) as exc:
+                detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                if isinstance(exc, ValidationError):
+                    first = exc.errors(include_url=False, include_input=False)[0]
+                    where = ".".join(str(p) for p in first["loc"]) or "label"
+                    detail = f"{where}: {first['msg']}"[:300]
                 log.warning(
                     "label_rejected",
-                    error=str(exc).splitlines()[0][:200],
+                    error=detail,
                     topic=rec.topic,
                     partition=rec.partition,
                     offset=rec.offset,
                 )
+                letters.append(_letter(rec, detail, now))
                 continue
             rows.append(label_row(msg))
-        fresh = self.store.add_labels(rows)
+        fresh = self.waiter.run(lambda: self.store.add_labels(rows), "store") if rows else []
         for row in fresh:
             LABELS_IN.labels(row["source"]).inc()
+        if letters:
+            self._dead_letter(letters)
         if records:
-            self.consumer.commit()
+            self._commit(records)
+        self._inflight = []
         if fresh or self._waiting:  # otherwise the store holds nothing new to learn
-            self.learn_stored_labels()
+            self.waiter.run(self.learn_stored_labels, "store")
         return len(records)
+
+    def _dead_letter(self, letters: list[dict[str, Any]]) -> None:
+        """Store, publish (checked) and flag the dead letters of bad labels or commands."""
+        _, _, seqs = self.waiter.run(lambda: self.store.write_batch([], letters), "store")
+        if not seqs:
+            return
+        rows = self.waiter.run(lambda: self.store.rejections_by_seq(seqs), "store")
+        dlq = self.settings.topics.dlq
+        delivery = self.publisher.deliver([dlq_message(r, dlq) for r in rows], self.waiter)
+        sent = [ref[1] for ref in delivery.published if ref[0] == "dlq"]
+        self.waiter.run(lambda: self.store.mark_published((), sent), "store")
+
+    def _commit(self, records: list[Any]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            offsets[tp] = max(offsets.get(tp, -1), rec.offset + 1)
+        commit = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        try:
+            self.waiter.run(
+                lambda: self.consumer.commit(commit),
+                "kafka",
+                transient=lambda e: is_outage(e) and not isinstance(e, COMMIT_LOST),
+                what="commit",
+            )
+        except COMMIT_LOST as exc:
+            # Stored already: whoever reads them again stores them once (labels are idempotent).
+            log.warning("commit_lost_to_rebalance", error=f"{type(exc).__name__}")
+
+    def _rewind(self) -> None:
+        first: dict[TopicPartition, int] = {}
+        for rec in getattr(self, "_inflight", []):
+            tp = TopicPartition(rec.topic, rec.partition)
+            first[tp] = min(first.get(tp, rec.offset), rec.offset)
+        for tp, offset in first.items():
+            try:
+                self.consumer.seek(tp, offset)
+            except Exception:  # noqa: BLE001 - revoked meanwhile: its new owner reads it
+                log.info("rewind_skipped", partition=f"{tp.topic}:{tp.partition}")
+        self._inflight = []
 
     def learn_stored_labels(self) -> int:
         """Learn from labels in the store not learned yet; returns how many were learned.
@@ -264,12 +368,15 @@ class LearnerProcess:
         self._save_state(memory=bool(events))  # a drift moved the fresh pool into memory
         return len(ready)
 
-    def _on_control(self, value: bytes) -> None:
+    def _on_control(self, value: bytes | None) -> str | None:
+        """Act on a command; the reason it was refused, if it was."""
         try:
-            msg = ControlMessage.model_validate_json(value)
+            msg = ControlMessage.model_validate_json(value or b"")
         except ValidationError as exc:
-            log.warning("control_message_rejected", error=str(exc).splitlines()[0][:200])
-            return
+            first = exc.errors(include_url=False, include_input=False)[0]
+            detail = f"{'.'.join(str(p) for p in first['loc']) or 'command'}: {first['msg']}"
+            log.warning("control_message_rejected", error=detail[:200])
+            return detail[:300]
         if msg.action == "retrain":
             self.learner.request(f"operator {msg.actor}: {msg.reason or 'retrain'}")
             log.info("retrain_requested", actor=msg.actor, reason=msg.reason)
@@ -278,16 +385,16 @@ class LearnerProcess:
             # A drift moves the fresh pool into memory: both files must change together.
             self.learner.drift(f"drift seen by {msg.actor}: {msg.reason}")
             self._save_state(memory=True)
+        return None
 
     def _announce_drift(self, event: DriftEvent) -> None:
-        self.store.record_drift(
-            {
-                **event.as_row(),
-                "origin": "learner",
-                "model_version": self.learner.version,
-                "details": {"labels_seen": self.learner.labels_seen},
-            }
-        )
+        row = {
+            **event.as_row(),
+            "origin": "learner",
+            "model_version": self.learner.version,
+            "details": {"labels_seen": self.learner.labels_seen},
+        }
+        self.waiter.run(lambda: self.store.record_drift(row), "store")
         log.info("drift_detected", origin="learner", **event.as_row())
         self._send(
             ControlMessage(
@@ -349,7 +456,9 @@ class LearnerProcess:
         if trigger is None:
             return None
         log.info("retrain_started", trigger=trigger, fresh=len(self.learner.fresh_train))
-        shadow = self.store.recent_texts(self.settings.learner.shadow_items)
+        shadow = self.waiter.run(
+            lambda: self.store.recent_texts(self.settings.learner.shadow_items), "store"
+        )
         candidate = self.learner.train_candidate(trigger, progress=self.progress, stop=stop)
         if candidate.report.interrupted:
             # Shutting down: drop the half-trained candidate. The saved state still asks
@@ -364,24 +473,34 @@ class LearnerProcess:
             "created_by": "learner",
             "metrics": {"holdout": _holdout_metrics(outcome)},
         }
-        version = self.registry.write_version(outcome.classifier.save, card)
+        # A full disk (or a registry gone read-only) is waited out with the candidate in hand.
+        version = self.waiter.run(
+            lambda: self.registry.write_version(outcome.classifier.save, card),
+            "registry",
+            what="write_version",
+        )
         RETRAINS.labels(outcome.decision).inc()
         details = {"trigger": trigger, "gate": card["gate"], "training": card["training"]}
         if outcome.decision == "promote":
             try:
                 smoke_check(outcome.classifier, version)  # proven before it serves
                 previous = self.registry.serving()
-                # Audit first: the switch stands only once its audit row is committed.
-                with audited_switch(
-                    self.store,
-                    self.registry,
-                    actor="learner",
-                    action="promote",
-                    target=version,
-                    reason=trigger,
-                    details={**details, "previous": previous},
-                ):
-                    self.registry.promote(version)
+
+                def switch() -> None:
+                    # Audit first: the switch stands only once its audit row is committed.
+                    with audited_switch(
+                        self.store,
+                        self.registry,
+                        actor="learner",
+                        action="promote",
+                        target=version,
+                        reason=trigger,
+                        details={**details, "previous": previous},
+                    ):
+                        self.registry.promote(version)
+
+                # A store outage is waited out: the promotion happens once it is back.
+                self.waiter.run(switch, "store", what="promote")
             except (RegistryError, ModelLoadError, SQLAlchemyError, OSError) as exc:
                 # Nothing changed: the serving version and the learner's model stay.
                 log.error(
@@ -399,20 +518,37 @@ class LearnerProcess:
             log.info("model_promoted", version=version, previous=previous, **_gate_log(outcome))
         elif outcome.decision == "await_approval":
             self._awaiting = version
-            self.store.audit("learner", "candidate_awaiting_approval", version, trigger, details)
+            self.waiter.run(
+                lambda: self.store.audit(
+                    "learner", "candidate_awaiting_approval", version, trigger, details
+                ),
+                "store",
+            )
             log.info("candidate_awaiting_approval", version=version, **_gate_log(outcome))
         else:
             reasons = outcome.gate.reasons if outcome.gate else []
-            self.store.audit("learner", "candidate_rejected", version, "; ".join(reasons), details)
+            self.waiter.run(
+                lambda: self.store.audit(
+                    "learner", "candidate_rejected", version, "; ".join(reasons), details
+                ),
+                "store",
+            )
             log.info("candidate_rejected", version=version, reasons=reasons, **_gate_log(outcome))
         self._save_state(memory=True)
         return outcome
 
     # -- plumbing -------------------------------------------------------------------------
 
+    @property
+    def producer(self) -> KafkaProducer:
+        return self.publisher.producer
+
     def _send(self, msg: ControlMessage) -> None:
-        self.producer.send(self.settings.topics.control, value=msg.model_dump_json().encode())
-        self.producer.flush()
+        """Announce on the control topic, checked and retried (workers follow the registry
+        themselves, so this never blocks a promotion that already happened)."""
+        value = msg.model_dump_json().encode()
+        out = Outgoing(self.settings.topics.control, None, value, ("control", msg.action))
+        self.publisher.deliver([out], self.waiter)
 
     def _save_state(self, *, memory: bool = False) -> None:
         state = {
@@ -421,9 +557,17 @@ class LearnerProcess:
             "learned_above": sorted(self._learned),
             "awaiting": self._awaiting,
         }
-        replay_store.write_json_atomic(self.dir / "state.json", state)
-        if memory:
-            _save_memories(self.settings, self.learner.replay, self.learner.heldout)
+
+        def write() -> None:
+            replay_store.write_json_atomic(self.dir / "state.json", state)
+            if memory:
+                _save_memories(self.settings, self.learner.replay, self.learner.heldout)
+
+        self.waiter.run(write, "disk", what="save_state")  # a full disk is waited out
+
+
+def _letter(rec: Any, detail: str, now: datetime) -> dict[str, Any]:
+    return rejection_row(rec.topic, rec.partition, rec.offset, rec.value, "schema", detail, now)
 
 
 def _holdout_metrics(outcome: Outcome) -> dict[str, Any]:
@@ -452,10 +596,7 @@ def build_learner(
     from stream.broker import ensure_topics
     from stream.clients import make_consumer, make_producer
 
-    if settings.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    health = Health("learner")
     registry = Registry(settings.resolved_registry())
     store = Store(settings.resolved_store_url())
     topics = settings.topics
@@ -473,11 +614,20 @@ def build_learner(
         group_id=f"{settings.consumer_group}-learner",
         client_id="moodwire-learner",
     )
-    producer = make_producer(settings, client_id="moodwire-learner")
-    proc = LearnerProcess(settings, store, registry, consumer, producer, load, progress=progress)
+    publisher = Publisher(lambda: make_producer(settings, client_id="moodwire-learner"))
+    proc = LearnerProcess(
+        settings, store, registry, consumer, publisher, load, progress=progress, health=health
+    )
+
+    def ready() -> tuple[bool, dict]:
+        return True, {"model_version": proc.learner.version}
+
+    server = serve_health(health, ready, port=settings.metrics_port, host=settings.metrics_host)
 
     def close() -> None:
         consumer.close(autocommit=False)
-        producer.close()
+        publisher.close()
+        if server is not None:
+            server.close()
 
     return proc, close

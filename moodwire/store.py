@@ -912,7 +912,9 @@ def _make_engine(url: str) -> Engine:
             url = "postgresql://" + url[len("postgres://") :]
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://") :]
-        return sa.create_engine(url, pool_pre_ping=True)
+        # A connection attempt to a vanished server fails in seconds, not minutes: the
+        # callers wait outages out themselves (stream.outage), with backoff.
+        return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
     raise ValueError(
         f"unsupported store URL {url.split('://')[0]}://…; use sqlite:///PATH or postgresql://…"
     )

@@ -18,6 +18,7 @@ from stream.broker import ensure_topics
 from stream.clients import make_consumer, make_producer, make_reader
 from stream.entities import EntityTagger, WatchList
 from stream.health import HealthServer, Readiness
+from stream.health import serve_health as health_server
 from stream.outage import Health
 from stream.publish import Publisher
 from stream.scorer import Scorer, ServingWatcher, load_serving
@@ -54,12 +55,9 @@ def topic_model(settings: Settings, embed: Callable[[list[str]], np.ndarray]) ->
 
 def serve_health(settings: Settings, health: Health, ready: Readiness) -> HealthServer | None:
     """``/healthz``, ``/readyz`` and ``/metrics`` on ``MOODWIRE_METRICS_PORT``, when set."""
-    if not settings.metrics_port:
-        return None
-    server = HealthServer(
-        health, ready, host=settings.metrics_host, port=settings.metrics_port
-    ).start()
-    log.info("health_listening", port=server.port, paths=["/healthz", "/readyz", "/metrics"])
+    server = health_server(health, ready, port=settings.metrics_port, host=settings.metrics_host)
+    if server is not None:
+        log.info("health_listening", port=server.port, paths=["/healthz", "/readyz", "/metrics"])
     return server
 
 

@@ -111,3 +111,12 @@ class HealthServer:
                 pass  # probes every few seconds: not worth a log line each
 
         return Handler
+
+
+def serve_health(
+    health: Health, ready: Readiness, *, port: int | None, host: str = "127.0.0.1"
+) -> HealthServer | None:
+    """A started :class:`HealthServer` on ``port``, or None when no port is configured."""
+    if not port:
+        return None
+    return HealthServer(health, ready, host=host, port=port).start()

@@ -86,7 +86,7 @@ LAST_BATCH = Gauge("moodwire_last_batch_timestamp_seconds", "When the last batch
 _IDLE_ALERTS_S = 5.0  # how often an idle worker still runs the alert rules
 _CANARY = "Company reports quarterly results in line with expectations"
 # Commit errors that mean the group moved on without us: the batch is the new owner's.
-_COMMIT_LOST = (
+COMMIT_LOST = (
     kafka_errors.CommitFailedError,
     kafka_errors.IllegalGenerationError,
     kafka_errors.UnknownMemberIdError,
@@ -730,10 +730,10 @@ class Worker:
             self.waiter.run(
                 lambda: self.consumer.commit(commit),
                 "kafka",
-                transient=lambda e: is_outage(e) and not isinstance(e, _COMMIT_LOST),
+                transient=lambda e: is_outage(e) and not isinstance(e, COMMIT_LOST),
                 what="commit",
             )
-        except _COMMIT_LOST as exc:
+        except COMMIT_LOST as exc:
             # Stored and published already; the partition's new owner reads the batch
             # again and the store's idempotence absorbs it.
             log.warning(

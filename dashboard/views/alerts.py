@@ -80,6 +80,7 @@ def _alert(a: dict, expanded: bool) -> None:
 
 
 @st.fragment(run_every=refresh)
+@ui.survive_outages
 def live() -> None:
     window = chosen.resolve(url)
     since = window[0] if window else None

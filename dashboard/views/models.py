@@ -52,6 +52,7 @@ def _gate_rows(cards: list[dict]) -> pd.DataFrame:
 
 
 @st.fragment(run_every=refresh)
+@ui.survive_outages
 def live() -> None:
     serving, cards = data.models(registry)
     events = data.timeline(url)

@@ -26,6 +26,7 @@ elif scope_label == "a topic":
 
 
 @st.fragment(run_every=refresh)
+@ui.survive_outages
 def live() -> None:
     counts = data.headline_counts(url)
     cols = st.columns(5)

@@ -223,3 +223,32 @@ def test_a_correction_needs_the_credential_and_shows_at_once(populated: Settings
     assert (shown["label"], shown["topic"], bool(shown["corrected"])) == (
         "negative", "legal_regulatory", True
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(("page", "title"), list(zip(PAGES, TITLES, strict=True)))
+def test_a_store_outage_is_a_notice_not_a_traceback_and_the_page_recovers(
+    settings: Settings, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    page: str, title: str,
+) -> None:  # fmt: skip
+    from moodwire.proxy import TcpProxy
+
+    host_port = pg_url.split("@", 1)[1].split("/", 1)[0]
+    host, port = host_port.split(":")
+    with TcpProxy(host, int(port)) as proxy:
+        url = pg_url.replace(host_port, proxy.address)
+        s = settings.with_overrides(store_url=url, registry=tmp_path / "registry")
+        populate_dashboard_store(Store(url), s.resolved_registry())
+        for key, value in settings_env(s).items():
+            monkeypatch.setenv(key, value)
+        proxy.go_down()
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.switch_page(page)
+        at.run()
+        assert not at.exception, at.exception
+        warned = " ".join(w.value for w in at.warning)
+        assert "The store is unreachable" in warned and "tries again" in warned
+        proxy.come_back()
+        at.run()
+        assert not at.exception, at.exception
+        assert [t.value for t in at.title] == [title]
+        assert not [w for w in at.warning if "unreachable" in w.value]
