@@ -16,7 +16,7 @@ import pandas as pd
 import sqlalchemy as sa
 import streamlit as st
 
-from learner.registry import Registry
+from learner.registry import Registry, RegistryError
 from moodwire.settings import Settings
 from moodwire.store import (
     Store,
@@ -366,6 +366,9 @@ def models(registry_path: str) -> tuple[str | None, list[dict[str, Any]]]:
         versions = registry.versions()
     except FileNotFoundError:
         return None, []
+    except RegistryError as exc:  # a malformed pointer: show the versions, say what is wrong
+        st.error(f"The registry's serving pointer is unusable: {exc}")
+        return None, [{"version": v.name, **v.card} for v in reversed(registry.versions())]
     return serving, [{"version": v.name, **v.card} for v in reversed(versions)]
 
 

@@ -24,6 +24,8 @@ from moodwire.cli import UserError, command, print_json
 from moodwire.operations import NotAllowed
 from moodwire.settings import Settings
 from stream.broker import BrokerError
+from stream.errors import ConfigFileError
+from stream.outage import Stopping
 
 log = structlog.get_logger("moodwire")
 
@@ -38,6 +40,7 @@ USER_ERRORS = (
     BrokerError,
     FileNotFoundError,
     NotAllowed,
+    ConfigFileError,
 )
 
 
@@ -97,7 +100,10 @@ def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from moodwire.wiring import build_worker
 
     with stop_on_signals() as stop:
-        worker, close = build_worker(settings)
+        try:
+            worker, close = build_worker(settings, stop=stop)
+        except Stopping:
+            return 0  # asked to stop while waiting for the store or the broker
         try:
 
             def on_batch(_result: object) -> None:
@@ -120,7 +126,10 @@ def learner_cmd(args: argparse.Namespace, settings: Settings) -> int:
         if not lock.acquire(stop):
             return 0
         try:
-            proc, close = build_learner(settings, progress=args.progress)
+            try:
+                proc, close = build_learner(settings, progress=args.progress, stop=stop)
+            except Stopping:
+                return 0  # asked to stop while waiting for the store or the broker
             try:
                 proc.run(stop)
             finally:

@@ -163,7 +163,10 @@ class LearnerProcess:
         self.set_stop(threading.Event())
         version = registry.serving()
         if version is None:
-            raise RuntimeError("no model serves: bootstrap one before starting the learner")
+            raise RegistryError(
+                f"no model serves in registry {registry.root}: bootstrap one before starting "
+                "the learner (`moodwire bootstrap --train FILE`)"
+            )
         replay, heldout = _memories(settings)
         self.learner = ContinualLearner(load(version), version, settings.learner, replay, heldout)
         self._label_seq = 0  # every stored label up to this sequence number is learned
@@ -590,17 +593,26 @@ def _gate_log(outcome: Outcome) -> dict[str, Any]:
 
 
 def build_learner(
-    settings: Settings, *, progress: bool = False
+    settings: Settings, *, progress: bool = False, stop: threading.Event | None = None
 ) -> tuple[LearnerProcess, Callable[[], None]]:
     """A ready learner process and the function that closes what it opened."""
+    from moodwire.wiring import wait_for
     from stream.broker import ensure_topics
     from stream.clients import make_consumer, make_producer
 
     health = Health("learner")
     registry = Registry(settings.resolved_registry())
-    store = Store(settings.resolved_store_url())
+    store = wait_for("store", lambda: Store(settings.resolved_store_url()), health, stop, settings)
     topics = settings.topics
-    ensure_topics(settings.bootstrap_servers, [topics.labels, topics.control], settings.partitions)
+    wait_for(
+        "kafka",
+        lambda: ensure_topics(
+            settings.bootstrap_servers, [topics.labels, topics.control], settings.partitions
+        ),
+        health,
+        stop,
+        settings,
+    )
 
     def load(version: str) -> SentimentClassifier:
         return load_version(
@@ -615,9 +627,14 @@ def build_learner(
         client_id="moodwire-learner",
     )
     publisher = Publisher(lambda: make_producer(settings, client_id="moodwire-learner"))
-    proc = LearnerProcess(
-        settings, store, registry, consumer, publisher, load, progress=progress, health=health
-    )
+    try:
+        proc = LearnerProcess(
+            settings, store, registry, consumer, publisher, load, progress=progress, health=health
+        )
+    except BaseException:  # a refused model: close what was opened, then say why
+        consumer.close(autocommit=False)
+        publisher.close()
+        raise
 
     def ready() -> tuple[bool, dict]:
         return True, {"model_version": proc.learner.version}

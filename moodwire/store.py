@@ -402,22 +402,8 @@ class Store:
         """Store labels idempotently (on their ``id``); returns the rows that were new."""
         if not rows:
             return []
-        now = datetime.now(UTC)
         with self.engine.begin() as conn:
-            known: set[str] = set()
-            for chunk in _chunks([r["id"] for r in rows], 500):
-                known.update(
-                    conn.execute(sa.select(labels.c.id).where(labels.c.id.in_(chunk))).scalars()
-                )
-            fresh, seen = [], set()
-            for r in rows:
-                if r["id"] in known or r["id"] in seen:
-                    continue
-                seen.add(r["id"])
-                fresh.append(dict(r, received_at=now))
-            if fresh:
-                conn.execute(self._insert(labels), fresh)
-        return fresh
+            return self.add_labels_in(conn, rows)
 
     def add_labels_in(self, conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """:meth:`add_labels` inside the caller's transaction (e.g. :meth:`audited`'s)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import structlog
@@ -14,12 +16,12 @@ from moodwire.settings import Settings
 from moodwire.store import Store
 from retrieval.past_items import PastItems
 from stream.alerting import Alerter
-from stream.broker import ensure_topics
+from stream.broker import BrokerError, ensure_topics
 from stream.clients import make_consumer, make_producer, make_reader
 from stream.entities import EntityTagger, WatchList
 from stream.health import HealthServer, Readiness
 from stream.health import serve_health as health_server
-from stream.outage import Health
+from stream.outage import Health, Waiter, is_outage
 from stream.publish import Publisher
 from stream.scorer import Scorer, ServingWatcher, load_serving
 from stream.topics import Taxonomy, TopicModel
@@ -27,6 +29,8 @@ from stream.webhook import WebhookSink
 from stream.worker import Worker
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 def stream_monitor(settings: Settings, **overrides: int) -> StreamMonitor:
@@ -112,16 +116,37 @@ class CorrectedTopics:
         return [topic for topic, _ in self.model.assign(vectors)]
 
 
+def wait_for(
+    what: str,
+    make: Callable[[], T],
+    health: Health,
+    stop: threading.Event | None,
+    settings: Settings,
+) -> T:
+    """``make()``, retried while its dependency is down (a process starting in an outage
+    waits for it, as a running one does)."""
+    waiter = Waiter(
+        health,
+        stop or threading.Event(),
+        initial_s=settings.retry_initial_s,
+        max_s=settings.retry_max_s,
+    )
+    return waiter.run(
+        make, what, transient=lambda e: is_outage(e) or isinstance(e, BrokerError), what=what
+    )
+
+
 def build_worker(
-    settings: Settings, *, scorer: Scorer | None = None
+    settings: Settings, *, scorer: Scorer | None = None, stop: threading.Event | None = None
 ) -> tuple[Worker, Callable[[], None]]:
     """A ready worker and the function that closes everything it opened.
 
     The worker follows the registry's serving version between batches and
-    watches the scored stream with the drift detectors the settings name.
+    watches the scored stream with the drift detectors the settings name. A
+    store or broker that is down at start is waited for (until ``stop``).
     """
     health = Health("worker")
-    store = Store(settings.resolved_store_url())
+    store = wait_for("store", lambda: Store(settings.resolved_store_url()), health, stop, settings)
     # Watch the pointer before loading: a promotion while the model loads is seen at once.
     serving = ServingWatcher(Registry(settings.resolved_registry()))
     scorer = scorer or load_serving(settings)
@@ -135,10 +160,16 @@ def build_worker(
         snapshot_every=settings.index_snapshot_every,
     )
     topics = settings.topics
-    ensure_topics(
-        settings.bootstrap_servers,
-        [topics.news, topics.scored, topics.dlq, topics.control, topics.alerts],
-        settings.partitions,
+    wait_for(
+        "kafka",
+        lambda: ensure_topics(
+            settings.bootstrap_servers,
+            [topics.news, topics.scored, topics.dlq, topics.control, topics.alerts],
+            settings.partitions,
+        ),
+        health,
+        stop,
+        settings,
     )
     publisher = Publisher(
         lambda: make_producer(settings, client_id="moodwire-worker"),

@@ -39,6 +39,8 @@ def make_producer(settings: Settings, *, client_id: str = "moodwire") -> KafkaPr
         request_timeout_ms=10_000,
         delivery_timeout_ms=30_000,
         max_block_ms=10_000,
+        # Back within seconds of a broker's return (the default backoff grows to 30 s).
+        reconnect_backoff_max_ms=5_000,
     )
 
 
@@ -67,6 +69,7 @@ def make_consumer(
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         max_poll_records=settings.batch_size,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        reconnect_backoff_max_ms=5_000,
         # Oversized items must reach the worker to be dead-lettered, not stall the fetcher.
         max_partition_fetch_bytes=max(1 << 20, settings.max_message_bytes * 4),
     )

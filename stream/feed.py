@@ -50,7 +50,9 @@ def row_to_item(row: dict[str, Any], text_col: str = "text") -> dict[str, Any]:
     if (v := _first(row, _ENTITY_COLS)) is not None:
         if isinstance(v, str):
             v = [e.strip() for e in v.replace(";", ",").split(",") if e.strip()]
-        item["entities"] = [str(e) for e in v]
+        elif not isinstance(v, list):
+            v = [v]  # one entity given as a bare value (a number, say)
+        item["entities"] = [str(e) for e in v if not isinstance(e, dict | list)]
     return item
 
 

@@ -35,16 +35,6 @@ SENDS = Counter(
     "moodwire_sends_total", "Records sent to Kafka, by topic kind and outcome", ["outcome"]
 )
 
-# Errors after which a producer is not trusted again: replace it.
-_BROKEN_PRODUCER = (
-    kafka_errors.UnknownProducerIdError,
-    kafka_errors.OutOfOrderSequenceNumberError,
-    kafka_errors.InvalidProducerEpochError,
-    kafka_errors.InvalidProducerIdMappingError,
-    kafka_errors.IllegalStateError,
-    kafka_errors.KafkaConnectionError,
-)
-
 
 @dataclass(frozen=True)
 class Outgoing:
@@ -92,6 +82,7 @@ class Publisher:
     ) -> None:
         self._make_producer = make_producer
         self.producer = make_producer()
+        self._stale = False  # the producer failed a send: use a new one for the next attempt
         self.timeout_s = timeout_s
         if on_topic is None and make_reader is not None:
 
@@ -146,6 +137,8 @@ class Publisher:
         def attempt() -> None:
             nonlocal unsure
             delivery.attempts += 1
+            if self._stale:
+                self.reset_producer()
             if unsure and self.on_topic is not None:
                 self._drop_found(pending, delivery)
             if not pending:
@@ -160,9 +153,11 @@ class Publisher:
                     pending.pop(ref, None)
             if pending:
                 unsure = True
+                # An idempotent kafka-python producer whose send expired or ran out of
+                # retries never sends again (and one that outlived a broker restart has
+                # an unknown producer id): the next attempt uses a new one.
+                self._stale = True
                 first = next(iter(failed[ref] for ref in pending if ref in failed), None)
-                if isinstance(first, _BROKEN_PRODUCER) or delivery.attempts % 3 == 0:
-                    self.reset_producer(reason=type(first).__name__)
                 raise SendFailed(f"{len(pending)} record(s) not acknowledged: {first}") from first
 
         waiter.run(
@@ -187,13 +182,18 @@ class Publisher:
         if delivery.found:
             log.info("sends_found_on_topic", n=len(delivery.found))
 
-    def reset_producer(self, reason: str = "") -> None:
-        """Close the producer (without waiting on a dead broker) and build a new one."""
+    def reset_producer(self) -> None:
+        """Close the producer (without waiting on a dead broker) and build a new one.
+
+        Building one needs the broker: if that fails, the error is raised (an
+        outage, for the caller's waiter) and the next attempt tries again.
+        """
         old = self.producer
-        with contextlib.suppress(Exception):  # it is being replaced because it is broken
+        with contextlib.suppress(Exception):  # it is being replaced because it failed
             old.close(timeout=1)
         self.producer = self._make_producer()
-        log.warning("producer_replaced", reason=reason)
+        self._stale = False
+        log.info("producer_replaced")
 
     def send_nowait(self, topic: str, key: bytes | None, value: bytes, what: str) -> None:
         """Fire and forget, with the failure logged (advisory messages: drift, alerts)."""
