@@ -160,19 +160,21 @@ def produce_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from stream.broker import ensure_topics
     from stream.clients import make_producer
     from stream.feed import looped, publish, row_to_item
+    from stream.publish import Publisher
 
     rows = read_records(args.file, text_col=args.text_col)
     text_col = args.text_col or _detected_text_col(rows)
     items = [row_to_item(r, text_col) for r in rows]
     ensure_topics(settings.bootstrap_servers, [settings.topics.news], settings.partitions)
-    producer = make_producer(settings, client_id="moodwire-produce")
+    publisher = Publisher(lambda: make_producer(settings, client_id="moodwire-produce"))
     stream_ = looped(items, args.loop)
     if args.limit is not None:
         stream_ = islice(stream_, args.limit)
     with stop_on_signals() as stop:
         try:
+            # Every send checked: a broker outage is waited out, nothing is skipped.
             sent = publish(
-                producer,
+                publisher,
                 settings.topics.news,
                 stream_,
                 rate=args.rate,
@@ -180,7 +182,8 @@ def produce_cmd(args: argparse.Namespace, settings: Settings) -> int:
                 stop=stop,
             )
         finally:
-            producer.close()
+            publisher.close()
+    # "sent" counts what the broker acknowledged.
     print_json({"sent": sent, "topic": settings.topics.news, "file": str(args.file)})
     return 0
 

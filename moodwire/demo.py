@@ -28,7 +28,7 @@ import structlog
 
 from learner.registry import Registry
 from moodwire.settings import Settings
-from stream.broker import BrokerError, EmbeddedBroker, ensure_topics, free_port
+from stream.broker import EmbeddedBroker, ensure_topics, free_port
 
 log = structlog.get_logger("moodwire.demo")
 
@@ -105,10 +105,12 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
     from moodwire.store import Store
     from stream.clients import make_producer
     from stream.feed import publish
+    from stream.publish import Publisher
     from stream.synthetic import demo_stream, iter_annotations
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     started: list[tuple[str, object]] = []  # what to stop, in reverse order
+    owned_broker: EmbeddedBroker | None = None
     with stop_on_signals() as stop:
         try:
             # 1. The broker.
@@ -123,6 +125,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
                 broker = EmbeddedBroker(
                     port=port, log_path=settings.data_dir / "broker.log"
                 ).start()
+                owned_broker = broker
                 started.append(("broker", broker))
                 settings = settings.with_overrides(bootstrap_servers=broker.bootstrap_servers)
                 ensure_topics(
@@ -142,7 +145,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
 
                 dash_log = settings.data_dir / "dashboard.log"
                 dash_env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-                dash = _spawn(dashboard_argv(args.dashboard_port), dash_env, dash_log)
+                dash = Child("dashboard", dashboard_argv(args.dashboard_port), dash_env, dash_log)
                 started.append(("dashboard", dash))
                 _say(f"dashboard   http://127.0.0.1:{args.dashboard_port}")
 
@@ -161,13 +164,16 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
             settings = _demo_alert_settings(settings, args.rate)
             env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
             worker_log = settings.data_dir / "worker.log"
-            worker = _spawn([sys.executable, "-m", "moodwire", "worker"], env, worker_log)
+            worker = Child("worker", [sys.executable, "-m", "moodwire", "worker"], env, worker_log)
             started.append(("worker", worker))
             _say(f"worker      pid {worker.pid}, log {worker_log}")
             learner_log = settings.data_dir / "learner.log"
-            learner = _spawn([sys.executable, "-m", "moodwire", "learner"], env, learner_log)
+            learner = Child(
+                "learner", [sys.executable, "-m", "moodwire", "learner"], env, learner_log
+            )
             started.append(("learner", learner))
             _say(f"learner     pid {learner.pid}, log {learner_log}")
+            children = [c for n, c in started if isinstance(c, Child)]
 
             # 5. The generated feed, in a thread, paced in real time: the script (a surge,
             # then a drift), then on in the drifted world until stopped.
@@ -178,7 +184,8 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
                 "seconds_between": 1.0 / args.rate,
                 "forever": True,
             }
-            producer = make_producer(settings, client_id="moodwire-demo-feed")
+            # Checked sends, and a new producer after a broker restart: nothing fed is lost.
+            producer = Publisher(lambda: make_producer(settings, client_id="moodwire-demo-feed"))
             feed_stop = threading.Event()
             feeder = threading.Thread(
                 target=publish,
@@ -196,14 +203,15 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
                 seed=seed,
                 delay_s=args.label_delay,
             )
+            labeller = Publisher(lambda: make_producer(settings, client_id="moodwire-demo-labels"))
             annotator = threading.Thread(
                 target=_annotate,
-                args=(producer, settings.topics.labels, labels),
+                args=(labeller, settings.topics.labels, labels),
                 kwargs={"delay": args.label_delay, "stop": feed_stop},
                 daemon=True,
             )
             annotator.start()
-            started.append(("annotators", (annotator,)))
+            started.append(("annotators", (annotator, labeller)))
             _say(
                 f"feed        {args.items} scripted items at {args.rate:g}/s (surge on INIT at item "
                 f"{int(args.items * 0.35)}, drift at {int(args.items * 0.6)}), then on in the new regime"
@@ -219,13 +227,22 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
             store = Store(settings.resolved_store_url())
             shown: dict[str, int] = {}
             while not stop.wait(5.0):
-                for name, proc, path in (
-                    ("worker", worker, worker_log),
-                    ("learner", learner, learner_log),
-                ):
-                    if proc.poll() is not None:
-                        raise BrokerError(f"the {name} exited with {proc.returncode}; see {path}")
-                stats = store.stats()
+                # A part that died is restarted (with backoff): the demo never just stops.
+                if owned_broker is not None and not owned_broker.alive():
+                    _say("broker      exited; restarting it (empty: the embedded one is in memory)")
+                    owned_broker.start()
+                    ensure_topics(
+                        settings.bootstrap_servers, settings.topics.all(), settings.partitions
+                    )
+                for child in children:
+                    news = child.check()
+                    if news:
+                        _say(news)
+                try:
+                    stats = store.stats()
+                except Exception as exc:  # noqa: BLE001 - the store may be the part that is down
+                    _say(f"store       unreachable ({type(exc).__name__}); the parts wait for it")
+                    continue
                 _say(json.dumps(_summary(stats)))
                 for alert in reversed(store.alert_rows(limit=20)):
                     if shown.get(alert["id"]) != alert["revision"]:
@@ -310,6 +327,49 @@ def _annotate(
         publish(producer, topic, labels, time_warp=1.0, stop=stop)  # type: ignore[arg-type]
 
 
+class Child:
+    """A process the demo keeps running: restarted, with backoff, whenever it exits."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
+        self.proc = _spawn(argv, env, log_path)
+        self.restarts = 0
+        self._restart_at: float | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def check(self) -> str | None:
+        """Restart the process if it exited; a line for the console when something happened."""
+        if self.proc.poll() is None:
+            return None
+        now = time.monotonic()
+        if self._restart_at is None:
+            delay = min(30, 2 ** min(self.restarts, 5))
+            self._restart_at = now + delay
+            return (
+                f"{self.name:<11} exited with code {self.proc.returncode}; restarting in "
+                f"{delay} s (log {self.log_path})"
+            )
+        if now < self._restart_at:
+            return None
+        self.proc = _spawn(self.argv, self.env, self.log_path)
+        self.restarts += 1
+        self._restart_at = None
+        return f"{self.name:<11} restarted (pid {self.proc.pid}, restart {self.restarts})"
+
+    def stop(self, timeout_s: float) -> None:
+        proc = self.proc
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     # Own session: the demo stops its children itself, in order, on Ctrl-C.
     with open(log_path, "ab") as out:
@@ -328,15 +388,9 @@ def _shutdown(started: list[tuple[str, object]]) -> None:
                 producer.close()
             elif name == "annotators":
                 thing[0].join(10)  # type: ignore[index]
-            elif name in ("worker", "learner", "dashboard"):
-                proc: subprocess.Popen = thing  # type: ignore[assignment]
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(60 if name == "worker" else 10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                thing[1].close()  # type: ignore[index]
+            elif isinstance(thing, Child):
+                thing.stop(60 if name == "worker" else 10)
             elif name == "broker":
                 thing.stop()  # type: ignore[attr-defined]
             log.info("demo_stopped_part", part=name)

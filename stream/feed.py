@@ -17,12 +17,16 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from stream.outage import Health, Stopping, Waiter
+from stream.publish import Outgoing, Publisher
 from stream.schemas import NewsItem
 
 _ID_COLS = ("id", "item_id", "uuid")
 _TS_COLS = ("ts", "timestamp", "created_at", "date", "datetime", "published_at", "time")
 _SOURCE_COLS = ("source", "feed", "author")
 _ENTITY_COLS = ("entities", "tickers", "symbols")
+_GROUP = 200  # items sent before their acknowledgements are checked
+_GROUP_S = 0.2  # or seconds
 
 
 def _first(row: dict[str, Any], names: tuple[str, ...]) -> Any:
@@ -75,22 +79,47 @@ def _event_seconds(item: dict[str, Any]) -> float | None:
 
 
 def publish(
-    producer: KafkaProducer,
+    producer: KafkaProducer | Publisher,
     topic: str,
     items: Iterable[dict[str, Any]],
     *,
     rate: float | None = None,
     time_warp: float | None = None,
     stop: threading.Event | None = None,
+    health: Health | None = None,
 ) -> int:
-    """Send items in order, paced by ``rate`` and/or ``time_warp``; returns how many."""
+    """Send items in order, paced by ``rate`` and/or ``time_warp``; returns how many.
+
+    Every send is checked: items go out in small groups (every ``_GROUP`` items
+    or ``_GROUP_S`` seconds), each delivered and acknowledged before the next
+    (:class:`~stream.publish.Publisher`), so a broker outage is waited out
+    rather than losing the feed. Returns early, not counting what was not
+    acknowledged, when ``stop`` is set.
+    """
+    publisher = producer if isinstance(producer, Publisher) else Publisher(lambda: producer)
+    stop = stop or threading.Event()
+    waiter = Waiter(health or Health("feed"), stop)
     sent = 0
+    group: list[Outgoing] = []
+    grouped_at = time.monotonic()
+
+    def deliver() -> None:
+        nonlocal sent, group, grouped_at
+        if group:
+            try:
+                done = publisher.deliver(group, waiter)
+            except Stopping:
+                group = []
+                return
+            sent += len(done.published)
+        group, grouped_at = [], time.monotonic()
+
     start = time.monotonic()
     first_event: float | None = None
-    for item in items:
-        if stop is not None and stop.is_set():
+    for queued, item in enumerate(items):
+        if stop.is_set():
             break
-        due = start + sent / rate if rate else start
+        due = start + queued / rate if rate else start
         if time_warp:
             event = _event_seconds(item)
             if event is not None:
@@ -98,19 +127,17 @@ def publish(
                 due = max(due, start + (event - first_event) / time_warp)
         delay = due - time.monotonic()
         if delay > 0:
-            if stop is not None:
-                if stop.wait(delay):
-                    break
-            else:
-                time.sleep(delay)
+            deliver()  # waiting anyway: send what is queued first
+            if stop.wait(max(0.0, due - time.monotonic())):
+                break
         key = item.get("id")
-        producer.send(
-            topic,
-            key=str(key).encode() if key else None,
-            value=json.dumps(item, ensure_ascii=False).encode("utf-8"),
-        )
-        sent += 1
-    producer.flush()
+        # A lone surrogate (a broken emoji in the file) goes out as its JSON escape.
+        value = json.dumps(item, ensure_ascii=False).encode("utf-8", "backslashreplace")
+        key_bytes = str(key).encode("utf-8", "backslashreplace") if key else None
+        group.append(Outgoing(topic, key_bytes, value, queued))
+        if len(group) >= _GROUP or time.monotonic() - grouped_at >= _GROUP_S:
+            deliver()
+    deliver()
     return sent
 
 

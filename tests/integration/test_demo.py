@@ -119,3 +119,42 @@ def test_demo_duration_stops_cleanly_with_an_existing_model(
     counts = [json.loads(line)["items"] for line in lines if line.startswith('{"items"')]
     assert counts[-1] > 0 and counts == sorted(counts), counts
     assert time.monotonic() - t0 < 200
+
+
+def test_demo_restarts_a_part_that_dies_and_goes_on(tmp_path: Path, model_registry: Path) -> None:
+    import threading
+
+    registry = tmp_path / "registry"
+    shutil.copytree(model_registry, registry)
+    env = _env(tmp_path) | {"MOODWIRE_REGISTRY": str(registry)}
+    argv = ["demo", "--headless", "--duration", "90", "--items", "3000", "--rate", "30"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moodwire", *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    store_url = f"sqlite:///{(tmp_path / 'moodwire.db').resolve()}"
+    try:
+        wait_until(lambda: any(x.startswith("worker      pid") for x in lines), 200, "a worker")
+        pid = int(next(x for x in lines if x.startswith("worker      pid")).split()[2].rstrip(","))
+        wait_until(lambda: Store(store_url).count_items() >= 50, 200, "items flowing", 1.0)
+        os.kill(pid, signal.SIGKILL)
+        killed_at = Store(store_url).count_items()
+        wait_until(lambda: any("worker" in x and "restarted" in x for x in lines), 60, "a restart")
+        wait_until(
+            lambda: Store(store_url).count_items() > killed_at + 100, 120, "items after the restart"
+        )
+        proc.wait(timeout=200)
+        reader.join(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "\n".join(lines[-20:])
+    assert any(x.startswith("worker") and "exited with code -9" in x for x in lines), lines
+    assert _children_gone(proc.pid)
