@@ -287,3 +287,48 @@ def _force_pointer(registry: Registry, version: str) -> None:
     tmp = registry.serving_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(state))
     tmp.replace(registry.serving_file)
+
+
+def _label_values(n: int, seed: int) -> list[bytes]:
+    return [
+        json.dumps(
+            {"text": i["text"], "label": i["meta"]["true_label"], "source": "test", "id": i["id"]}
+        ).encode()
+        for i in demo_feed(n, seed=seed)
+    ]
+
+
+def test_the_learner_waits_out_a_database_outage_and_dead_letters_bad_labels(
+    settings: Settings, tmp_path: Path, pg_url: str, model_registry: Path
+) -> None:
+    import shutil
+
+    host_port = pg_url.split("@", 1)[1].split("/", 1)[0]
+    host, port = host_port.split(":")
+    shutil.copytree(model_registry, tmp_path / "registry")
+    with TcpProxy(host, int(port)) as proxy:
+        s = settings.with_overrides(
+            store_url=pg_url.replace(host_port, proxy.address), registry=tmp_path / "registry"
+        )
+        store = Store(s.resolved_store_url())
+        log = tmp_path / "learner.log"
+        proc = start_process(["learner"], settings_env(s), log)
+        try:
+            wait_until(lambda: log_events(log, "learner_active"), 120, "the learner to start")
+            bad = [b"\x00", b'{"text": "x", "label": "negative", "source": "' + b"s" * 65 + b'"}']
+            produce(s.bootstrap_servers, s.topics.labels, _label_values(40, 31) + bad)
+            wait_until(lambda: store.stats()["labels"]["total"] == 40, 60, "labels stored")
+            proxy.go_down()
+            produce(s.bootstrap_servers, s.topics.labels, _label_values(60, 32))
+            time.sleep(15)
+            assert proc.poll() is None, "the learner died during the outage"
+            proxy.come_back()
+            wait_until(lambda: store.stats()["labels"]["total"] == 100, 120, "all labels stored")
+            assert proc.poll() is None
+        finally:
+            assert stop_process(proc) == 0, log.read_text()[-3000:]
+    dlq = [json.loads(r.value) for r in read_all(s.bootstrap_servers, s.topics.dlq)]
+    assert sorted(d["raw_bytes"] for d in dlq) == sorted(len(b) for b in bad)
+    assert all(d["topic"] == s.topics.labels and d["reason"] == "schema" for d in dlq)
+    recovered = [e for e in log_events(log, "dependency_recovered") if e["dependency"] == "store"]
+    assert recovered and recovered[-1]["outage_s"] >= 10
