@@ -223,19 +223,34 @@ def write_json_atomic(path: Path, payload: object) -> None:
     """Write JSON so that a crash leaves either the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(payload, f, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # a full disk leaves no half file behind
+        raise
 
 
 def load(path: Path, default: Persistable) -> Persistable:
     """The persisted buffer, or ``default`` when there is none yet."""
     if not path.is_file():
         return default
-    payload = json.loads(path.read_text(encoding="utf-8"))
     kinds = {k.__name__: k for k in (Reservoir, ClassBalancedReservoir, DiverseMemory)}
-    buf = kinds[payload["kind"]](capacity=int(payload["capacity"]))
-    buf.restore(payload["state"])
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        buf = kinds[payload["kind"]](capacity=int(payload["capacity"]))
+        buf.restore(payload["state"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise MemoryFileError(
+            f"{path}: unreadable replay memory ({type(exc).__name__}: {str(exc)[:120]}); "
+            "restore it from a backup, or delete it to start that memory afresh (the labels "
+            "stay in the store)"
+        ) from exc
     return buf
+
+
+class MemoryFileError(ValueError):
+    """A learner's memory file that cannot be read (damaged, edited, truncated)."""

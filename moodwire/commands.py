@@ -20,6 +20,7 @@ import structlog
 from learner.classifier import ModelLoadError
 from learner.data import DataError
 from learner.registry import Registry, RegistryError
+from learner.replay import MemoryFileError
 from moodwire.cli import UserError, command, print_json
 from moodwire.operations import NotAllowed
 from moodwire.settings import Settings
@@ -41,6 +42,7 @@ USER_ERRORS = (
     FileNotFoundError,
     NotAllowed,
     ConfigFileError,
+    MemoryFileError,
 )
 
 
@@ -613,6 +615,44 @@ def bench_dashboard_cmd(args: argparse.Namespace, settings: Settings) -> int:
         args.out.write_text(json.dumps(result, indent=2))
     print_json(result)
     return 0
+
+
+@command("bench faults")
+@_guard
+def bench_faults_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from moodwire.bench_faults import FULL, PARTS, SHORT, run_faults, table
+
+    base = FULL if args.full else SHORT
+    given = {
+        "fuzz_cases": args.fuzz_cases,
+        "kills": args.kills,
+        "items": args.items,
+        "learner_kills": args.learner_kills,
+        "broker_restarts": args.broker_restarts,
+        "outage_s": args.outage_s,
+    }
+    for name, value in given.items():
+        if value is not None and value < (1 if name in ("items", "outage_s") else 0):
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1 (or 0 for counts)")
+    sizes = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    result = run_faults(
+        settings,
+        sizes=sizes,
+        parts=tuple(args.only or PARTS),
+        seed=args.seed,
+        registry_given=args.registry is not None or "registry" in Settings().model_fields_set,
+        pg_admin=None if args.no_postgresql else args.postgresql,
+        keep_work=args.keep_work,
+        full=args.full,
+    )
+    print(table(result), file=sys.stderr, flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=str))
+    print_json(result)
+    return 0 if result["passed"] else 1
 
 
 def dashboard_argv(port: int, address: str = "127.0.0.1") -> list[str]:

@@ -45,7 +45,7 @@ from learner.data import LabelledText
 from learner.drift import DriftEvent
 from learner.loading import load_version, smoke_check
 from learner.registry import Registry, RegistryError
-from learner.replay import Reservoir
+from learner.replay import MemoryFileError, Reservoir
 from moodwire.operations import audited_switch
 from moodwire.settings import Settings
 from moodwire.store import Store
@@ -167,20 +167,34 @@ class LearnerProcess:
                 f"no model serves in registry {registry.root}: bootstrap one before starting "
                 "the learner (`moodwire bootstrap --train FILE`)"
             )
-        replay, heldout = _memories(settings)
-        self.learner = ContinualLearner(load(version), version, settings.learner, replay, heldout)
+        # Memories and state come from disk in _reload_state.
+        self.learner = ContinualLearner(load(version), version, settings.learner, None, None)
+        self._refused: tuple[str | None, str] | None = None  # a serving state it would not load
+        self._reload_state()
+
+    def _reload_state(self) -> None:
+        """What the learner knows, as last saved (at start, and after an unexpected error:
+        the same as a restart, so nothing half-done in memory is trusted)."""
+        self.learner.replay, self.learner.heldout = _memories(self.settings)
         self._label_seq = 0  # every stored label up to this sequence number is learned
         self._learned: set[int] = set()  # learned ones above it (others wait for their item)
         self._awaiting: str | None = None  # a candidate waiting for an operator's approval
         self._waiting = True  # labels in the store may wait for their items (catch up at start)
-        self._refused: tuple[str | None, str] | None = None  # a serving state it would not load
         state_file = self.dir / "state.json"
-        if state_file.is_file():
+        if not state_file.is_file():
+            return
+        try:
             state = json.loads(state_file.read_text(encoding="utf-8"))
             self.learner.restore(state.get("learner", {}))
             self._label_seq = int(state.get("label_seq", 0))
-            self._learned = set(state.get("learned_above", []))
+            self._learned = {int(q) for q in state.get("learned_above", [])}
             self._awaiting = state.get("awaiting")
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise MemoryFileError(
+                f"{state_file}: unreadable learner state ({type(exc).__name__}: "
+                f"{str(exc)[:120]}); restore it from a backup, or delete it to start the "
+                "learner's fresh pool afresh (the labels stay in the store)"
+            ) from exc
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -222,6 +236,7 @@ class LearnerProcess:
                 failures += 1
                 log.exception("learner_step_failed_retrying", failures=failures)
                 self._rewind()
+                self._reload_state()
                 backoff = self.settings.retry_initial_s * 2 ** min(failures, 8)
                 self.keepalive(min(self.settings.retry_max_s, backoff))
                 self.keepalive.resume()

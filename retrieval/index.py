@@ -18,6 +18,7 @@ and always rebuildable from the store, which keeps every embedding.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -122,21 +123,34 @@ class VectorIndex:
         return self._index.search(queries, k)
 
     def save(self, directory: Path) -> None:
+        """Write ``index.faiss`` and ``index.json`` (with the index file's sha256).
+
+        Both are written under per-process temporary names and renamed into
+        place, the index first; a half-written pair is caught by :meth:`load`
+        (checksum and count) and rebuilt. On a failure (a full disk) the
+        temporary files are removed and the error raised.
+        """
         directory.mkdir(parents=True, exist_ok=True)
         # Per-process temporary names: workers sharing a directory never clobber a half file.
         tmp = directory / f"index.faiss.{os.getpid()}.tmp"
-        faiss.write_index(self._cpu(), str(tmp))
-        tmp.replace(directory / "index.faiss")
-        meta = {
-            "dim": self.dim,
-            "kind": self.kind,
-            "space_id": self.space_id,
-            "max_id": self.max_id,
-            "ntotal": len(self),
-        }
         tmp_meta = directory / f"index.json.{os.getpid()}.tmp"
-        tmp_meta.write_text(json.dumps(meta))
-        tmp_meta.replace(directory / "index.json")
+        try:
+            faiss.write_index(self._cpu(), str(tmp))
+            meta = {
+                "dim": self.dim,
+                "kind": self.kind,
+                "space_id": self.space_id,
+                "max_id": self.max_id,
+                "ntotal": len(self),
+                "sha256": _sha256(tmp),
+            }
+            tmp_meta.write_text(json.dumps(meta))
+            tmp.replace(directory / "index.faiss")
+            tmp_meta.replace(directory / "index.json")
+        except BaseException:
+            for leftover in (tmp, tmp_meta):
+                leftover.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(
@@ -151,19 +165,40 @@ class VectorIndex:
         meta_path, index_path = directory / "index.json", directory / "index.faiss"
         if not (meta_path.is_file() and index_path.is_file()):
             return None
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+            if not isinstance(meta, dict) or not isinstance(meta.get("dim"), int):
+                raise ValueError("not an index description")
+        except (OSError, ValueError) as exc:
+            log.warning("index_meta_unreadable_rebuilding", path=str(meta_path), error=str(exc))
+            return None
         if meta.get("space_id") != space_id:
             raise IndexSpaceMismatch(
                 f"index in {directory} was built in space {meta.get('space_id')!r}, "
                 f"not {space_id!r}; delete it to rebuild from the store"
             )
+        if meta.get("sha256") != _sha256(index_path):
+            # Changed, half written, or from an older release: the store rebuilds it.
+            log.warning("index_checksum_mismatch_rebuilding", path=str(index_path))
+            return None
         try:
             raw = faiss.read_index(str(index_path))
         except RuntimeError as exc:
             log.warning("index_unreadable_rebuilding", path=str(index_path), error=str(exc))
+            return None
+        if raw.ntotal != meta.get("ntotal") or raw.d != meta["dim"]:
+            log.warning("index_count_mismatch_rebuilding", path=str(index_path))
             return None
         idx = cls(int(meta["dim"]), exact_max=exact_max, use_gpu=use_gpu, space_id=space_id)
         idx.kind = meta.get("kind", "flat")
         idx.max_id = int(meta.get("max_id", -1))
         idx._index = idx._place(raw)
         return idx
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -113,9 +113,25 @@ class PastItems:
             out.append(found[:k])
         return out
 
-    def save(self) -> None:
+    def save(self) -> bool:
+        """Write a snapshot; False when the disk refused it (full, read-only, gone).
+
+        A snapshot only saves a rebuild from the store, so a failed one is logged
+        and tried again after another quarter of ``snapshot_every`` items; it
+        never fails the caller.
+        """
         if self.snapshot_dir is None:
-            return
-        self.index.save(self.snapshot_dir)
+            return False
+        try:
+            self.index.save(self.snapshot_dir)
+        except (OSError, RuntimeError) as exc:  # faiss raises RuntimeError for I/O errors
+            self._since_snapshot = max(0, self.snapshot_every - self.snapshot_every // 4)
+            log.warning(
+                "index_snapshot_failed",
+                path=str(self.snapshot_dir),
+                error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+            )
+            return False
         self._since_snapshot = 0
         log.info("index_snapshot_saved", n=len(self.index), path=str(self.snapshot_dir))
+        return True

@@ -31,6 +31,7 @@ Three parts, shared by the worker and the learner:
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -85,6 +86,11 @@ _TRANSIENT_ERRNO = {
 }
 
 
+_TRANSIENT_MESSAGES = tuple(
+    os.strerror(e) for e in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM)
+)
+
+
 class Stopping(Exception):
     """The process was asked to stop while a step was being retried."""
 
@@ -100,6 +106,8 @@ def is_outage(exc: BaseException) -> bool:
     >>> from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
     >>> is_outage(KafkaTimeoutError()), is_outage(MessageSizeTooLargeError())
     (True, False)
+    >>> is_outage(RuntimeError("I/O error: No space left on device (os error 28)"))
+    True
     """
     import sqlalchemy as sa
     from kafka import errors as kafka_errors
@@ -118,7 +126,10 @@ def is_outage(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OSError):
         return exc.errno in _TRANSIENT_ERRNO
-    return False
+    # Libraries that do their I/O in C or Rust (safetensors, faiss) raise their own
+    # error types with the OS's message in the text: "No space left on device (os error 28)".
+    text = str(exc)
+    return any(message in text for message in _TRANSIENT_MESSAGES)
 
 
 def _record_errors() -> tuple[type[BaseException], ...]:

@@ -265,3 +265,21 @@ def populate_dashboard_store(store: Store, registry: Path) -> None:
     )
     reg.promote(v2)
     store.audit("learner", "promote", v2, "gate passed", {"previous": v1})
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str):  # noqa: ANN201 - a context manager of a Path
+    """A tmpfs of ``size`` (e.g. "64k", "200m") mounted at ``path``: writes beyond it fail
+    with ENOSPC, as on a full disk. Needs root (the test machines and CI run as root)."""
+    import pytest
+
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode()[:200]}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

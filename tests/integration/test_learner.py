@@ -169,3 +169,72 @@ def test_learner_killed_mid_training_leaves_serving_untouched_and_resumes(
     names = [v.name for v in registry.versions()]
     assert len(names) == len(before[0]) + 1
     assert registry.card(names[-1])["decision"] in ("promote", "reject")
+
+
+def test_a_full_registry_disk_is_waited_out_and_the_candidate_written_after(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from helpers import small_disk
+
+    with small_disk(tmp_path / "disk", "200m") as disk:
+        root = disk / "registry"
+        shutil.copytree(settings.resolved_registry(), root)  # v1: about 90 MB
+        s = _own_registry(
+            settings.with_overrides(registry=root),
+            tmp_path,
+            time_budget_s=600.0,
+            epochs=1.0,
+            lr=2e-4,
+        )
+        s = s.with_overrides(registry=root, retry_max_s=2.0)
+        filler = disk / "filler"  # what is left (20 MB) is too little for a second version
+        chunk = b"\0" * (1 << 20)
+        with open(filler, "wb") as f:
+            for _ in range(shutil.disk_usage(disk).free // len(chunk) - 20):
+                f.write(chunk)
+        env = settings_env(s)
+        log = tmp_path / "learner.log"
+        proc = start_process(["learner"], env, log)
+        try:
+            wait_until(lambda: log_events(log, "learner_active"), 90, "the learner to start")
+            produce(s.bootstrap_servers, s.topics.labels, _chatter_labels(120))
+            wait_until(lambda: _fresh_in_state(s) == 120, 90, "the labels to be learned")
+            done = moodwire_cli(["retrain", "--reason", "disk"], env={**env, **OPERATOR})
+            assert done.returncode == 0, done.stderr
+            wait_until(
+                lambda: any(
+                    e.get("dependency") == "registry" for e in log_events(log, "dependency_down")
+                ),
+                300,
+                "the write to fail on the full disk",
+            )
+            assert proc.poll() is None
+            assert [v.name for v in Registry(root).versions()] == ["v1"]
+            assert not list((root / "versions").glob(".incoming-*"))  # no half version left
+            filler.unlink()  # an operator frees space
+            wait_until(
+                lambda: log_events(log, "model_promoted") or log_events(log, "candidate_rejected"),
+                120,
+                "the candidate written once there is room",
+            )
+            assert proc.poll() is None
+        finally:
+            stop_process(proc)
+        names = [v.name for v in Registry(root).versions()]
+        assert names == ["v1", "v2"]
+        Registry(root).verify("v2")  # whole and proven: written after the space came back
+
+
+@pytest.mark.parametrize("damaged", ["state.json", "replay.json"])
+def test_a_damaged_learner_state_file_is_one_clear_line_not_a_traceback(
+    settings: Settings, tmp_path: Path, damaged: str
+) -> None:
+    s = _own_registry(settings, tmp_path)
+    state = learner_dir(s)
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "state.json").write_text(json.dumps({"learner": {}, "label_seq": 0}))
+    (state / damaged).write_text('{"kind": "Reservoir", "capacity": ')  # cut off mid-write
+    res = moodwire_cli(["learner"], env=settings_env(s), timeout=180)
+    assert res.returncode == 2, res.stderr[-2000:]
+    (line,) = [x for x in res.stderr.splitlines() if x.startswith("moodwire learner:")]
+    assert damaged in line and "delete it" in line and "Traceback" not in res.stderr
