@@ -97,11 +97,19 @@ class Publisher:
         """Send once and wait: ``(acknowledged refs, {ref: error})``."""
         futures = []
         failed: dict[Hashable, Exception] = {}
+        blocked: Exception | None = None
         for m in messages:
+            if blocked is not None:
+                # send() waited max_block_ms for the topic's metadata and gave up: so would
+                # every other send now (an outage): fail the rest at once, try again later.
+                failed[m.ref] = blocked
+                continue
             try:
                 futures.append((m, self.producer.send(m.topic, key=m.key, value=m.value)))
             except kafka_errors.KafkaError as exc:  # send() fails synchronously too
                 failed[m.ref] = exc
+                if isinstance(exc, kafka_errors.KafkaTimeoutError):
+                    blocked = exc
         if futures:
             try:
                 self.producer.flush(timeout=self.timeout_s)
@@ -218,7 +226,10 @@ def keys_on_topic(
 
     A record is matched by its key, or by the ``id`` in its JSON value when it
     has none. Used only to repair a failed or replayed send, so it may be slow;
-    it reads with a group-less consumer and never commits.
+    it reads with a group-less consumer and never commits. A partition is read
+    to its high watermark as the fetches report it (a broker's list-offsets
+    answer can lag behind it: Tansu's counts batches, not records), so what was
+    just written is always seen.
     """
     reader = make_reader()
     found: set[str] = set()
@@ -231,15 +242,17 @@ def keys_on_topic(
         ends = reader.end_offsets(tps)
         for tp in tps:
             reader.seek(tp, max(0, ends[tp] - window))
-        pending = {tp for tp in tps if ends[tp] > 0}
+        pending = set(tps)
         deadline = time.monotonic() + 30
         while pending and time.monotonic() < deadline:
-            for tp, recs in reader.poll(timeout_ms=200).items():
+            for recs in reader.poll(timeout_ms=200).values():
                 for r in recs:
                     key = r.key.decode("utf-8", errors="replace") if r.key else _json_id(r.value)
                     if key in keys:
                         found.add(key)
-                if reader.position(tp) >= ends[tp]:
+            for tp in list(pending):
+                high = reader.highwater(tp)
+                if high is not None and reader.position(tp) >= max(high, ends[tp]):
                     pending.discard(tp)
         if pending:
             raise kafka_errors.KafkaTimeoutError(f"could not read the tail of {topic}")

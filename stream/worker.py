@@ -24,8 +24,10 @@ Delivery guarantees (DESIGN.md, invariants 1–3):
   not churn; logs, metrics and ``/readyz`` say so; the worker resumes by
   itself. A commit refused because the group rebalanced meanwhile is not an
   error: the partition's new owner re-reads the batch and idempotence absorbs
-  it. A broker that comes back empty (the embedded one keeps nothing) is read
-  from the start of each partition again.
+  it. A broker that comes back empty (the embedded one keeps nothing) has no
+  committed offsets for the group: it re-forms and each partition is read from
+  its start (``auto_offset_reset=earliest``); what was stored before is
+  absorbed as duplicates.
 * The serving model changes only between batches: before each batch the worker
   follows the registry's serving pointer (:class:`stream.scorer.ServingWatcher`),
   so a batch polled after a promotion or rollback is scored by the new version,
@@ -755,8 +757,6 @@ class Worker:
             self.keepalive.resume()
         except Exception:  # noqa: BLE001
             log.exception("resume_failed")
-        if dependency == "kafka":
-            self._check_positions()
 
     def _watch_kafka(self) -> None:
         """An idle worker notices a broker outage (and its end) through its group coordinator."""
@@ -772,32 +772,6 @@ class Worker:
             self.health.down("kafka", "group coordinator unknown")
         elif not gone and not self.health.is_up("kafka"):
             self.health.up("kafka")
-            self._check_positions()
-
-    def _check_positions(self) -> None:
-        """A broker that came back empty (the embedded one keeps nothing) is read from the start.
-
-        If a partition's end is now below our position, its log was lost: read it
-        from its beginning again (what is already stored is absorbed as duplicates).
-        """
-        try:
-            assigned = list(self.consumer.assignment())
-            if not assigned:
-                return
-            ends = self.consumer.end_offsets(assigned)
-            for tp in assigned:
-                position = self.consumer.position(tp)
-                end = ends.get(tp)
-                if end is not None and position is not None and position > end:
-                    log.warning(
-                        "partition_log_lost_reading_again",
-                        partition=f"{tp.topic}:{tp.partition}",
-                        position=position,
-                        end=end,
-                    )
-                    self.consumer.seek_to_beginning(tp)
-        except Exception:  # noqa: BLE001 - advisory; the fetcher resets out-of-range offsets too
-            log.exception("position_check_failed")
 
     def _rewind(self, records: list[ConsumerRecord]) -> None:
         """Seek back so the batch is read again (it was not committed)."""
