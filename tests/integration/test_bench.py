@@ -43,6 +43,7 @@ def test_bench_throughput_small_run(tmp_path: Path) -> None:
         "store",
         "publish",
         "commit",
+        "index",
         "drift",
         "alerts",
     }
