@@ -5,9 +5,10 @@ feeds one case (bytes) to the real code path, and the errors that are a clean
 refusal. :func:`fuzz` runs ``n`` cases from :func:`cases` (mutated seeds,
 random bytes, generated documents) and counts what was accepted, what was
 refused cleanly and what crashed (any other exception), never stopping at the
-first crash. ``moodwire bench faults`` runs :func:`loader_targets`; more
-targets (the message validator, label and control messages) are just more
-``FuzzTarget`` values, built the same way.
+first crash. ``moodwire bench faults`` runs :func:`loader_targets` (the files
+an operator hands over) and :func:`message_targets` (what arrives on Kafka: news
+items through the validator into the stores, labels and control messages), built
+the same way.
 
 >>> def first_byte(data: bytes) -> int:
 ...     if data[:1] == b"#":
@@ -190,6 +191,9 @@ class FuzzTarget:
     run: Callable[[bytes], object]
     clean: tuple[type[BaseException], ...]
     generate: Callable[[random.Random], bytes] | None = None
+    # Share of cases that ``generate`` builds (the rest: 10 % random bytes, mutated seeds).
+    # Byte flips break most JSON at the parser; message targets generate more.
+    generated: float = 0.3
 
 
 @dataclass
@@ -487,15 +491,16 @@ def document(rng: random.Random) -> bytes:
 def cases(target: FuzzTarget, n: int, seed: int) -> Iterator[bytes]:
     """``n`` cases for ``target``, the same ones for the same ``seed``.
 
-    About 60 % are mutated seeds (sometimes two seeds spliced, sometimes
-    mutated twice over), 10 % random bytes, 30 % generated documents (half of
-    them mutated too).
+    By default about 60 % are mutated seeds (sometimes two seeds spliced,
+    sometimes mutated twice over), 10 % random bytes, 30 % generated documents
+    (half of them mutated too); ``target.generated`` moves the share of the last.
     """
     rng = random.Random(seed)
     generate = target.generate or document
+    seeded = 0.9 - target.generated
     for _ in range(n):
         roll = rng.random()
-        if roll < 0.6 and target.seeds:
+        if roll < seeded and target.seeds:
             data = rng.choice(target.seeds)
             if rng.random() < 0.15:
                 other = rng.choice(target.seeds)
@@ -503,7 +508,7 @@ def cases(target: FuzzTarget, n: int, seed: int) -> Iterator[bytes]:
             for _ in range(rng.choice((1, 1, 1, 1, 2))):
                 data = mutate(data, rng)
             yield data
-        elif roll < 0.7:
+        elif roll < seeded + 0.1:
             yield rng.randbytes(rng.choice((0, 1, 2, 8, 64, 512)))
         else:
             data = generate(rng)
@@ -801,25 +806,363 @@ def loader_targets() -> list[FuzzTarget]:
     ]
 
 
+# -- the messages on Kafka --------------------------------------------------------------
+
+
+class Refused(Exception):
+    """A message target refused its case the way the product does (a dead letter, a
+    ``Rejected``): clean, and counted as refused."""
+
+
+_NOW_ISO = "2026-03-02T09:00:00+00:00"
+_MSG_TEXTS = (
+    "ACME beats estimates",
+    "Globex cuts its outlook, shares slide",
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\ud800",
+    "x\udfffy",
+    "\ud83d\ude00 up",
+    "\ufeff",
+    "\u202e",
+    "\r\n",
+    "\u2028",
+    "ß" * 40,
+    "$" + "Q" * 70,
+    "x" * 300,
+    "9" * 5000,
+)
+_MSG_NUMBERS = (
+    0,
+    1,
+    -1,
+    2**63 - 1,
+    2**63,
+    2**64,
+    10**30,
+    1_586_912_626_000,
+    1.5,
+    1e308,
+    -1e308,
+    10**400,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+)
+_MSG_TIMES = (
+    _NOW_ISO,
+    "2026-03-02T09:00:00Z",
+    "2020-04-15 01:03:46",
+    "9999-12-31T23:59:59-05:00",
+    "0001-01-01T00:00:00+01:00",
+    "+10000-01-01T00:00:00",
+    "2999-01-01T00:00:00Z",
+    "2020-02-30",
+    "now",
+    "",
+    1_586_912_626,
+    1_586_912_626_000,
+    -1,
+    1e308,
+    True,
+    float("nan"),
+)
+# Plausible values per field, so that most cases reach the code behind the parser.
+_MSG_FIELDS: dict[str, tuple[Any, ...]] = {
+    "id": ("demo-1", "a" * 256, "a" * 257, "a\x00b", "a\ud800", "tab\there", "é", 7),
+    "item_id": ("demo-1", "a" * 257, "a\x00b", "\udfff", "", 7),
+    "text": _MSG_TEXTS,
+    "ts": _MSG_TIMES,
+    "source": ("demo-wire", "s" * 64, "s" * 65, "s" * 257, "wi\x00re", "", None),
+    "entities": (["ACME"], ["$glbx ", "ACME"], ["AC\x00ME", "\udfff"], ["ß" * 40], ["E"] * 100, []),
+    "meta": ({"phase": "news"}, {"k\x00": ["\ud800", {"\udc00": 1}]}, {"n": 2**64}, {}),
+    "label": ("negative", "neutral", "positive", "Positive", "bullish", "", None, 1),
+    "topic": ("earnings", "markets", "t" * 65, "", None),
+    "annotator": ("ann", "a\x00n", "a" * 257, None),
+    "action": ("promote", "rollback", "retrain", "drift", "reload", "delete", "", None),
+    "version": ("v1", "v2", "v" + "9" * 80, "../../etc", "\ud800", None),
+    "actor": ("alice", "learner", "a" * 257, "", None),
+    "reason": ("drift seen", "r" * 4001, "\x00", None),
+    "details": ({"gate": {"passed": True}}, {"a": [1, 2.5, "x\x00"]}, {"deep": 1}, {}),
+}
+NEWS_KEYS = ("id", "text", "ts", "source", "entities", "meta")
+LABEL_KEYS = ("item_id", "text", "label", "topic", "source", "annotator", "ts")
+CONTROL_KEYS = ("action", "version", "actor", "reason", "details", "ts")
+
+
+def _hostile_value(rng: random.Random, depth: int = 0) -> Any:
+    roll = rng.random()
+    if roll < 0.4:
+        return rng.choice(_MSG_TEXTS)
+    if roll < 0.6:  # non-finite ones (the JSON literals NaN, Infinity) now and then only
+        return rng.choice(_MSG_NUMBERS if rng.random() < 0.2 else _MSG_NUMBERS[:11])
+    if roll < 0.68:
+        return rng.choice((None, True, False))
+    if roll < 0.72:  # nesting past every limit (a JSON decoder's, a store's, MAX_META_DEPTH)
+        inner: Any = "x"
+        for _ in range(rng.choice((15, 16, 17, 40, 300, 900))):
+            inner = [inner] if rng.random() < 0.5 else {"a": inner}
+        return inner
+    if roll < 0.86 and depth < 3:
+        return [_hostile_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    if depth < 3:
+        return {rng.choice(_MSG_TEXTS[:8]): _hostile_value(rng, depth + 1) for _ in range(3)}
+    return rng.choice(_MSG_TEXTS)
+
+
+def message_document(
+    rng: random.Random, keys: tuple[str, ...], bases: tuple[dict[str, Any], ...] = ()
+) -> bytes:
+    """A JSON message over ``keys``: half the time one of ``bases`` (valid messages) with a
+    field or two replaced, dropped or added, else a fresh one. Values are plausible for
+    their field or hostile (NUL, lone surrogates, huge numbers, NaN, deep nesting,
+    absurd times); written with ASCII escapes or as raw UTF-8 (lone surrogates as CESU-8
+    bytes, which no UTF-8 decoder takes)."""
+
+    def value(key: str) -> Any:
+        pool = _MSG_FIELDS.get(key, ())
+        return rng.choice(pool) if pool and rng.random() < 0.6 else _hostile_value(rng)
+
+    if bases and rng.random() < 0.5:
+        doc = dict(rng.choice(bases))
+        for _ in range(rng.randint(1, 2)):
+            key, roll = rng.choice(keys), rng.random()
+            if roll < 0.7:
+                doc[key] = value(key)
+            elif roll < 0.9:
+                doc.pop(key, None)
+            else:
+                doc[rng.choice(_MSG_TEXTS[:2])] = _hostile_value(rng)
+    else:
+        chosen = keys if rng.random() < 0.3 else rng.sample(keys, rng.randint(0, len(keys)))
+        doc = {key: value(key) for key in chosen}
+        if rng.random() < 0.1:
+            doc[rng.choice(_MSG_TEXTS[:2])] = _hostile_value(rng)
+    payload: Any = doc if rng.random() < 0.97 else [doc]
+    text = json.dumps(payload, ensure_ascii=rng.random() < 0.7, allow_nan=True)
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _bases(seeds: tuple[bytes, ...]) -> tuple[dict[str, Any], ...]:
+    """The seeds that are JSON objects, as dicts: what structure-aware cases start from."""
+    out = []
+    for seed in seeds:
+        try:
+            doc = json.loads(seed)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(doc, dict):
+            out.append(doc)
+    return tuple(out)
+
+
+# One of each class of hostile message the worker met (tests/stream/test_hostile_input.py).
+HOSTILE_NEWS: tuple[bytes, ...] = (
+    b'{"text": "x", "ts": 1e308}',
+    b'{"text": "x", "ts": -1}',
+    b'{"text": "x", "ts": ' + b"9" * 400 + b"}",
+    b'{"text": "x", "ts": Infinity}',
+    b'{"text": "x", "ts": 1e999}',
+    b'{"text": "x", "ts": "9999-12-31T23:59:59-05:00"}',
+    b'{"text": "x", "ts": "+10000-01-01T00:00:00"}',
+    b'{"text": "profit\x00 warning"}',
+    b'{"text": "profit\\u0000 warning", "source": "wi\\u0000re"}',
+    b"\x00",
+    b'{"text": "x", "id": "a\\ud800"}',
+    b'{"text": "shares \\ud83d up", "entities": ["AC\\u0000ME", "\\udfff"]}',
+    b'{"text": "x", "meta": {"v": NaN}}',
+    b"[" * 30_000 + b"]" * 30_000,
+    b'{"text": "x", "meta": {"a": ' + b"[" * 255 + b"]" * 255 + b"}}",
+    b'{"text": "x", "meta": {"n": ' + b"7" * 5000 + b"}}",
+    b'{"text": "x", "meta": {"n": 18446744073709551616}}',
+    json.dumps({"text": "x", "entities": ["\u00df" * 40]}).encode(),
+    b'{"text": "x", "meta": {"k\\u0000": ["\\ud800", {"\\udc00": 1}]}}',
+    b'{"text": "a\\u0001\\u001f\\u007f\\u202e b"}',
+)
+
+
+def _fixed_times(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # demo_feed stamps items with the current time; seeds must not change between runs.
+    return [{**item, "ts": f"2026-03-02T09:{i % 60:02d}:00+00:00"} for i, item in enumerate(items)]
+
+
+def _news_seeds() -> tuple[bytes, ...]:
+    from stream.synthetic import demo_feed
+
+    valid = [json.dumps(i).encode() for i in _fixed_times(demo_feed(6, seed=5))]
+    valid.append(b'{"text": "ACME shares jump"}')  # the least a feed may send
+    return (*valid, *HOSTILE_NEWS)
+
+
+LABEL_SEEDS: tuple[bytes, ...] = (
+    b'{"item_id": "demo-5-0", "label": "positive", "source": "analyst", "annotator": "ann"}',
+    b'{"text": "Globex cuts its outlook", "label": "negative", "source": "feed", '
+    b'"ts": "2026-03-02T09:00:00Z"}',
+    b'{"item_id": "demo-5-1", "topic": "earnings", "annotator": "ann"}',
+    b'{"text": "profit\\u0000 warning", "label": "negative", "annotator": "a\\u0000n"}',
+    b'{"text": "x", "label": "negative", "ts": "9999-12-31T23:59:59-05:00"}',
+    b'{"text": "x", "label": "negative", "ts": 1e308}',
+    b'{"item_id": "a\\u0000", "label": "negative"}',
+    b'{"text": "\\ud83d up", "label": "positive", "source": "' + b"s" * 65 + b'"}',
+    b'{"text": "x", "label": "neutral", "ts": NaN}',
+)
+CONTROL_SEEDS: tuple[bytes, ...] = (
+    b'{"action": "promote", "version": "v2", "actor": "alice", "reason": "better"}',
+    b'{"action": "retrain", "actor": "alice", "reason": "drift on ACME"}',
+    b'{"action": "drift", "actor": "learner", "version": "v1", "reason": "adwin on error_rate",'
+    b' "details": {"statistic": 0.2, "window": [1, 2]}, "ts": "2026-03-02T09:00:00Z"}',
+    b'{"action": "rollback"}',
+    b'{"action": "reload", "details": {"k\\u0000": ["\\ud800"]}}',
+    b'{"action": "promote", "details": {"n": ' + b"7" * 5000 + b"}}",
+    b'{"action": "promote", "details": {"a": ' + b"[" * 300 + b"]" * 300 + b"}}",
+    b'{"action": "retrain", "ts": 1e308, "reason": "\\udfff"}',
+)
+_KAFKA_TIMES = (None, 0, -1, 2**63 - 1, 1_772_442_000_000)
+
+
+def message_targets(stores: list[Any]) -> list[FuzzTarget]:
+    """The three ways Kafka bytes get in: news items through the validator, labels and
+    control messages. What is accepted must be storable in every store of ``stores``
+    (SQLite and PostgreSQL :class:`moodwire.store.Store`) and publishable; what is
+    refused must be too, as its dead letter.
+
+    * ``validator``: :func:`stream.validate.validate` (a crash: any exception, or a
+      ``Rejected`` with reason ``unexpected``); accepted, the item must become a
+      scored message (``model_dump_json``, UTF-8 JSON that reads back) and an items
+      row that :meth:`Store.write_batch` stores and reads back; rejected, its dead letter
+      (:func:`stream.deadletter.rejection_row`) must store and make a DLQ message.
+    * ``label_message``: ``LabelMessage.model_validate_json`` then :func:`label_row`
+      into :meth:`Store.add_labels` (clean: ``ValidationError``).
+    * ``control_message``: ``ControlMessage.model_validate_json``, then
+      ``model_dump_json`` must read back as the same command (clean: ``ValidationError``).
+    """
+    import itertools
+    from datetime import UTC, datetime
+
+    import numpy as np
+    from pydantic import ValidationError
+
+    from stream.deadletter import dlq_message, rejection_row
+    from stream.entities import EntityTagger, WatchList
+    from stream.schemas import ControlMessage, LabelMessage, label_row
+    from stream.validate import Accepted, Limits, validate
+    from stream.worker import item_row, scored_item
+
+    limits = Limits(max_message_bytes=64 * 1024, max_text_chars=4000, max_entities=64)
+    labels = ("negative", "neutral", "positive")
+    probs = np.array([0.2, 0.3, 0.5], dtype=np.float32)
+    vector = np.zeros(384, dtype=np.float32)
+    tagger = EntityTagger(WatchList.default())
+    # Dead letters are keyed by their source position: every case gets a new one.
+    offsets = itertools.count(time.time_ns() // 1000)
+
+    def news(data: bytes) -> Any:
+        kafka_ts = _KAFKA_TIMES[len(data) % len(_KAFKA_TIMES)]
+        now = datetime.now(UTC)
+        outcome = validate(data, kafka_ts_ms=kafka_ts, limits=limits, now=now)
+        offset = next(offsets)
+        if not isinstance(outcome, Accepted):
+            _expect(outcome.reason != "unexpected", "validation failed unexpectedly", outcome)
+            row = rejection_row("news", 0, offset, data, outcome.reason, outcome.detail, now)
+            for store in stores:
+                _, _, seqs = store.write_batch([], [row])
+                _expect(len(seqs) == 1, "dead letter not stored", (store.dialect, seqs))
+                (stored,) = store.rejections_by_seq(seqs)
+                back = json.loads(dlq_message(stored, "news.dlq").value.decode("utf-8"))
+                _expect(back["raw_bytes"] == len(data), "dead letter lost bytes", back)
+            raise Refused(outcome.reason)
+        item = outcome.item
+        _expect(bool(item.text.strip()) and item.ts is not None, "accepted an empty item", item)
+        entities = tagger.tag(item.text, list(item.entities))
+        scored = scored_item(
+            outcome,
+            probs,
+            labels,
+            version="v1",
+            entities=entities,
+            topic=None,
+            neighbors=[],
+            scored_at=now,
+        )
+        back = json.loads(scored.model_dump_json().encode("utf-8"))
+        _expect(back["id"] == outcome.id and back["text"] == item.text, "scored message", back)
+        row = item_row(scored, probs, vector, partition=0, offset=offset, kafka_ts=now)
+        for store in stores:
+            new, _, _ = store.write_batch([row], [])
+            stored = store.get_item(outcome.id)
+            _expect(stored is not None, "accepted item not stored", (store.dialect, outcome.id))
+            if new:  # an id seen in an earlier case keeps that case's row
+                _expect(stored["text"] == item.text, "stored text differs", store.dialect)
+        return outcome
+
+    def label(data: bytes) -> Any:
+        msg = LabelMessage.model_validate_json(data)
+        row = label_row(msg)
+        for store in stores:
+            store.add_labels([row])
+        return row
+
+    def control(data: bytes) -> Any:
+        msg = ControlMessage.model_validate_json(data)
+        dumped = msg.model_dump_json().encode("utf-8")
+        _expect(ControlMessage.model_validate_json(dumped) == msg, "round trip changed it", dumped)
+        return msg
+
+    def target(name: str, seeds: tuple[bytes, ...], run: Any, clean: Any, keys: Any) -> FuzzTarget:
+        bases = _bases(seeds)
+        return FuzzTarget(
+            name, seeds, run, clean, lambda rng: message_document(rng, keys, bases), generated=0.6
+        )
+
+    return [
+        target("validator", _news_seeds(), news, (Refused,), NEWS_KEYS),
+        target("label_message", LABEL_SEEDS, label, (ValidationError,), LABEL_KEYS),
+        target("control_message", CONTROL_SEEDS, control, (ValidationError,), CONTROL_KEYS),
+    ]
+
+
+def all_targets(stores: list[Any]) -> list[FuzzTarget]:
+    """Every target ``moodwire bench faults`` runs: the file loaders, then the messages."""
+    return [*loader_targets(), *message_targets(stores)]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m moodwire.fuzz [--cases N] [--seed S] [TARGET ...]``: results as JSON lines."""
+    """``python -m moodwire.fuzz [--cases N] [--seed S] [--store URL] [TARGET ...]``: results
+    as JSON lines, exit 1 on any crash."""
     import argparse
     from dataclasses import asdict
 
     parser = argparse.ArgumentParser(prog="python -m moodwire.fuzz", description=main.__doc__)
-    parser.add_argument("targets", nargs="*", help="target names (default: every loader)")
-    parser.add_argument("--cases", type=int, default=10_000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("targets", nargs="*", help="target names (default: every target)")
+    parser.add_argument("--cases", type=int, default=10_000, help="cases per target (10000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the cases (0)")
+    parser.add_argument(
+        "--store",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a store the message targets must write to as well (repeatable; a temporary "
+        "SQLite store always); its tables are created, its rows are left there",
+    )
     args = parser.parse_args(argv)
-    targets = [t for t in loader_targets() if not args.targets or t.name in args.targets]
-    unknown = set(args.targets) - {t.name for t in targets}
-    if unknown:
-        parser.error(f"unknown targets {sorted(unknown)}")
-    crashes = 0
-    for target in targets:
-        result = fuzz(target, args.cases, args.seed)
-        crashes += result.crashes
-        print(json.dumps(asdict(result)), flush=True)
+    with tempfile.TemporaryDirectory(prefix="moodwire-fuzz-") as tmp:
+        from moodwire.store import Store
+
+        stores = [Store(f"sqlite:///{Path(tmp) / 'fuzz.db'}"), *map(Store, args.store)]
+        known = all_targets(stores)
+        targets = [t for t in known if not args.targets or t.name in args.targets]
+        unknown = set(args.targets) - {t.name for t in known}
+        if unknown:
+            parser.error(f"unknown targets {sorted(unknown)}")
+        crashes = 0
+        for target in targets:
+            result = fuzz(target, args.cases, args.seed)
+            crashes += result.crashes
+            print(json.dumps(asdict(result)), flush=True)
+        for store in stores:
+            store.engine.dispose()
     return 1 if crashes else 0
 
 

@@ -1,21 +1,29 @@
 """The fuzz harness behind ``moodwire bench faults``: it counts what it should, the same
-way for a seed, and every file loader survives it."""
+way for a seed, and every file loader and message target survives it."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import random
 
 import pytest
 
 from moodwire.fuzz import (
+    HOSTILE_NEWS,
     HOSTILE_TOKENS,
+    NEWS_KEYS,
     FuzzTarget,
     MalformedResult,
+    Refused,
+    all_targets,
     cases,
     fuzz,
     loader_targets,
     main,
+    message_document,
+    message_targets,
     mutate,
 )
 
@@ -138,3 +146,171 @@ def test_main_prints_one_json_line_per_target(capsys: pytest.CaptureFixture[str]
     assert all(r["cases"] == 50 and r["crashes"] == 0 for r in lines)
     with pytest.raises(SystemExit):
         main(["no_such_target"])
+
+
+# -- the messages on Kafka: validator, labels, control -------------------------------------
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
+    from moodwire.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'fuzz.db'}")
+    yield store
+    store.engine.dispose()
+
+
+def _by_name(stores: list) -> dict[str, FuzzTarget]:
+    return {t.name: t for t in message_targets(stores)}
+
+
+def test_message_targets_are_the_documented_three_and_all_targets_holds_nine(
+    sqlite_store,
+) -> None:
+    assert list(_by_name([sqlite_store])) == ["validator", "label_message", "control_message"]
+    assert [t.name for t in all_targets([sqlite_store])][-3:] == list(_by_name([sqlite_store]))
+    assert len(all_targets([sqlite_store])) == 9
+
+
+def test_valid_message_seeds_are_accepted_and_stored_hostile_ones_never_crash(
+    sqlite_store,
+) -> None:
+    from pydantic import ValidationError
+
+    targets = _by_name([sqlite_store])
+    validator = targets["validator"]
+    hostile = set(HOSTILE_NEWS)
+    outcomes = {"accepted": 0, "refused": 0}
+    for seed in validator.seeds:
+        try:
+            validator.run(seed)
+        except Refused:
+            assert seed in hostile, seed[:80]  # a valid seed is never refused
+            outcomes["refused"] += 1
+        else:
+            outcomes["accepted"] += 1
+    assert outcomes["refused"] >= 12 and outcomes["accepted"] >= 7
+    assert sqlite_store.stats()["rejected"] == outcomes["refused"]  # every dead letter stored
+    assert sqlite_store.count_items() >= 7
+    for name in ("label_message", "control_message"):
+        for seed in targets[name].seeds:
+            with contextlib.suppress(ValidationError):
+                targets[name].run(seed)
+    assert sqlite_store.stats()["labels"]["total"] >= 3
+
+
+def _survives(target: FuzzTarget, n: int) -> None:
+    result = fuzz(target, n=n, seed=0)
+    assert result.crashes == 0, result.examples
+    assert result.accepted > n // 50 and result.refused > n // 50, result
+    assert result.slowest_case_s < 1.0
+
+
+@pytest.mark.parametrize("name", ["validator", "label_message", "control_message"])
+def test_every_message_target_survives_1500_cases_on_sqlite(sqlite_store, name: str) -> None:
+    _survives(_by_name([sqlite_store])[name], 1500)
+
+
+@pytest.mark.parametrize("name", ["validator", "label_message"])
+def test_message_targets_survive_on_sqlite_and_postgresql_together(
+    sqlite_store, pg_url: str, name: str
+) -> None:
+    from moodwire.store import Store
+
+    pg = Store(pg_url)
+    try:
+        _survives(_by_name([sqlite_store, pg])[name], 800)
+        assert pg.stats()["items" if name == "validator" else "labels"]
+    finally:
+        pg.engine.dispose()
+
+
+class _FlakyStore:
+    """A store that cannot hold some rows: what a dialect refusing a character looks like."""
+
+    dialect = "flaky"
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.calls = 0
+
+    def write_batch(self, scored, rejections):
+        self.calls += 1
+        if scored and self.calls % 2:
+            raise RuntimeError("value too long for type character varying(64)")
+        return self.real.write_batch(scored, rejections)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_an_accepted_item_that_does_not_store_is_a_crash_of_its_own_case(sqlite_store) -> None:
+    result = fuzz(_by_name([_FlakyStore(sqlite_store)])["validator"], n=600, seed=0)
+    assert result.crashes > 0
+    assert [k.split(":")[0] for k in result.kinds] == ["RuntimeError at test_fuzz.py"]
+    assert result.examples[0]["error"].startswith("RuntimeError: value too long")
+    assert result.crashes + result.accepted + result.refused == 600
+
+
+def test_a_rejection_for_an_unexpected_reason_is_a_crash(sqlite_store, monkeypatch) -> None:
+    import stream.validate
+
+    def broken(*_args, **_kwargs):
+        raise KeyError("ts")  # a bug in validation: the validator itself turns it into data
+
+    monkeypatch.setattr(stream.validate, "_validate", broken)
+    result = fuzz(_by_name([sqlite_store])["validator"], n=100, seed=0)
+    assert result.crashes == 100 and result.kinds == {"validation failed unexpectedly": 100}
+
+
+def test_a_control_message_that_changes_in_a_round_trip_is_a_crash(
+    sqlite_store, monkeypatch
+) -> None:
+    from stream.schemas import ControlMessage
+
+    original = ControlMessage.model_dump_json
+
+    def lossy(self, **kw):
+        return original(self.model_copy(update={"actor": "someone else"}), **kw)
+
+    monkeypatch.setattr(ControlMessage, "model_dump_json", lossy)
+    result = fuzz(_by_name([sqlite_store])["control_message"], n=300, seed=0)
+    assert result.crashes > 0 and result.kinds == {"round trip changed it": result.crashes}
+
+
+def test_message_documents_are_json_objects_mostly_and_seeded() -> None:
+    bases = ({"text": "ACME up", "id": "x"},)
+    docs = [message_document(random.Random(i), NEWS_KEYS, bases) for i in range(400)]
+    assert docs == [message_document(random.Random(i), NEWS_KEYS, bases) for i in range(400)]
+    parsed = []
+    for doc in docs:
+        with contextlib.suppress(ValueError, RecursionError):
+            parsed.append(json.loads(doc.decode("utf-8")))
+    assert sum(isinstance(p, dict) for p in parsed) > 250
+    assert sum(isinstance(p, dict) and p.get("text") == "ACME up" for p in parsed) > 50
+    assert any(b"NaN" in d or b"Infinity" in d for d in docs)
+    assert any(b"\\u0000" in d or b"\x00" in d for d in docs)
+
+
+def test_a_target_that_generates_more_gets_more_generated_cases() -> None:
+    generated = b"GENERATED"
+    target = FuzzTarget("toy", (b"SEED" * 8,), _broken, (ValueError,), lambda rng: generated)
+    more = dataclasses.replace(target, generated=0.6)
+    assert 100 <= sum(c == generated for c in cases(target, 1000, seed=0)) <= 200
+    assert 250 <= sum(c == generated for c in cases(more, 1000, seed=0)) <= 350
+
+
+def test_main_runs_message_targets_on_the_stores_given(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'extra.db'}"
+    assert main(["--cases", "200", "--store", url, "validator", "control_message"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["target"] for r in lines] == ["validator", "control_message"]
+    from moodwire.store import Store
+
+    extra = Store(url)
+    # Every case written there too: each refusal's dead letter, each accepted id.
+    assert extra.stats()["rejected"] == lines[0]["refused"]
+    assert 0 < extra.count_items() <= lines[0]["accepted"]
+    extra.engine.dispose()
