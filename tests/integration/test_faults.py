@@ -36,7 +36,7 @@ from learner.registry import Registry
 from moodwire.proxy import ProxiedBroker, TcpProxy
 from moodwire.settings import Settings
 from moodwire.store import Store
-from stream.broker import ensure_topics
+from stream.broker import ensure_topics, free_port
 from stream.synthetic import demo_feed
 
 pytestmark = pytest.mark.integration
@@ -70,6 +70,20 @@ def _exactly_once(settings: Settings, expected: set[str]) -> None:
     scored = _scored_ids(settings)
     assert sorted(scored) == sorted(expected), "news.scored has gaps or duplicates"
     assert store.stats()["unpublished"] == 0
+
+
+def _probe(port: int, path: str) -> tuple[int, object]:
+    """GET a worker's health endpoint: (status, JSON body or text)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            code, raw = r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        code, raw = exc.code, exc.read()
+    text = raw.decode()
+    return code, json.loads(text) if text.startswith("{") else text
 
 
 def _committed(settings: Settings) -> dict[int, int | None]:
@@ -175,7 +189,9 @@ def test_postgresql_cut_off_for_30_s_mid_stream_same_worker_every_item_once(
         store = Store(settings.resolved_store_url())
         items = _items(600, seed=13)
         log = tmp_path / "worker.log"
-        proc = start_process(["worker"], settings_env(settings), log)
+        health_port = free_port()
+        env = settings_env(settings) | {"MOODWIRE_METRICS_PORT": str(health_port)}
+        proc = start_process(["worker"], env, log)
         feeder = threading.Thread(
             target=lambda: [
                 produce_items(settings.bootstrap_servers, settings.topics.news, items[i : i + 50])
@@ -187,12 +203,21 @@ def test_postgresql_cut_off_for_30_s_mid_stream_same_worker_every_item_once(
         try:
             feeder.start()
             wait_until(lambda: store.count_items() >= 150, 180, "the stream under way")
+            assert _probe(health_port, "/readyz")[0] == 200
             proxy.go_down()
-            time.sleep(30)
+            time.sleep(15)
+            # Said on the health endpoint and in the metrics while it lasts.
+            code, body = _probe(health_port, "/readyz")
+            assert code == 503 and body["dependencies"]["store"]["up"] is False, body
+            assert _probe(health_port, "/healthz")[0] == 200  # alive: waiting, not stuck
+            metrics = _probe(health_port, "/metrics")[1]
+            assert 'moodwire_dependency_up{component="worker",dependency="store"} 0.0' in metrics
+            time.sleep(15)
             assert proc.poll() is None, "the worker died during the outage"
             proxy.come_back()
             wait_until(lambda: store.count_items() >= len(items), 240, "every item stored")
             wait_until(lambda: store.stats()["unpublished"] == 0, 60, "every item published")
+            wait_until(lambda: _probe(health_port, "/readyz")[0] == 200, 30, "ready again")
             feeder.join(60)
             assert proc.poll() is None
         finally:
