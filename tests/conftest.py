@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -87,9 +88,9 @@ def _pg_available() -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database on the local server, dropped afterwards."""
+@contextlib.contextmanager
+def _pg_database() -> Iterator[str]:
+    """A new PostgreSQL database on the local server, dropped afterwards."""
     import sqlalchemy as sa
 
     if not _pg_available():
@@ -113,3 +114,17 @@ def pg_url() -> Iterator[str]:
             )
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database for the whole session (tests that count rows use ``pg_fresh``)."""
+    with _pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_fresh() -> Iterator[str]:
+    """A PostgreSQL database of this test's own: nothing another test wrote is in it."""
+    with _pg_database() as url:
+        yield url

@@ -227,9 +227,10 @@ def test_a_correction_needs_the_credential_and_shows_at_once(populated: Settings
 
 @pytest.mark.parametrize(("page", "title"), list(zip(PAGES, TITLES, strict=True)))
 def test_a_store_outage_is_a_notice_not_a_traceback_and_the_page_recovers(
-    settings: Settings, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    settings: Settings, pg_fresh: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     page: str, title: str,
 ) -> None:  # fmt: skip
+    pg_url = pg_fresh
     from moodwire.proxy import TcpProxy
 
     host_port = pg_url.split("@", 1)[1].split("/", 1)[0]

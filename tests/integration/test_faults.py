@@ -104,7 +104,7 @@ def test_poison_messages_among_good_ones_the_same_worker_stores_every_good_item(
     settings: Settings, tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     if backend == "postgresql":
-        settings = settings.with_overrides(store_url=request.getfixturevalue("pg_url"))
+        settings = settings.with_overrides(store_url=request.getfixturevalue("pg_fresh"))
     good = _items(60, seed=11)
     values = [json.dumps(i).encode() for i in good]
     for k, bad in enumerate(HOSTILE):  # spread through the stream, several per batch
@@ -180,8 +180,9 @@ def test_a_refused_send_is_never_counted_published_nor_committed_then_delivered(
 
 
 def test_postgresql_cut_off_for_30_s_mid_stream_same_worker_every_item_once(
-    settings: Settings, tmp_path: Path, pg_url: str
+    settings: Settings, tmp_path: Path, pg_fresh: str
 ) -> None:
+    pg_url = pg_fresh
     host_port = pg_url.split("@", 1)[1].split("/", 1)[0]
     host, port = host_port.split(":")
     with TcpProxy(host, int(port)) as proxy:
@@ -324,8 +325,9 @@ def _label_values(n: int, seed: int) -> list[bytes]:
 
 
 def test_the_learner_waits_out_a_database_outage_and_dead_letters_bad_labels(
-    settings: Settings, tmp_path: Path, pg_url: str, model_registry: Path
+    settings: Settings, tmp_path: Path, pg_fresh: str, model_registry: Path
 ) -> None:
+    pg_url = pg_fresh
     import shutil
 
     host_port = pg_url.split("@", 1)[1].split("/", 1)[0]

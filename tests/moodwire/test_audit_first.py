@@ -76,7 +76,7 @@ def _alert(store: Store, alert_id: str) -> dict:
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'audit.db'}"
-    return request.getfixturevalue("pg_url")
+    return request.getfixturevalue("pg_fresh")
 
 
 def test_audited_commits_the_row_with_the_effect_or_neither(store_url: str, tmp_path: Path) -> None:

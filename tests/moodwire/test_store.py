@@ -14,12 +14,7 @@ from moodwire.store import Store, decode_embeddings, encode_embedding
 def store(request: pytest.FixtureRequest, tmp_path) -> Store:
     if request.param == "sqlite":
         return Store(f"sqlite:///{tmp_path / 'm.db'}")
-    from moodwire.store import metadata
-
-    store = Store(request.getfixturevalue("pg_url"))
-    metadata.drop_all(store.engine)  # the database is shared by the session: start empty
-    metadata.create_all(store.engine)
-    return store
+    return Store(request.getfixturevalue("pg_fresh"))  # a database of its own: empty
 
 
 def _row(i: int, label: str = "neutral", version: str = "v1") -> dict:
