@@ -374,6 +374,96 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, help="dashboard port (default: a free one)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar while filling")
     d.add_argument("--out", type=Path, help="also write the JSON here")
+
+    f = bench.add_parser(
+        "faults",
+        help="fuzz every input, SIGKILL worker and learner, restart the broker, cut the "
+        "database, tamper with versions: crashes, lost, duplicated, recovery",
+        description="Break the real parts on purpose and count what it cost. Parts: fuzz (cases "
+        "per input target: file loaders, the message validator into SQLite and PostgreSQL, label "
+        "and control messages), worker_kills (SIGKILL `moodwire worker` at random moments, "
+        "restart, count lost and duplicated items in the store and on news.scored), "
+        "learner_kills (SIGKILL `moodwire learner` during training and promotion, check the "
+        "registry, the audit log and the labels), broker_restart (the broker killed and "
+        "restarted empty), db_outage (PostgreSQL cut off mid-stream), tampered (five kinds of "
+        "tampered version, at worker start and at a hot swap). Prints a table on stderr and one "
+        "JSON object on stdout; exit 0 only when there are no crashes, losses, duplicates or "
+        "violations. Uses the configured registry when it serves a version, else bootstraps a "
+        "small model under DATA_DIR/bench-faults/. The short default sizes suit CI; --full "
+        "runs 10,000 fuzz cases per target and 130 kill trials.",
+    )
+    _common(f)
+    f.add_argument(
+        "--full",
+        action="store_true",
+        help="full sizes: 10000 fuzz cases per target, 100 worker kills, 30 learner kills, "
+        "3 broker restarts, a 30 s database outage (given sizes still win)",
+    )
+    f.add_argument(
+        "--only",
+        nargs="+",
+        metavar="PART",
+        choices=[
+            "fuzz",
+            "worker_kills",
+            "learner_kills",
+            "broker_restart",
+            "db_outage",
+            "tampered",
+        ],
+        help="run only these parts: fuzz worker_kills learner_kills broker_restart db_outage "
+        "tampered (default: all)",
+    )
+    f.add_argument("--seed", type=int, default=0, help="seed of fuzz cases and kill moments (0)")
+    f.add_argument(
+        "--fuzz-cases", type=int, metavar="N", help="fuzz cases per target (500; full 10000)"
+    )
+    f.add_argument(
+        "--kills",
+        type=int,
+        metavar="N",
+        help="worker SIGKILLs in all, at most 10 per run of --items items (4; full 100)",
+    )
+    f.add_argument(
+        "--items",
+        type=int,
+        metavar="N",
+        help="items per worker-kill run and in the database outage (600)",
+    )
+    f.add_argument(
+        "--learner-kills",
+        type=int,
+        metavar="N",
+        help="learner SIGKILLs during retrains (2; full 30)",
+    )
+    f.add_argument(
+        "--broker-restarts",
+        type=int,
+        metavar="N",
+        help="times the broker is killed and restarted empty under a worker (1; full 3)",
+    )
+    f.add_argument(
+        "--outage-s",
+        type=float,
+        metavar="S",
+        help="seconds PostgreSQL stays cut off under a worker (10; full 30)",
+    )
+    f.add_argument(
+        "--postgresql",
+        metavar="URL",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        help="a PostgreSQL server where the bench may create and drop its own databases "
+        "(default: the local development server); unreachable, it runs on SQLite only and "
+        "skips the database outage",
+    )
+    f.add_argument("--no-postgresql", action="store_true", help="SQLite only, no database outage")
+    f.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep the run's logs and stores under DATA_DIR/bench-faults/ (kept anyway when "
+        "it fails)",
+    )
+    f.add_argument("--out", type=Path, help="also write the JSON here")
     return parser
 
 

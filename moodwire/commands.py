@@ -634,8 +634,9 @@ def bench_faults_cmd(args: argparse.Namespace, settings: Settings) -> int:
         "outage_s": args.outage_s,
     }
     for name, value in given.items():
-        if value is not None and value < (1 if name in ("items", "outage_s") else 0):
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1 (or 0 for counts)")
+        least = 1 if name in ("items", "outage_s") else 0
+        if value is not None and value < least:
+            raise UserError(f"--{name.replace('_', '-')} must be at least {least}")
     sizes = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     result = run_faults(
         settings,
