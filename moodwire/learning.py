@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from kafka import KafkaProducer, TopicPartition
-from kafka.structs import OffsetAndMetadata
+from kafka import KafkaProducer
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
@@ -51,10 +50,10 @@ from moodwire.settings import Settings
 from moodwire.store import Store
 from stream.deadletter import dlq_message, rejection_row
 from stream.health import serve_health
-from stream.outage import ConsumerKeepalive, Health, Stopping, Waiter, is_outage
+from stream.outage import ConsumerKeepalive, Health, Stopping, Waiter
 from stream.publish import Outgoing, Publisher
 from stream.schemas import ControlMessage, LabelMessage, label_row
-from stream.worker import COMMIT_LOST
+from stream.worker import commit_offsets, rewind
 
 log = structlog.get_logger(__name__)
 
@@ -170,6 +169,7 @@ class LearnerProcess:
         # Memories and state come from disk in _reload_state.
         self.learner = ContinualLearner(load(version), version, settings.learner, None, None)
         self._refused: tuple[str | None, str] | None = None  # a serving state it would not load
+        self._inflight: list[Any] = []  # records polled but not yet committed
         self._reload_state()
 
     def _reload_state(self) -> None:
@@ -294,7 +294,7 @@ class LearnerProcess:
         if letters:
             self._dead_letter(letters)
         if records:
-            self._commit(records)
+            commit_offsets(self.consumer, records, self.waiter)
         self._inflight = []
         if fresh or self._waiting:  # otherwise the store holds nothing new to learn
             self.waiter.run(self.learn_stored_labels, "store")
@@ -311,33 +311,8 @@ class LearnerProcess:
         sent = [ref[1] for ref in delivery.published if ref[0] == "dlq"]
         self.waiter.run(lambda: self.store.mark_published((), sent), "store")
 
-    def _commit(self, records: list[Any]) -> None:
-        offsets: dict[TopicPartition, int] = {}
-        for rec in records:
-            tp = TopicPartition(rec.topic, rec.partition)
-            offsets[tp] = max(offsets.get(tp, -1), rec.offset + 1)
-        commit = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
-        try:
-            self.waiter.run(
-                lambda: self.consumer.commit(commit),
-                "kafka",
-                transient=lambda e: is_outage(e) and not isinstance(e, COMMIT_LOST),
-                what="commit",
-            )
-        except COMMIT_LOST as exc:
-            # Stored already: whoever reads them again stores them once (labels are idempotent).
-            log.warning("commit_lost_to_rebalance", error=f"{type(exc).__name__}")
-
     def _rewind(self) -> None:
-        first: dict[TopicPartition, int] = {}
-        for rec in getattr(self, "_inflight", []):
-            tp = TopicPartition(rec.topic, rec.partition)
-            first[tp] = min(first.get(tp, rec.offset), rec.offset)
-        for tp, offset in first.items():
-            try:
-                self.consumer.seek(tp, offset)
-            except Exception:  # noqa: BLE001 - revoked meanwhile: its new owner reads it
-                log.info("rewind_skipped", partition=f"{tp.topic}:{tp.partition}")
+        rewind(self.consumer, self._inflight)
         self._inflight = []
 
     def learn_stored_labels(self) -> int:

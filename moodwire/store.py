@@ -350,17 +350,9 @@ class Store:
         reason: str | None,
         details: dict[str, Any] | None = None,
     ) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                audit_log.insert().values(
-                    ts=datetime.now(UTC),
-                    actor=actor,
-                    action=action,
-                    target=target,
-                    reason=reason,
-                    details=details or {},
-                )
-            )
+        """Write one audit row (an action whose effect is not in this store)."""
+        with self.audited(actor, action, target, reason, details):
+            pass
 
     @contextmanager
     def audited(

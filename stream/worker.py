@@ -359,7 +359,7 @@ class Worker:
                     records=len(records),
                     failures=failures,
                 )
-                self._rewind(records)
+                rewind(self.consumer, records)
                 backoff = self.settings.retry_initial_s * 2 ** min(failures, 8)
                 self.keepalive(min(self.settings.retry_max_s, backoff))
                 self.keepalive.resume()
@@ -723,26 +723,7 @@ class Worker:
 
     def _commit(self, batch: _Batch) -> None:
         """Commit the batch's offsets (waiting out outages); a rebalance hands it on."""
-        offsets: dict[TopicPartition, int] = {}
-        for rec in batch.records:
-            tp = TopicPartition(rec.topic, rec.partition)
-            offsets[tp] = max(offsets.get(tp, -1), rec.offset + 1)
-        commit = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
-        try:
-            self.waiter.run(
-                lambda: self.consumer.commit(commit),
-                "kafka",
-                transient=lambda e: is_outage(e) and not isinstance(e, COMMIT_LOST),
-                what="commit",
-            )
-        except COMMIT_LOST as exc:
-            # Stored and published already; the partition's new owner reads the batch
-            # again and the store's idempotence absorbs it.
-            log.warning(
-                "commit_lost_to_rebalance",
-                partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in offsets),
-                error=f"{type(exc).__name__}: {str(exc)[:200]}",
-            )
+        commit_offsets(self.consumer, batch.records, self.waiter)
         LAST_BATCH.set_to_current_time()
 
     def _catch_up(self, batch: _Batch) -> None:
@@ -772,18 +753,6 @@ class Worker:
             self.health.down("kafka", "group coordinator unknown")
         elif not gone and not self.health.is_up("kafka"):
             self.health.up("kafka")
-
-    def _rewind(self, records: list[ConsumerRecord]) -> None:
-        """Seek back so the batch is read again (it was not committed)."""
-        first: dict[TopicPartition, int] = {}
-        for rec in records:
-            tp = TopicPartition(rec.topic, rec.partition)
-            first[tp] = min(first.get(tp, rec.offset), rec.offset)
-        for tp, offset in first.items():
-            try:
-                self.consumer.seek(tp, offset)
-            except Exception:  # noqa: BLE001 - revoked meanwhile: its new owner reads it
-                log.info("rewind_skipped", partition=f"{tp.topic}:{tp.partition}")
 
     def _advise(self, what: str, fn: Callable[[], Any]) -> Any:
         """Run an advisory step: a failure is logged and never fails the batch."""
@@ -912,6 +881,48 @@ class Worker:
             self.store.mark_partitions(marks)
 
         self._advise("partition_marks", mark)
+
+
+def commit_offsets(consumer: KafkaConsumer, records: list[ConsumerRecord], waiter: Waiter) -> bool:
+    """Commit past ``records`` (waiting out outages); False when a rebalance took them.
+
+    A commit refused because the group moved on is not an error: what was
+    done is stored (and published) already, and the partition's new owner
+    reads the records again, which the store's idempotence absorbs.
+    """
+    offsets: dict[TopicPartition, int] = {}
+    for rec in records:
+        tp = TopicPartition(rec.topic, rec.partition)
+        offsets[tp] = max(offsets.get(tp, -1), rec.offset + 1)
+    commit = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+    try:
+        waiter.run(
+            lambda: consumer.commit(commit),
+            "kafka",
+            transient=lambda e: is_outage(e) and not isinstance(e, COMMIT_LOST),
+            what="commit",
+        )
+    except COMMIT_LOST as exc:
+        log.warning(
+            "commit_lost_to_rebalance",
+            partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in offsets),
+            error=f"{type(exc).__name__}: {str(exc)[:200]}",
+        )
+        return False
+    return True
+
+
+def rewind(consumer: KafkaConsumer, records: list[ConsumerRecord]) -> None:
+    """Seek back so uncommitted ``records`` are read again (after an unexpected error)."""
+    first: dict[TopicPartition, int] = {}
+    for rec in records:
+        tp = TopicPartition(rec.topic, rec.partition)
+        first[tp] = min(first.get(tp, rec.offset), rec.offset)
+    for tp, offset in first.items():
+        try:
+            consumer.seek(tp, offset)
+        except Exception:  # noqa: BLE001 - revoked meanwhile: its new owner reads it
+            log.info("rewind_skipped", partition=f"{tp.topic}:{tp.partition}")
 
 
 def _position(row: dict[str, Any]) -> dict[str, Any]:
