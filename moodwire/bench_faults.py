@@ -17,8 +17,9 @@ a model version from the registry. Six parts, each with its figure:
   during training or while it writes and promotes its candidate, restarted;
   **violations**: a serving pointer that does not name a verified version, a
   half-written version (directory), a promotion without its audit row or an
-  audit row for a promotion the pointer never made, labels lost or never
-  learned; recovery (restart to taking labels again).
+  audit row for a promotion the pointer never made, stored labels never
+  learned; **lost**: produced labels never stored; recovery (restart to taking
+  labels again).
 * ``broker_restart``: a worker through a :class:`~moodwire.proxy.ProxiedBroker`
   killed and restarted empty; the items produced after its return, lost or
   duplicated; recovery (broker back to the first of them stored).
@@ -359,8 +360,10 @@ class Bench:
 
     @contextlib.contextmanager
     def store_url(self, backend: str, tag: str) -> Iterator[str]:
+        """A fresh store for one run: a SQLite file, or a PostgreSQL database dropped after."""
         if backend == "postgresql":
-            assert self.pg_admin is not None
+            if self.pg_admin is None:
+                raise RuntimeError("no PostgreSQL server to create a database on")
             with pg_database(self.pg_admin) as url:
                 yield url
         else:
@@ -403,6 +406,20 @@ def serving_registry(settings: Settings, given: bool, say: Callable[[str], None]
     version = registry.write_version(clf.save, {"kind": "bench-faults", "parent": None})
     registry.promote(version)
     return root
+
+
+def copy_serving(source: Path, root: Path) -> str:
+    """A new registry at ``root`` holding only ``source``'s serving version (its files
+    copied, never linked: tampering with the copy must not touch the original)."""
+    from learner.registry import Registry, RegistryError
+
+    version = Registry(source).serving()
+    if version is None:
+        raise RegistryError(f"no version serves in {source}")
+    shutil.copytree(Registry(source).path(version), root / "versions" / version)
+    pointer = {"version": version, "history": [version]}
+    _write_atomic(root / "serving.json", json.dumps(pointer).encode())
+    return version
 
 
 # -- 1. fuzz -----------------------------------------------------------------------------
@@ -610,7 +627,7 @@ class _LearnerRig:
         self.bench = bench
         tag = "learner-kills"
         root = bench.work / tag / "registry"
-        shutil.copytree(bench.registry, root, ignore=shutil.ignore_patterns(".learner.lock"))
+        copy_serving(bench.registry, root)
         config = dataclasses.replace(
             bench.settings.learner,
             min_new_labels=30,
@@ -722,7 +739,8 @@ class _LearnerRig:
         self, trial: _LearnerTrial, batch: int, rng: random.Random, train_s: float, write_s: float
     ) -> bool:
         """Feed a batch, wait for its retrain, SIGKILL the learner where ``trial.aim`` says."""
-        assert self.proc is not None
+        if self.proc is None:
+            raise RuntimeError("no learner runs")
         begun, decided = self.count("retrain_started"), self.count(*_DECISIONS)
         versions = {v.name for v in self.registry.versions()}
         left = _incoming(self.registry)
@@ -990,13 +1008,16 @@ def db_outage(bench: Bench, outage_s: float, items: int) -> dict[str, Any]:
             feed = _items(items, "db-", seed=bench.seed + 13)
             log = bench.work / tag / "worker.log"
             proc = bench.procs.start(["worker"], bench.env(settings), log)
-            fed = threading.Event()
+            sent: list[str] = []  # ids the broker acknowledged: what may be lost
 
-            def feeder() -> None:
-                for i in range(0, len(feed), 50):
-                    _produce_items(settings, feed[i : i + 50])
-                    time.sleep(1.0)
-                fed.set()
+            def feeder() -> None:  # a live feed: 50 items a second, through the outage
+                try:
+                    for i in range(0, len(feed), 50):
+                        _produce_items(settings, feed[i : i + 50])
+                        sent.extend(item["id"] for item in feed[i : i + 50])
+                        time.sleep(1.0)
+                except Exception as exc:  # noqa: BLE001 - reported, and counted by what was sent
+                    problems.append(f"the feed failed: {type(exc).__name__}: {exc}"[:300])
 
             thread = threading.Thread(target=feeder, daemon=True)
             try:
@@ -1012,12 +1033,12 @@ def db_outage(bench: Bench, outage_s: float, items: int) -> dict[str, Any]:
                 proxy.come_back()
                 back = time.monotonic()
                 first = _wait(lambda: store.count_items() > at_down, 300, 0.1)
+                thread.join(120)
                 done = _wait(
-                    lambda: store.count_items() >= items and store.stats()["unpublished"] == 0,
+                    lambda: store.count_items() >= len(sent) and store.stats()["unpublished"] == 0,
                     300 + items / 2,
                     0.25,
                 )
-                thread.join(120)
                 time.sleep(1.0)
                 alive = proc.poll() is None
                 if not alive and died is None:
@@ -1025,9 +1046,7 @@ def db_outage(bench: Bench, outage_s: float, items: int) -> dict[str, Any]:
                 code = bench.procs.stop(proc)
                 if alive and code != 0:
                     problems.append(f"the worker exited with {code} on SIGTERM")
-                tally = count_delivery(
-                    [i["id"] for i in feed], store.item_ids(), _scored_ids(settings)
-                )
+                tally = count_delivery(sent, store.item_ids(), _scored_ids(settings))
             finally:
                 store.engine.dispose()
     seen = [e for e in _events(log, "dependency_recovered") if e.get("dependency") == "store"]
@@ -1143,10 +1162,8 @@ def _refused_at_start(bench: Bench, tag: str, variant: str) -> dict[str, Any]:
 
     home = bench.work / tag / f"start-{variant}"
     root = home / "registry"
-    shutil.copytree(bench.registry, root, ignore=shutil.ignore_patterns(".learner.lock"))
+    good = copy_serving(bench.registry, root)
     registry = Registry(root)
-    good = registry.serving()
-    assert good is not None
     version = make_tampered(registry, variant, good)
     settings = bench.run_settings(f"{tag}/start-{variant}", registry=root)
     from stream.broker import ensure_topics
@@ -1192,10 +1209,8 @@ def _refused_at_swap(bench: Bench, tag: str, variants: tuple[str, ...]) -> dict[
 
     home = bench.work / tag / "swap"
     root = home / "registry"
-    shutil.copytree(bench.registry, root, ignore=shutil.ignore_patterns(".learner.lock"))
+    good = copy_serving(bench.registry, root)
     registry = Registry(root)
-    good = registry.serving()
-    assert good is not None
     saved = registry.pointer_state()
     settings = bench.run_settings(f"{tag}/swap", registry=root)
     from stream.broker import ensure_topics
