@@ -392,7 +392,20 @@ def build_parser() -> argparse.ArgumentParser:
         "small model under DATA_DIR/bench-faults/. The short default sizes suit CI; --full "
         "runs 10,000 fuzz cases per target and 130 kill trials.",
     )
-    _common(f)
+    # Not _common: the bench starts its own brokers and stores, so those flags do not apply.
+    g = f.add_argument_group("model and data (override MOODWIRE_* environment)")
+    g.add_argument(
+        "--registry", type=Path, help="model registry to use when it serves a proven version"
+    )
+    g.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the bench keeps its model and its work (DATA_DIR/bench-faults/)",
+    )
+    g.add_argument("--device", help="device of the workers and learners: auto, cpu, cuda, cuda:N")
+    g.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="log level (info)"
+    )
     f.add_argument(
         "--full",
         action="store_true",
