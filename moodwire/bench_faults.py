@@ -71,7 +71,10 @@ VARIANTS = ("flipped_byte", "tokenizer_deleted", "extra_file", "nan_weights", "g
 
 KILLS_PER_RUN = 10  # worker kills in one run of `items` items before a last worker finishes
 STARTUP_KILL_SHARE = 0.2  # kills timed during start-up (model load, group join), not scoring
-SCORING_KILL_S = 3.0  # a scoring kill comes up to this long after the life's first stored item
+# A scoring kill waits for a random share of the run's remaining items to be stored (the
+# same spread on a fast machine as on a slow one), then up to this long more: any moment of
+# the batch in hand (scoring, storing, publishing, committing).
+SCORING_KILL_JITTER_S = 0.5
 STARTUP_KILL_S = (0.3, 6.0)
 LABELS_PER_TRIAL = 50  # labels produced before each learner trial: one retrain is then due
 
@@ -542,7 +545,10 @@ def _worker_run(
                         problems.append(f"life {life}: nothing stored in 180 s")
                     elif life > 0:
                         recoveries.append(first - started)
-                    time.sleep(rng.uniform(0, SCORING_KILL_S))
+                    share = (n - base) / (kills_wanted - len(kills) + 1)
+                    goal = min(n - 1, base + rng.uniform(0, 1.5 * share))
+                    _wait(lambda g=goal: store.count_items() >= g, 120, 0.02)
+                    time.sleep(rng.uniform(0, SCORING_KILL_JITTER_S))
                 stored = store.count_items()
                 bench.procs.kill(proc)
                 kills.append(
@@ -553,16 +559,22 @@ def _worker_run(
                     }
                 )
                 life += 1
-            # The last worker finishes the run.
+            # The last worker finishes the run: it joins the group and reads to the end,
+            # even when the killed ones stored and published everything.
             base = store.count_items()
-            proc = bench.procs.start(["worker"], env, logs / f"worker-{life}.log")
+            last_log = logs / f"worker-{life}.log"
+            proc = bench.procs.start(["worker"], env, last_log)
             started = time.monotonic()
             if base < n:
                 first = _wait(lambda b=base: store.count_items() > b, 180)
                 if first is not None and life > 0:
                     recoveries.append(first - started)
             finished = _wait(
-                lambda: store.count_items() >= n and store.stats()["unpublished"] == 0,
+                lambda: (
+                    store.count_items() >= n
+                    and store.stats()["unpublished"] == 0
+                    and bool(_events(last_log, "partitions_assigned"))
+                ),
                 180 + n / 2,
                 interval_s=0.25,
             )
