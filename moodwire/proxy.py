@@ -60,7 +60,10 @@ An echo server behind the proxy, taken down and brought back:
 >>> server = socket.create_server(("127.0.0.1", 0))
 >>> def echo() -> None:
 ...     while True:
-...         conn, _ = server.accept()
+...         try:
+...             conn, _ = server.accept()
+...         except OSError:  # the server was closed: the example is over
+...             return
 ...         with conn, contextlib.suppress(ConnectionResetError):  # go_down() resets
 ...             while data := conn.recv(1024):
 ...                 conn.sendall(data)
