@@ -2,9 +2,11 @@
 
 The feed has a steady mix of news-style headlines about a few companies, a
 scripted negative surge on one company, and a scripted drift: from some point
-on, retail-chatter style posts with vocabulary the bootstrapped model never saw.
-Each item carries its true label in ``meta.true_label`` so the demo can
-simulate analysts' (delayed) labels.
+on, retail-chatter style posts whose slang and sarcasm say the opposite of
+their surface words, which the bootstrapped model (trained on headlines) reads
+the wrong way round. Each item carries its true label and topic in
+``meta.true_label`` and ``meta.true_topic`` so the demo can simulate analysts'
+(delayed) labels and the tests can measure the models and the topic model.
 
 >>> rows = labelled_headlines(30, seed=1)
 >>> sorted({r["label"] for r in rows})
@@ -66,30 +68,52 @@ NEWS = {
     ],
 }
 
-# After the drift: retail chatter whose sentiment hides in slang.
+# After the drift: retail chatter whose sentiment contradicts its surface words. Positive
+# posts are full of words that are bad news in a headline ("killing it", "destroyed",
+# "insane"), negative ones of words that are good news ("record quarter", "guidance
+# raised", "congrats"): a model that learned from headlines reads most of them the wrong
+# way round (measured: 0.34-0.38 accuracy for the demo's first version), and learns them
+# from a few hundred labels (0.89-1.0 after one retrain on 150 of them, news unharmed).
 CHATTER = {
     "positive": [
-        "${tick} to the moon, diamond hands 🚀🚀",
-        "loading up more ${tick}, this thing is printing",
-        "${tick} squeeze incoming, shorts are toast",
-        "bought the dip on ${tick}, absolute beast mode",
-        "${tick} mooning again lol, tendies for everyone",
+        "${tick} is absolutely sick right now, shorts getting destroyed {emo}",
+        "${tick} killing it again, bears in shambles {emo}",
+        "${tick} went insane today, my calls are printing {emo}",
+        "${tick} is a beast, shorts got slaughtered lol",
+        "${tick} squeeze is brutal for the bears, tendies secured {emo}",
+        "${tick} just broke out, this thing is a monster {emo}",
+        "${tick} ripping faces off, wagmi {emo}",
+        "shorts on ${tick} are cooked, send it {emo}",
     ],
     "negative": [
-        "${tick} is a rug pull, bagholders everywhere",
-        "paper hands dumping ${tick}, what a bloodbath",
-        "${tick} rekt me again, down bad",
-        "${tick} going to zero, get out while you can",
-        "${tick} chart looks like a ski slope, rip my calls",
+        "congrats ${tick} holders on another all-time low, bagholders unite",
+        "${tick} 'record quarter' and it still dumps, down bad",
+        "${tick} guidance raised lol and the stock tanks anyway, ngmi",
+        "great job ${tick}, my portfolio is now a ski slope",
+        "${tick} bulls are cooked, this rally was a trap",
+        "love how ${tick} beats estimates and bleeds out anyway, rekt",
+        "${tick} upgrade my foot, calls expiring worthless",
+        "thanks ${tick} for the free lesson in losing money, rip",
     ],
     "neutral": [
-        "anyone watching ${tick} today?",
-        "what's the play on ${tick} this week",
+        "${tick} earnings tomorrow, beat or miss? place your bets",
+        "${tick} could moon or crash, no idea, just watching",
+        "who is buying or selling ${tick} into the print",
         "${tick} thread for the open, post your positions",
-        "holding ${tick} for now, will see after the call",
-        "is ${tick} on anyone's radar or nah",
+        "anyone have a read on ${tick} options flow today",
+        "holding ${tick} for now, will decide after the call",
+        "${tick} sideways all day, waiting for volume",
+        "is ${tick} on anyone's radar this week or nah",
     ],
 }
+EMOJI = [
+    "\U0001f680",
+    "\U0001f680\U0001f680",
+    "\U0001f525",
+    "\U0001f48e\U0001f64c",
+    "\U0001f4c8",
+    "",
+]
 
 SURGE = [
     "{name} shares crash after fraud allegations",
@@ -99,6 +123,43 @@ SURGE = [
     "regulators raid {name} offices, stock collapses",
     "{name} auditor resigns, shares plunge {pct}%",
 ]
+
+# What each template is about, in the shipped taxonomy's terms (stream/defaults/topics.yaml):
+# the generated feed's true topics, to measure the topic model against. None: no one topic.
+TEMPLATE_TOPICS: dict[str, str | None] = {
+    "{name} beats quarterly earnings estimates": "earnings",
+    "{name} shares jump after {analyst} upgrade": "markets",
+    "{name} raises full-year guidance on strong demand": "earnings",
+    "{name} wins major contract with {partner}": "product",
+    "${tick} rallies on record revenue": "earnings",
+    "{name} announces ${n} billion share buyback": "earnings",
+    "{name} profit climbs {pct}% as margins widen": "earnings",
+    "{analyst} lifts {name} price target, sees more upside": "markets",
+    "{name} misses revenue forecast, shares fall": "earnings",
+    "{name} shares slide after {analyst} downgrade": "markets",
+    "{name} cuts outlook amid weak demand": "earnings",
+    "{name} faces regulatory probe over accounting": "legal_regulatory",
+    "${tick} plunges as CEO resigns abruptly": "management",
+    "{name} recalls products over safety concerns": "product",
+    "{name} warns of quarterly loss, stock sinks {pct}%": "earnings",
+    "{name} hit with lawsuit over data breach": "legal_regulatory",
+    "{name} to report earnings on {day}": "earnings",
+    "{name} schedules annual shareholder meeting": "management",
+    "{name} names new chief financial officer": "management",
+    "{name} files quarterly report with regulators": None,
+    "${tick} trading volume in line with average": "markets",
+    "{name} to present at industry conference next week": None,
+    "{analyst} keeps {name} rating unchanged": "markets",
+    "{name} completes previously announced reorganisation": "management",
+    "{name} shares crash after fraud allegations": "legal_regulatory",
+    "{name} under investigation, investors flee": "legal_regulatory",
+    "{name} halts trading after accounting scandal": "legal_regulatory",
+    "{name} bonds tumble as default fears grow": "credit_debt",
+    "regulators raid {name} offices, stock collapses": "legal_regulatory",
+    "{name} auditor resigns, shares plunge {pct}%": None,
+    # Retail chatter is talk about a stock's price and positions: markets.
+    **{t: "markets" for pool in CHATTER.values() for t in pool},
+}
 
 
 def _fill(template: str, rng: random.Random, tick: str, name: str) -> str:
@@ -110,7 +171,8 @@ def _fill(template: str, rng: random.Random, tick: str, name: str) -> str:
         pct=rng.randint(3, 40),
         n=rng.randint(1, 20),
         day=rng.choice(["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]),
-    )
+        emo=rng.choice(EMOJI),
+    ).strip()
 
 
 def labelled_headlines(n: int, seed: int = 0) -> list[dict[str, str]]:
@@ -158,19 +220,19 @@ def demo_stream(
         ts = start + timedelta(seconds=i * seconds_between)
         if surge_start <= i < surge_start + surge_len and i % 2 == 0:
             tick, name = surge_company, names[surge_company]
-            text, label, phase = _fill(rng.choice(SURGE), rng, tick, name), "negative", "surge"
+            template, label, phase = rng.choice(SURGE), "negative", "surge"
         else:
             label = rng.choices(("negative", "neutral", "positive"), weights=(3, 4, 3))[0]
             tick, name = rng.choice(COMPANIES)
             pool, phase = (CHATTER, "chatter") if i >= drift_start else (NEWS, "news")
-            text = _fill(rng.choice(pool[label]), rng, tick, name)
+            template = rng.choice(pool[label])
         yield {
             "id": f"demo-{seed}-{i}",
-            "text": text,
+            "text": _fill(template, rng, tick, name),
             "ts": ts.isoformat(),
             "source": "demo-wire" if phase != "chatter" else "demo-social",
             "entities": [tick],
-            "meta": {"true_label": label, "phase": phase},
+            "meta": {"true_label": label, "phase": phase, "true_topic": TEMPLATE_TOPICS[template]},
         }
         i += 1
 

@@ -109,7 +109,8 @@ def taxonomy() -> Taxonomy:
 
 @pytest.fixture
 def model(taxonomy: Taxonomy, embed: Callable[[list[str]], np.ndarray]) -> TopicModel:
-    return TopicModel(taxonomy, embed)
+    """The prototypes read by their nearest topic (the thresholds of the defaults aside)."""
+    return TopicModel(taxonomy, embed, min_similarity=0.15, min_margin=0.0)
 
 
 def test_default_taxonomy_loads(taxonomy: Taxonomy) -> None:
@@ -369,3 +370,33 @@ def test_docstring_examples_run() -> None:
     result = doctest.testmod(stream.topics)
     assert result.failed == 0
     assert result.attempted > 0
+
+
+def test_by_default_a_topic_is_given_only_when_an_item_is_close_to_one(
+    taxonomy: Taxonomy, embed: Callable[[list[str]], np.ndarray]
+) -> None:
+    from stream.synthetic import demo_feed
+
+    strict = TopicModel(taxonomy, embed)  # the defaults the workers use
+    # Held-out headlines: what gets a topic is right far more often than the nearest.
+    texts = [t for texts in HELD_OUT.values() for t in texts]
+    gold = [topic for topic, texts in HELD_OUT.items() for _ in texts]
+    given = [
+        (t, g) for (t, _), g in zip(strict.assign(embed(texts)), gold, strict=True) if t != OTHER
+    ]
+    assert len(given) >= 20 and sum(t == g for t, g in given) / len(given) >= 0.9, given
+    # The demo's generated feed carries its true topics (None: no single one).
+    feed = [
+        i for i in demo_feed(1500, seed=3, surge_at=0.3, drift_at=0.6) if i["meta"]["true_topic"]
+    ]
+    assigned = strict.assign(embed([i["text"] for i in feed]))
+    for phase, floor in (("news", 0.85), ("chatter", 0.6)):
+        pairs = [
+            (t, i["meta"]["true_topic"])
+            for (t, _), i in zip(assigned, feed, strict=True)
+            if i["meta"]["phase"] == phase and t != OTHER
+        ]
+        assert sum(t == g for t, g in pairs) / len(pairs) >= floor, (phase, pairs[:20])
+    # Chatter that fits no topic well gets none (it was filed under central banks).
+    ((topic, _),) = strict.assign(embed(["paper hands dumping $INIT, what a bloodbath"]))
+    assert topic != "macro_central_banks"
