@@ -555,6 +555,7 @@ def _worker_run(
                     {
                         "after_s": round(time.monotonic() - started, 2),
                         "phase": "startup" if stored == base else "scoring",
+                        "stored_before": base,  # this life began with work left
                         "stored": stored,
                     }
                 )
@@ -1001,21 +1002,23 @@ def broker_restart(bench: Bench, restarts: int) -> dict[str, Any]:
 
 def db_outage(bench: Bench, outage_s: float, items: int) -> dict[str, Any]:
     """PostgreSQL taken away for ``outage_s`` under a running worker, then given back."""
+    from sqlalchemy.engine import make_url
+
     from moodwire.proxy import TcpProxy
     from moodwire.store import Store
+    from stream.broker import ensure_topics
 
     if bench.pg_admin is None:
         return {"trials": 0, "skipped": "PostgreSQL is not reachable"}
     tag = "db-outage"
     problems: list[str] = []
     with bench.store_url("postgresql", tag) as url:
-        host_port = url.split("@", 1)[1].split("/", 1)[0]
-        host, port = host_port.rsplit(":", 1)
+        server = make_url(url)
         store = Store(url)  # the bench's own view: straight to the server, never cut
-        with TcpProxy(host, int(port)) as proxy:
-            settings = bench.run_settings(tag, store_url=url.replace(host_port, proxy.address))
-            from stream.broker import ensure_topics
-
+        with TcpProxy(server.host or "127.0.0.1", server.port or 5432) as proxy:
+            host, port = proxy.address.rsplit(":", 1)
+            cut = server.set(host=host, port=int(port)).render_as_string(hide_password=False)
+            settings = bench.run_settings(tag, store_url=cut)
             ensure_topics(settings.bootstrap_servers, settings.topics.all(), settings.partitions)
             feed = _items(items, "db-", seed=bench.seed + 13)
             log = bench.work / tag / "worker.log"
@@ -1169,8 +1172,11 @@ def tampered(bench: Bench, variants: tuple[str, ...] = VARIANTS) -> dict[str, An
 
 
 def _refused_at_start(bench: Bench, tag: str, variant: str) -> dict[str, Any]:
+    """``moodwire worker`` on a registry whose serving version is tampered: it must exit
+    non-zero with one line on stderr, and score nothing (items wait on its topic)."""
     from learner.registry import Registry
     from moodwire.store import Store
+    from stream.broker import ensure_topics
 
     home = bench.work / tag / f"start-{variant}"
     root = home / "registry"
@@ -1178,8 +1184,6 @@ def _refused_at_start(bench: Bench, tag: str, variant: str) -> dict[str, Any]:
     registry = Registry(root)
     version = make_tampered(registry, variant, good)
     settings = bench.run_settings(f"{tag}/start-{variant}", registry=root)
-    from stream.broker import ensure_topics
-
     ensure_topics(settings.bootstrap_servers, settings.topics.all(), settings.partitions)
     _produce_items(settings, _items(10, f"t-{variant}-", seed=bench.seed + 16))
     began = time.monotonic()
@@ -1192,11 +1196,14 @@ def _refused_at_start(bench: Bench, tag: str, variant: str) -> dict[str, Any]:
             timeout=180,
         )
         code, stderr = done.returncode, done.stderr
-    except subprocess.TimeoutExpired as exc:
-        code, stderr = None, (exc.stderr or b"").decode(errors="replace") if exc.stderr else ""
+    except subprocess.TimeoutExpired as exc:  # it ran on: it served, or hung
+        raw = exc.stderr or ""
+        code, stderr = None, raw.decode(errors="replace") if isinstance(raw, bytes) else raw
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    stored = Store(settings.resolved_store_url()).stats()["by_model_version"]
-    served = code in (0, None) or any(v != good for v in stored)
+    store = Store(settings.resolved_store_url())
+    scored = store.count_items()
+    store.engine.dispose()
+    served = code in (0, None) or scored > 0
     one_line = len(lines) == 1 and "Traceback" not in stderr
     outcome = {
         "version": version,
@@ -1204,6 +1211,7 @@ def _refused_at_start(bench: Bench, tag: str, variant: str) -> dict[str, Any]:
         "stderr": lines[0][:300] if len(lines) == 1 else "\n".join(lines)[-600:],
         "one_line": one_line,
         "served": served,
+        "items_scored": scored,
         "seconds": round(time.monotonic() - began, 2),
     }
     bench.say(
@@ -1216,8 +1224,11 @@ def _refused_at_start(bench: Bench, tag: str, variant: str) -> dict[str, Any]:
 
 
 def _refused_at_swap(bench: Bench, tag: str, variants: tuple[str, ...]) -> dict[str, dict]:
+    """One worker serving the good version; each variant is pointed at under it in turn
+    (then the pointer is put back): refused, logged, and the old version scores on."""
     from learner.registry import Registry
     from moodwire.store import Store
+    from stream.broker import ensure_topics
 
     home = bench.work / tag / "swap"
     root = home / "registry"
@@ -1225,8 +1236,6 @@ def _refused_at_swap(bench: Bench, tag: str, variants: tuple[str, ...]) -> dict[
     registry = Registry(root)
     saved = registry.pointer_state()
     settings = bench.run_settings(f"{tag}/swap", registry=root)
-    from stream.broker import ensure_topics
-
     ensure_topics(settings.bootstrap_servers, settings.topics.all(), settings.partitions)
     store = Store(settings.resolved_store_url())
     log = home / "worker.log"

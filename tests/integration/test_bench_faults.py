@@ -56,8 +56,8 @@ def test_a_short_run_fuzzes_kills_and_tampers_for_real(
     assert kills["trials"] == 2 and kills["runs"] == 1
     run = kills["runs_detail"][0]
     assert len(run["kills"]) == 2 and run["produced"] == run["stored"] == run["published"] == 200
-    # Each kill came while work was left, and each restart was timed to its next stored item.
-    assert all(k["stored"] < 200 and k["after_s"] > 0 for k in run["kills"])
+    # Each killed worker had work left, and each restart was timed to its next stored item.
+    assert all(k["stored_before"] < 200 and k["after_s"] > 0 for k in run["kills"])
     assert run["recoveries_s"] and kills["max_recovery_s"] > 0
     assert result["max_recovery_s"] == kills["max_recovery_s"]
 
