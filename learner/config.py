@@ -38,6 +38,11 @@ class LearnerConfig:
     shadow_items: int = 500
     min_shadow_agreement: float = 0.0  # 0 = report only
     require_approval: bool = False
+    # A drift seen by the workers without labels (confidence, label mix, embedding) is
+    # confirmed by the labels before a retrain: the serving model must do worse on the
+    # fresh labels than on the old held-out ones by more than this (a surge of bad news
+    # is a change of the world's mood, not of the model's: no retrain for it).
+    drift_confirm_margin: float = 0.05
     error_detector: str = "adwin"
     error_warmup: int = 100
     error_cooldown: int = 500

@@ -159,6 +159,8 @@ class ContinualLearner:
         # time the labels since the drift have doubled, until ``retrain_every`` of them.
         self._episode_start: int | None = None  # labels_seen at the drift
         self._episode_next = 0  # labels since the drift at which to retrain next
+        self._unconfirmed = False  # a workers' drift the labels have not confirmed yet
+        self.last_confirmation: dict[str, Any] | None = None
         self._errors = make_detector(
             cfg.error_detector, warmup=cfg.error_warmup, cooldown=cfg.error_cooldown
         )
@@ -232,7 +234,7 @@ class ContinualLearner:
         if self.pending is None:
             self.pending = reason
 
-    def drift(self, reason: str) -> None:
+    def drift(self, reason: str, *, confirm_with_labels: bool = False) -> None:
         """The stream shifted: retrain on what comes after the shift.
 
         The fresh labels gathered before it describe the old world, so they move
@@ -241,6 +243,11 @@ class ContinualLearner:
         new world, it retrains again each time the labels since the drift have
         doubled, until there are ``retrain_every`` of them. Drift events during
         that catch-up are the same shift: they keep the fresh labels.
+
+        With ``confirm_with_labels`` (a drift the workers saw without labels), the
+        retrain runs only if the fresh labels confirm it: the serving model does
+        worse on them than on the old held-out data by more than
+        ``drift_confirm_margin``; otherwise the episode ends with no retrain.
         """
         if self.config.strategy == "frozen":
             return
@@ -249,6 +256,9 @@ class ContinualLearner:
             self._episode_start = self.labels_seen
             self._episode_next = 0
             self._mark_before_shift()
+            self._unconfirmed = confirm_with_labels
+        elif not confirm_with_labels:
+            self._unconfirmed = False  # the labels' own detector saw it too
         if self.pending is None:
             self.pending = reason
 
@@ -278,6 +288,11 @@ class ContinualLearner:
             return None
         if len(self.fresh_train) < self.config.min_new_labels:
             return None
+        if self.pending is not None and self._unconfirmed:
+            self._unconfirmed = False
+            if not self._confirmed_by_labels():
+                self.pending, self._episode_start = None, None
+                return None
         if self.pending is not None:
             return self.pending
         if self._episode_start is not None:
@@ -290,6 +305,21 @@ class ContinualLearner:
         if new >= self.config.retrain_every:
             return f"{new} new labels"
         return None
+
+    def _confirmed_by_labels(self) -> bool:
+        """Whether the fresh labels show the serving model doing worse than before the shift."""
+        fresh = self.fresh_train + self.fresh_holdout
+        if not fresh or self.before_shift_acc is None:
+            return True
+        now = accuracy(self.classifier, fresh)
+        confirmed = now < self.before_shift_acc - self.config.drift_confirm_margin
+        self.last_confirmation = {
+            "fresh_accuracy": round(now, 4),
+            "before_shift_accuracy": round(self.before_shift_acc, 4),
+            "fresh": len(fresh),
+            "confirmed": confirmed,
+        }
+        return confirmed
 
     # -- a retrain ------------------------------------------------------------------------
 
@@ -428,6 +458,7 @@ class ContinualLearner:
             "pending": self.pending,
             "episode_start": self._episode_start,
             "episode_next": self._episode_next,
+            "unconfirmed": self._unconfirmed,
             "before_shift": [[x.text, x.label] for x in self.before_shift],
             "before_shift_acc": self.before_shift_acc,
             "before_shift_version": self.before_shift_version,
@@ -441,6 +472,7 @@ class ContinualLearner:
         self.pending = state.get("pending")
         self._episode_start = state.get("episode_start")
         self._episode_next = int(state.get("episode_next", 0))
+        self._unconfirmed = bool(state.get("unconfirmed", False))
         self.before_shift = [LabelledText(t, lab) for t, lab in state.get("before_shift", [])]
         self.before_shift_acc = state.get("before_shift_acc")
         self.before_shift_version = state.get("before_shift_version")

@@ -32,14 +32,20 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
+log = structlog.get_logger(__name__)
 _VERSION_RE = re.compile(r"^v(\d+)$")
 _CARD = "card.json"
 
@@ -117,7 +123,10 @@ class Registry:
         wrote (relative POSIX paths), taken before the version is renamed into place.
         """
         self._versions_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self._versions_dir))
+        self.reap_incoming()
+        # The writer's host and pid in the name: a writer killed mid-write is recognised.
+        prefix = f"{_INCOMING}{socket.gethostname()}-{os.getpid()}-"
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=self._versions_dir))
         try:
             save(tmp)
             (tmp / _CARD).unlink(missing_ok=True)  # the registry writes the card
@@ -138,6 +147,32 @@ class Registry:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def reap_incoming(self, *, max_age_s: float = 86_400.0) -> list[str]:
+        """Remove half-written versions whose writer is dead; returns their names.
+
+        A writer SIGKILLed mid-write leaves its temporary directory (a full
+        model's size) behind. One of this host whose process is gone, or any
+        older than ``max_age_s``, is removed; a live writer's is left alone.
+        """
+        if not self._versions_dir.is_dir():
+            return []
+        host, removed = socket.gethostname(), []
+        for d in self._versions_dir.glob(f"{_INCOMING}*"):
+            if not d.is_dir():
+                continue
+            owner_host, pid = _writer_of(d.name)
+            try:
+                age = time.time() - d.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            dead = owner_host == host and pid is not None and not _alive(pid)
+            if dead or age > max_age_s or (pid is None and age > 3600):
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d.name)
+        if removed:
+            log.warning("half_written_versions_removed", names=removed)
+        return removed
 
     def verify(self, version: str) -> Path:
         """Check every file of ``version`` against its card; returns the version's directory.
@@ -218,7 +253,10 @@ class Registry:
                 self.path(version)
             except RegistryError as exc:
                 raise RegistryError(f"{where} names {exc}: {fix}") from None
-        return {"version": version, "history": history}
+        out: dict[str, Any] = {"version": version, "history": history}
+        if isinstance(state.get("switch"), dict):
+            out["switch"] = state["switch"]
+        return out
 
     def serving(self) -> str | None:
         """The serving version (None when none serves); a malformed pointer raises."""
@@ -269,8 +307,40 @@ class Registry:
         self._write_state({"version": target, "history": state["history"][:-1]})
         return current, target
 
+    @contextmanager
+    def switch_token(self, token: str) -> Iterator[None]:
+        """Pointer writes inside the block record ``token`` (the audit row's) and what they
+        replaced, so a switch whose audit row never committed can be found and undone
+        (:meth:`unaudited_switch`, :meth:`revert_switch`)."""
+        self._token = token
+        try:
+            yield
+        finally:
+            self._token = None
+
+    def pending_switch(self) -> dict[str, Any] | None:
+        """The last switch's ``{"token", "at", "before"}``, when it was made under a token."""
+        switch = self._state().get("switch")
+        return switch if isinstance(switch, dict) and isinstance(switch.get("token"), str) else None
+
+    def revert_switch(self) -> str | None:
+        """Serve what served before the last (tokened) switch; returns that version."""
+        switch = self.pending_switch()
+        if switch is None:
+            return self.serving()
+        before = switch.get("before") or {}
+        state = {"version": before.get("version"), "history": list(before.get("history") or [])}
+        self._write_state(state)
+        return state["version"]
+
     def _write_state(self, state: dict[str, Any]) -> None:
-        state = {**state, "updated_at": datetime.now(UTC).isoformat()}
+        now = datetime.now(UTC).isoformat()
+        token = getattr(self, "_token", None)
+        if token is not None:
+            old = self._state() if self.serving_file.is_file() else {"version": None}
+            before = {"version": old.get("version"), "history": old.get("history", [])}
+            state = {**state, "switch": {"token": token, "at": now, "before": before}}
+        state = {**state, "updated_at": now}
         self._replace_pointer(json.dumps(state, indent=2).encode())
 
     def _replace_pointer(self, data: bytes) -> None:
@@ -329,3 +399,24 @@ def _make_read_only(path: Path) -> None:
     for p in path.rglob("*"):
         if p.is_file():
             p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+
+
+_INCOMING = ".incoming-"
+
+
+def _writer_of(name: str) -> tuple[str | None, int | None]:
+    """``(host, pid)`` from ``.incoming-HOST-PID-RANDOM`` (``(None, None)`` for older names)."""
+    rest = name[len(_INCOMING) :]
+    host, _, tail = rest.rpartition("-")  # tail: mkdtemp's random part
+    host, _, pid = host.rpartition("-")
+    return (host or None, int(pid)) if pid.isdigit() else (None, None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True

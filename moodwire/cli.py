@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--headless", action="store_true", help="no dashboard (for scripts)")
     p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line (status every 10 s, and each event) instead of a live "
+        "panel on a terminal or plain lines elsewhere",
+    )
+    p.add_argument(
         "--duration",
         type=float,
         help="stop cleanly after this many seconds of streaming (set-up not counted)",

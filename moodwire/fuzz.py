@@ -1033,21 +1033,20 @@ def message_targets(stores: list[Any]) -> list[FuzzTarget]:
       scored message (``model_dump_json``, UTF-8 JSON that reads back) and an items
       row that :meth:`Store.write_batch` stores and reads back; rejected, its dead letter
       (:func:`stream.deadletter.rejection_row`) must store and make a DLQ message.
-    * ``label_message``: ``LabelMessage.model_validate_json`` then :func:`label_row`
-      into :meth:`Store.add_labels` (clean: ``ValidationError``).
-    * ``control_message``: ``ControlMessage.model_validate_json``, then
-      ``model_dump_json`` must read back as the same command (clean: ``ValidationError``).
+    * ``label_message``: :func:`stream.validate.parse_message` then :func:`label_row`
+      into :meth:`Store.add_labels` (clean: a ``ValueError`` with its reason).
+    * ``control_message``: :func:`stream.validate.parse_message`, then
+      ``model_dump_json`` must read back as the same command (clean: ``ValueError``).
     """
     import itertools
     from datetime import UTC, datetime
 
     import numpy as np
-    from pydantic import ValidationError
 
     from stream.deadletter import dlq_message, rejection_row
     from stream.entities import EntityTagger, WatchList
     from stream.schemas import ControlMessage, LabelMessage, label_row
-    from stream.validate import Accepted, Limits, validate
+    from stream.validate import Accepted, Limits, parse_message, validate
     from stream.worker import item_row, scored_item
 
     limits = Limits(max_message_bytes=64 * 1024, max_text_chars=4000, max_entities=64)
@@ -1098,14 +1097,14 @@ def message_targets(stores: list[Any]) -> list[FuzzTarget]:
         return outcome
 
     def label(data: bytes) -> Any:
-        msg = LabelMessage.model_validate_json(data)
+        msg = parse_message(LabelMessage, data)  # as the learner reads them
         row = label_row(msg)
         for store in stores:
             store.add_labels([row])
         return row
 
     def control(data: bytes) -> Any:
-        msg = ControlMessage.model_validate_json(data)
+        msg = parse_message(ControlMessage, data)  # as the learner reads them
         dumped = msg.model_dump_json().encode("utf-8")
         _expect(ControlMessage.model_validate_json(dumped) == msg, "round trip changed it", dumped)
         return msg
@@ -1118,8 +1117,8 @@ def message_targets(stores: list[Any]) -> list[FuzzTarget]:
 
     return [
         target("validator", _news_seeds(), news, (Refused,), NEWS_KEYS),
-        target("label_message", LABEL_SEEDS, label, (ValidationError,), LABEL_KEYS),
-        target("control_message", CONTROL_SEEDS, control, (ValidationError,), CONTROL_KEYS),
+        target("label_message", LABEL_SEEDS, label, (ValueError,), LABEL_KEYS),
+        target("control_message", CONTROL_SEEDS, control, (ValueError,), CONTROL_KEYS),
     ]
 
 

@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +35,6 @@ from typing import Any
 import structlog
 from kafka import KafkaProducer
 from prometheus_client import Counter, Gauge
-from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from learner import replay as replay_store
@@ -45,7 +45,7 @@ from learner.drift import DriftEvent
 from learner.loading import load_version, smoke_check
 from learner.registry import Registry, RegistryError
 from learner.replay import MemoryFileError, Reservoir
-from moodwire.operations import audited_switch
+from moodwire.operations import audited_switch, reconcile_serving
 from moodwire.settings import Settings
 from moodwire.store import Store
 from stream.deadletter import dlq_message, rejection_row
@@ -53,6 +53,7 @@ from stream.health import serve_health
 from stream.outage import ConsumerKeepalive, Health, Stopping, Waiter
 from stream.publish import Outgoing, Publisher
 from stream.schemas import ControlMessage, LabelMessage, label_row
+from stream.validate import parse_message
 from stream.worker import commit_offsets, rewind
 
 log = structlog.get_logger(__name__)
@@ -170,6 +171,7 @@ class LearnerProcess:
         self.learner = ContinualLearner(load(version), version, settings.learner, None, None)
         self._refused: tuple[str | None, str] | None = None  # a serving state it would not load
         self._inflight: list[Any] = []  # records polled but not yet committed
+        self._reconciled_at = -1e9
         self._reload_state()
 
     def _reload_state(self) -> None:
@@ -180,6 +182,7 @@ class LearnerProcess:
         self._learned: set[int] = set()  # learned ones above it (others wait for their item)
         self._awaiting: str | None = None  # a candidate waiting for an operator's approval
         self._waiting = True  # labels in the store may wait for their items (catch up at start)
+        self._shift_ts = None  # event time of the last drift the workers saw
         state_file = self.dir / "state.json"
         if not state_file.is_file():
             return
@@ -189,6 +192,7 @@ class LearnerProcess:
             self._label_seq = int(state.get("label_seq", 0))
             self._learned = {int(q) for q in state.get("learned_above", [])}
             self._awaiting = state.get("awaiting")
+            self._shift_ts = _when(state.get("shift_ts"))
         except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
             raise MemoryFileError(
                 f"{state_file}: unreadable learner state ({type(exc).__name__}: "
@@ -226,6 +230,7 @@ class LearnerProcess:
             self.health.beat()
             try:
                 self.poll_once(timeout_ms=500)
+                self.reconcile()
                 self.sync_serving()
                 self.retrain_if_due(stop)
             except Stopping:
@@ -267,17 +272,13 @@ class LearnerProcess:
                     letters.append(_letter(rec, refused, now))
                 continue
             try:
-                msg = LabelMessage.model_validate_json(rec.value or b"")
+                msg = parse_message(LabelMessage, rec.value)
                 if msg.item_id is None and not msg.text:
                     raise ValueError("a label needs an item_id or a text")
                 if msg.label is None and msg.topic is None:
                     raise ValueError("a label needs a label or a topic")
-            except (ValidationError, ValueError) as exc:
-                detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-                if isinstance(exc, ValidationError):
-                    first = exc.errors(include_url=False, include_input=False)[0]
-                    where = ".".join(str(p) for p in first["loc"]) or "label"
-                    detail = f"{where}: {first['msg']}"[:300]
+            except ValueError as exc:
+                detail = str(exc)[:300] or type(exc).__name__
                 log.warning(
                     "label_rejected",
                     error=detail,
@@ -311,6 +312,9 @@ class LearnerProcess:
         sent = [ref[1] for ref in delivery.published if ref[0] == "dlq"]
         self.waiter.run(lambda: self.store.mark_published((), sent), "store")
 
+    def _before_shift(self, ts: datetime | None) -> bool:
+        return self._shift_ts is not None and ts is not None and _utc(ts) < self._shift_ts
+
     def _rewind(self) -> None:
         rewind(self.consumer, self._inflight)
         self._inflight = []
@@ -331,18 +335,22 @@ class LearnerProcess:
         ids = [r["item_id"] for r in rows if r["item_id"] and not r["text"]]
         known = self.store.items_by_ids(ids) if ids else {}
         now = datetime.now(UTC)
-        ready, waiting = [], []
+        ready, waiting, before = [], [], []
         for r in rows:
             if r["label"] is None:  # a topic correction: the workers' topic model takes it
                 self._learned.add(r["seq"])
                 continue
-            text = r["text"] or known.get(r["item_id"] or "", {}).get("text")
+            item = known.get(r["item_id"] or "", {})
+            text = r["text"] or item.get("text")
             received = (
                 r["received_at"]
                 if r["received_at"].tzinfo
                 else r["received_at"].replace(tzinfo=UTC)
             )
-            if text:
+            if text and self._before_shift(item.get("ts")):
+                before.append(LabelledText(text, r["label"]))
+                self._learned.add(r["seq"])
+            elif text:
                 ready.append(LabelledText(text, r["label"]))
                 self._learned.add(r["seq"])
             elif (now - received).total_seconds() < _PENDING_MAX_AGE_S:
@@ -354,6 +362,8 @@ class LearnerProcess:
         self._waiting = bool(waiting)
         self._label_seq = (min(waiting) - 1) if waiting else max(r["seq"] for r in rows)
         self._learned = {q for q in self._learned if q > self._label_seq}
+        if before:  # late labels of the old world: memory, not the new world's fresh pool
+            self.learner.remember(before)
         events = self.learner.observe(ready) if ready else []
         for event in events:
             self._announce_drift(event)
@@ -364,19 +374,21 @@ class LearnerProcess:
     def _on_control(self, value: bytes | None) -> str | None:
         """Act on a command; the reason it was refused, if it was."""
         try:
-            msg = ControlMessage.model_validate_json(value or b"")
-        except ValidationError as exc:
-            first = exc.errors(include_url=False, include_input=False)[0]
-            detail = f"{'.'.join(str(p) for p in first['loc']) or 'command'}: {first['msg']}"
+            msg = parse_message(ControlMessage, value)
+        except ValueError as exc:
+            detail = str(exc)[:300]
             log.warning("control_message_rejected", error=detail[:200])
-            return detail[:300]
+            return detail
         if msg.action == "retrain":
             self.learner.request(f"operator {msg.actor}: {msg.reason or 'retrain'}")
             log.info("retrain_requested", actor=msg.actor, reason=msg.reason)
             self._save_state()
         elif msg.action == "drift":
+            # Seen without labels: the labels must confirm it before a retrain. Labels of
+            # items from before the shift, still arriving (they come late), are old world.
+            self.learner.drift(f"drift seen by {msg.actor}: {msg.reason}", confirm_with_labels=True)
+            self._shift_ts = _when(msg.details.get("item_ts")) or msg.ts
             # A drift moves the fresh pool into memory: both files must change together.
-            self.learner.drift(f"drift seen by {msg.actor}: {msg.reason}")
             self._save_state(memory=True)
         return None
 
@@ -399,6 +411,14 @@ class LearnerProcess:
         )
 
     # -- serving version changes made by operators --------------------------------------
+
+    def reconcile(self, every_s: float = 30.0) -> None:
+        """Undo a serving switch whose audit row never committed (now and then)."""
+        now = time.monotonic()
+        if now - self._reconciled_at < every_s:
+            return
+        self._reconciled_at = now
+        self.waiter.run(lambda: reconcile_serving(self.store, self.registry), "store")
 
     def sync_serving(self) -> None:
         """Follow an operator's promotion or rollback; a refused version is not followed.
@@ -445,7 +465,12 @@ class LearnerProcess:
     # -- retraining -----------------------------------------------------------------------
 
     def retrain_if_due(self, stop: threading.Event | None = None) -> Outcome | None:
+        checked = self.learner.last_confirmation
         trigger = self.learner.due()
+        confirmation = self.learner.last_confirmation
+        if confirmation is not checked and confirmation and not confirmation["confirmed"]:
+            log.info("drift_not_confirmed_by_labels", **confirmation)
+            self._save_state()
         if trigger is None:
             return None
         log.info("retrain_started", trigger=trigger, fresh=len(self.learner.fresh_train))
@@ -549,6 +574,7 @@ class LearnerProcess:
             "label_seq": self._label_seq,
             "learned_above": sorted(self._learned),
             "awaiting": self._awaiting,
+            "shift_ts": self._shift_ts.isoformat() if self._shift_ts else None,
         }
 
         def write() -> None:
@@ -557,6 +583,19 @@ class LearnerProcess:
                 _save_memories(self.settings, self.learner.replay, self.learner.heldout)
 
         self.waiter.run(write, "disk", what="save_state")  # a full disk is waited out
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def _when(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return _utc(datetime.fromisoformat(value))
+    except ValueError:
+        return None
 
 
 def _letter(rec: Any, detail: str, now: datetime) -> dict[str, Any]:
@@ -592,6 +631,7 @@ def build_learner(
 
     health = Health("learner")
     registry = Registry(settings.resolved_registry())
+    registry.reap_incoming()  # what a learner killed mid-write left (this one holds the lock)
     store = wait_for("store", lambda: Store(settings.resolved_store_url()), health, stop, settings)
     topics = settings.topics
     wait_for(

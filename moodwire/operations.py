@@ -12,6 +12,7 @@ Nothing here imports training code: the dashboard must stay light.
 from __future__ import annotations
 
 import hmac
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -107,8 +108,14 @@ def audited_switch(
     error raised: a switch that stands is always audited.
     """
     saved = registry.pointer_state()
+    token = uuid.uuid4().hex
     try:
-        with store.audited(actor, action, target, reason, details):
+        # The pointer records the audit row's token: a process killed between the switch
+        # and the commit leaves a switch with no row, which reconcile_serving undoes.
+        with (
+            store.audited(actor, action, target, reason, {**details, "switch": token}),
+            registry.switch_token(token),
+        ):
             yield
     except BaseException as exc:
         if registry.pointer_state() != saved:
@@ -132,6 +139,35 @@ def audited_switch(
         raise
 
 
+def reconcile_serving(store: Store, registry: Registry, *, grace_s: float = 60.0) -> str | None:
+    """Undo a serving switch whose audit row never committed (its writer died in between).
+
+    Audit first: a switch stands only with its audit row. One made under a
+    token (:func:`audited_switch`) that the audit log does not hold, older
+    than ``grace_s`` (its transaction cannot still be open), is reverted to
+    what served before it. Returns the version that serves after the revert,
+    or None when there was nothing to undo.
+    """
+    switch = registry.pending_switch()
+    if switch is None or store.has_audited_switch(switch["token"]):
+        return None
+    try:
+        at = datetime.fromisoformat(switch["at"])
+    except (TypeError, ValueError):
+        at = datetime.now(UTC) - timedelta(seconds=grace_s)
+    if (datetime.now(UTC) - at).total_seconds() < grace_s:
+        return None
+    unaudited = registry.serving()
+    serving = registry.revert_switch()
+    log.critical(
+        "serving_switch_reverted_unaudited",
+        unaudited=unaudited,
+        serving=serving,
+        switched_at=switch.get("at"),
+    )
+    return serving
+
+
 def _announce(settings: Settings, action: str, version: str, actor: str, reason: str) -> None:
     """Tell the workers (they follow the registry themselves, so a failure is only logged)."""
     from stream.schemas import ControlMessage
@@ -149,6 +185,7 @@ def promote(settings: Settings, version: str, *, actor: str, reason: str = "") -
     registry = Registry(settings.resolved_registry())
     registry.verify(version)  # refused before anything is written
     store = Store(settings.resolved_store_url())
+    reconcile_serving(store, registry)  # never build on a switch that was not audited
     previous = registry.serving()
     with audited_switch(
         store,
@@ -168,9 +205,10 @@ def rollback(settings: Settings, *, actor: str, reason: str = "") -> dict[str, A
     """Serve the previously serving version; audited in the same step, then announced."""
     actor = _actor(actor)
     registry = Registry(settings.resolved_registry())
+    store = Store(settings.resolved_store_url())
+    reconcile_serving(store, registry)  # never build on a switch that was not audited
     current, target = registry.rollback_target()
     registry.verify(target)
-    store = Store(settings.resolved_store_url())
     with audited_switch(
         store,
         registry,

@@ -354,6 +354,17 @@ class Store:
         with self.audited(actor, action, target, reason, details):
             pass
 
+    def has_audited_switch(self, token: str) -> bool:
+        """Whether a committed promote or rollback row carries this switch token."""
+        q = (
+            sa.select(audit_log.c.details)
+            .where(audit_log.c.action.in_(("promote", "rollback")))
+            .order_by(audit_log.c.seq.desc())
+            .limit(200)
+        )
+        with self.engine.connect() as conn:
+            return any((d or {}).get("switch") == token for d in conn.execute(q).scalars())
+
     @contextmanager
     def audited(
         self,
@@ -584,6 +595,7 @@ class Store:
             items.c.p_negative,
             items.c.p_positive,
             items.c.text,
+            items.c.model_version,
         )
         with self.engine.connect() as conn:
             q = sa.select(*cols).where(items.c.seq > after_seq).order_by(items.c.seq).limit(limit)
@@ -826,6 +838,30 @@ class Store:
                 "awaiting_approval": int(actions.get("candidate_awaiting_approval", 0)),
             },
         }
+
+    def recent_accuracy(self, n: int = 200) -> dict[str, tuple[int, float]]:
+        """Each model version's accuracy on the latest ``n`` labels of items it scored.
+
+        ``{version: (labels, accuracy)}``: how the serving model does on what
+        the stream brings now (the whole-history figure of :meth:`stats` moves
+        slowly after a drift).
+        """
+        latest = (
+            sa.select(labels.c.item_id, labels.c.label)
+            .where(labels.c.label.is_not(None), labels.c.item_id.is_not(None))
+            .order_by(labels.c.seq.desc())
+            .limit(n)
+            .subquery()
+        )
+        correct = sa.case((latest.c.label == items.c.label, 1), else_=0)
+        q = (
+            sa.select(items.c.model_version, sa.func.count(), sa.func.sum(correct))
+            .select_from(latest.join(items, latest.c.item_id == items.c.id))
+            .group_by(items.c.model_version)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return {v: (int(k), round(int(c or 0) / k, 4)) for v, k, c in rows if k}
 
     @staticmethod
     def _label_stats(conn: Any) -> dict[str, Any]:

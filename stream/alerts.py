@@ -141,6 +141,7 @@ class AlertItem:
     score: float  # p_positive - p_negative
     text: str = ""
     p_negative: float | None = None
+    model_version: str | None = None  # which version scored it (labels and scores are its)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> AlertItem:
@@ -161,6 +162,7 @@ class AlertItem:
             score=float(probs["positive"]) - float(probs["negative"]),
             text=row.get("text", ""),
             p_negative=float(probs["negative"]),
+            model_version=row.get("model_version"),
         )
 
 
@@ -313,6 +315,10 @@ class AlertEngine:
         # window index -> (scope, key) -> bucket; plus the stream's totals per window
         self._windows: dict[int, dict[tuple[str, str], _Bucket]] = defaultdict(dict)
         self._totals: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # n, negatives
+        # The same per model version: the stream's negative share is a version's reading.
+        self._by_version: dict[int, dict[str | None, list[int]]] = defaultdict(
+            lambda: defaultdict(lambda: [0, 0])
+        )
         self._closed_upto: int | None = None  # every window below this index is judged
         self._reopened: set[int] = set()  # judged windows that received items since
         self._first_window: int | None = None
@@ -342,9 +348,9 @@ class AlertEngine:
             if self._first_window is None or w < self._first_window:
                 self._first_window = w
             self._max_ts = item.ts if self._max_ts is None else max(self._max_ts, item.ts)
-            totals = self._totals[w]
-            totals[0] += 1
-            totals[1] += item.label == "negative"
+            for totals in (self._totals[w], self._by_version[w][item.model_version]):
+                totals[0] += 1
+                totals[1] += item.label == "negative"
             buckets = self._windows[w]
             for scope, key in self._keys(item):
                 buckets.setdefault((scope, key), _Bucket()).items.append(item)
@@ -399,6 +405,7 @@ class AlertEngine:
                 self._seen.difference_update(x.id for x in bucket.items)
         for old in [x for x in self._totals if x < w]:
             del self._totals[old]
+            self._by_version.pop(old, None)
         for windows in self._fired.values():
             windows.difference_update([x for x in windows if x < w])
 
@@ -417,9 +424,12 @@ class AlertEngine:
         if len(history) < cfg.min_baseline_windows:
             return []
         total = self._totals.get(w, (0, 0))[0]
-        base_n = sum(self._totals[h][0] for h in history if h in self._totals)
-        base_neg = sum(self._totals[h][1] for h in history if h in self._totals)
-        prior = base_neg / base_n if base_n else 0.0
+        # The stream's negative share over the baseline, as each version read it.
+        priors: dict[str | None, float | None] = {}
+        for version in self._by_version.get(w, {}):
+            n = sum(self._by_version[h][version][0] for h in history if h in self._by_version)
+            k = sum(self._by_version[h][version][1] for h in history if h in self._by_version)
+            priors[version] = k / n if n else None
         fired = []
         for (scope, key), bucket in sorted(self._windows.get(w, {}).items()):
             # A key's own alerting windows are not its normal: leave them out of its
@@ -430,9 +440,10 @@ class AlertEngine:
                 usual = history
             base = [self._windows.get(h, {}).get((scope, key)) for h in usual]
             base_total = sum(self._totals[h][0] for h in usual)
-            signals = self._signals(bucket, base, prior, total, base_total)
+            signals = self._signals(bucket, base, priors, total, base_total)
             if signals:
                 self._fired[(scope, key)].add(w)
+                prior = priors.get(_dominant_version(bucket.items)) or 0.0
                 alert = self._raise(w, scope, key, bucket, usual, base, signals, prior)
                 if alert is not None:
                     fired.append(alert)
@@ -442,7 +453,7 @@ class AlertEngine:
         self,
         bucket: _Bucket,
         base: list[_Bucket | None],
-        prior: float,
+        priors: dict[str | None, float | None],
         total: int,
         base_total: int,
     ) -> dict[str, dict[str, float]]:
@@ -450,23 +461,36 @@ class AlertEngine:
         out: dict[str, dict[str, float]] = {}
         n = bucket.n
         base_items = [x for b in base if b is not None for x in b.items]
-        rule = cfg.negative_surge
-        if rule.enabled and n >= rule.min_count:
-            k_base = sum(1 for x in base_items if x.label == "negative")
-            z, p0, p = negative_share_z(
-                bucket.negatives, n, k_base, len(base_items), prior, cfg.prior_strength
-            )
-            if z >= rule.z and p - p0 >= rule.min_delta:
-                out["negative_surge"] = _signal(z, p0, p, n, rule)
         rule = cfg.volume_spike
         if rule.enabled and n >= rule.min_count:
             z, mu = volume_z(n, total, len(base_items), base_total)
             if z >= rule.z and n - mu >= rule.min_delta:
                 out["volume_spike"] = _signal(z, mu, float(n), n, rule)
+        # Labels and scores are the model's: a window is judged against a baseline scored
+        # by the same version, so a promotion (a model that reads the stream differently)
+        # is not taken for a change of sentiment; until that version has history, only
+        # volume is judged.
+        version = _dominant_version(bucket.items)
+        prior = priors.get(version)
+        if prior is None:  # this version has no history in the baseline yet
+            return out
+        items = [x for x in bucket.items if x.model_version == version]
+        base_items = [x for x in base_items if x.model_version == version]
+        n = len(items)
+        negatives = sum(1 for x in items if x.label == "negative")
+        rule = cfg.negative_surge
+        # (A short same-version history is shrunk toward the stream's share, as before.)
+        if rule.enabled and n >= rule.min_count:
+            k_base = sum(1 for x in base_items if x.label == "negative")
+            z, p0, p = negative_share_z(
+                negatives, n, k_base, len(base_items), prior, cfg.prior_strength
+            )
+            if z >= rule.z and p - p0 >= rule.min_delta:
+                out["negative_surge"] = _signal(z, p0, p, n, rule)
         rule = cfg.sentiment_shift
         if rule.enabled and n >= rule.min_count and len(base_items) >= rule.min_count:
             z, mu, mean = mean_shift_z(
-                [x.score for x in bucket.items],
+                [x.score for x in items],
                 sum(x.score for x in base_items),
                 sum(x.score * x.score for x in base_items),
                 len(base_items),
@@ -625,6 +649,16 @@ class AlertEngine:
             )
         self._episodes[key] = _Episode(alert, ts)
         return alert
+
+
+def _dominant_version(items: list[AlertItem]) -> str | None:
+    """The model version that scored most of ``items`` (the newest name on a tie)."""
+    counts: dict[str | None, int] = defaultdict(int)
+    for x in items:
+        counts[x.model_version] += 1
+    if not counts:
+        return None
+    return max(counts, key=lambda v: (counts[v], v or ""))
 
 
 def _signal(z: float, baseline: float, value: float, n: int, rule: RuleConfig) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,6 +87,7 @@ def publish(
     time_warp: float | None = None,
     stop: threading.Event | None = None,
     health: Health | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
     """Send items in order, paced by ``rate`` and/or ``time_warp``; returns how many.
 
@@ -94,7 +95,8 @@ def publish(
     or ``_GROUP_S`` seconds), each delivered and acknowledged before the next
     (:class:`~stream.publish.Publisher`), so a broker outage is waited out
     rather than losing the feed. Returns early, not counting what was not
-    acknowledged, when ``stop`` is set.
+    acknowledged, when ``stop`` is set. ``progress(sent)`` is told the count of
+    acknowledged items after each group.
     """
     publisher = producer if isinstance(producer, Publisher) else Publisher(lambda: producer)
     stop = stop or threading.Event()
@@ -112,6 +114,8 @@ def publish(
                 group = []
                 return
             sent += len(done.published)
+            if progress is not None:
+                progress(sent)
         group, grouped_at = [], time.monotonic()
 
     start = time.monotonic()

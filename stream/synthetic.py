@@ -171,7 +171,8 @@ def _fill(template: str, rng: random.Random, tick: str, name: str) -> str:
         pct=rng.randint(3, 40),
         n=rng.randint(1, 20),
         day=rng.choice(["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]),
-        emo=rng.choice(EMOJI),
+        # Drawn only where used: the news feed of a seed stays what it always was.
+        emo=rng.choice(EMOJI) if "{emo}" in template else "",
     ).strip()
 
 

@@ -22,9 +22,9 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from stream.schemas import TS_MAX, TS_MIN, NewsItem, storable_text
 
@@ -182,3 +182,44 @@ def _validate(
             f"ts {item.ts.isoformat()} is more than {limits.max_future_s:g} s in the future",
         )
     return Accepted(item=item, id=item.resolved_id())
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_message(model: type[M], raw: bytes | None) -> M:
+    """A label or control message from its raw value, by the rules news items follow.
+
+    Strict JSON (no NaN, no number that overflows), then the model, whose
+    fields normalise NUL and lone surrogates (a label whose text holds half an
+    emoji is kept, as an item's would be). Anything else is a ``ValueError``
+    with a one-line reason.
+
+    >>> from stream.schemas import LabelMessage
+    >>> parse_message(LabelMessage, b'{"text": "up \\ud83d", "label": "positive"}').text
+    'up \ufffd'
+    >>> parse_message(LabelMessage, b'{"text": "x", "label": "meh"}')
+    Traceback (most recent call last):
+    ...
+    ValueError: label: Input should be 'negative', 'neutral' or 'positive'
+    """
+    if raw is None:
+        raise ValueError("message has no value (tombstone)")
+    try:
+        payload = decode_json(bytes(raw).decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(_detail(f"not JSON: {exc}")) from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"expected a JSON object, got {type(payload).__name__}")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or model.__name__
+        raise ValueError(_detail(f"{where}: {first['msg']}")) from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None

@@ -815,6 +815,7 @@ class Worker:
             # The item at which it fired, so an operator can look at what changed.
             details |= {
                 "item_id": acc.id,
+                "item_ts": acc.item.ts.isoformat() if acc.item.ts else None,
                 "topic": rec.topic,
                 "partition": rec.partition,
                 "offset": rec.offset,

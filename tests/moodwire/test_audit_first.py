@@ -113,6 +113,8 @@ def test_promote_and_rollback_are_audited_and_announced(
     }
     store = Store(settings.resolved_store_url())
     rows = store.audit_rows()
+    # Each row also carries its switch's token (the pointer records it: see reconcile_serving).
+    assert all(len(r["details"].pop("switch")) == 32 for r in rows)
     assert [(r["actor"], r["action"], r["target"], r["details"]) for r in rows] == [
         ("ann", "promote", "v3", {"previous": "v2"}),
         ("bob", "rollback", "v2", {"from": "v3"}),

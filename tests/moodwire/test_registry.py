@@ -200,3 +200,57 @@ def test_restore_puts_the_pointer_back_byte_for_byte(tmp_path: Path) -> None:
     assert reg.pointer_state() == saved and reg.serving() == "v1"
     assert os.stat(reg.serving_file).st_ino != inode  # replaced, not edited in place
     assert not list(tmp_path.glob(".serving-*"))
+
+
+def test_a_writer_killed_mid_write_leaves_nothing_the_next_one_keeps(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    root = tmp_path / "reg"
+    pid = os.fork()
+    if pid == 0:  # a writer that is SIGKILLed halfway through its model files
+        Registry(root).write_version(
+            lambda d: ((d / "model.safetensors").write_bytes(b"x" * 10**6), time.sleep(60)),
+            {"kind": "killed"},
+        )
+        os._exit(0)
+    deadline = time.monotonic() + 20
+    while not list((root / "versions").glob(".incoming-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list((root / "versions").glob(".incoming-*")), "the writer never started"
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    live = root / "versions" / f".incoming-{__import__('socket').gethostname()}-{os.getpid()}-x"
+    live.mkdir()  # a writer that is alive (this process): left alone
+    Registry(root).write_version(lambda d: (d / "w.txt").write_text("w"), {"kind": "next"})
+    assert sorted(p.name for p in (root / "versions").iterdir()) == [live.name, "v1"]
+
+
+def test_a_switch_whose_audit_row_never_committed_is_undone(tmp_path: Path) -> None:
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from moodwire.operations import audited_switch, reconcile_serving
+    from moodwire.store import Store
+
+    reg = Registry(tmp_path / "reg")
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    save = lambda d: (d / "w.txt").write_text("w")  # noqa: E731
+    v1, v2, v3 = (reg.write_version(save, {"kind": "x"}) for _ in range(3))
+    with audited_switch(store, reg, actor="a", action="promote", target=v1, reason="r", details={}):
+        reg.promote(v1)
+    with audited_switch(store, reg, actor="a", action="promote", target=v2, reason="r", details={}):
+        reg.promote(v2)
+    assert reconcile_serving(store, reg) is None and reg.serving() == v2  # audited: stands
+
+    # A process killed after the switch, before its audit transaction committed.
+    with reg.switch_token("never-committed"):
+        reg.promote(v3)
+    assert reconcile_serving(store, reg) is None  # its transaction may still be open
+    state = json.loads(reg.serving_file.read_text())
+    state["switch"]["at"] = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    reg.serving_file.write_text(json.dumps(state))
+    assert reconcile_serving(store, reg) == v2
+    assert reg.serving() == v2 and reg.history() == [v1, v2]
+    assert [r["target"] for r in store.audit_rows("promote")] == [v1, v2]

@@ -174,3 +174,26 @@ def test_bad_settings_are_refused_clearly() -> None:
         AlertConfig(window_s=0)
     with pytest.raises(ValueError, match="scopes"):
         AlertConfig(scopes=("entity", "planet"))
+
+
+def test_a_new_model_version_is_not_taken_for_a_change_of_sentiment() -> None:
+    """v1 read sarcasm the wrong way round; v2, promoted, reads it right: the same stream
+    now scores lower. Judged against v1's history that is a 'shift' that never happened."""
+    cfg = AlertConfig(window_s=60, baseline_windows=6, min_baseline_windows=3, lateness_s=0)
+
+    def stream(version_after: str, start: int, end: int, score: float, label: str) -> list:
+        return [
+            AlertItem(f"{version_after}-{i}", float(i * 3), ("ACME",), "markets", label,
+                      score + (i % 5) * 0.01, "t", model_version=version_after)
+            for i in range(start, end)
+        ]  # fmt: skip
+
+    before = stream("v1", 0, 200, 0.6, "positive")  # ten windows scored by v1
+    swapped = AlertEngine(cfg)
+    swapped.add(before + stream("v2", 200, 260, -0.6, "negative"))  # v2 reads them negative
+    kinds = {a.kind for a in swapped.flush()}
+    assert not kinds & {"sentiment_shift", "negative_surge"}, kinds
+    # The same move under one version is a real change of sentiment, and alerts.
+    same = AlertEngine(cfg)
+    same.add(before + stream("v1", 200, 260, -0.6, "negative"))
+    assert {a.kind for a in same.flush()} & {"sentiment_shift", "negative_surge"}

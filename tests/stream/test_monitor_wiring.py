@@ -124,6 +124,8 @@ def test_a_drift_event_is_stored_announced_and_counted_after_the_batch_is_safe(
     assert row["origin"] == "worker:test-1" and row["model_version"] == "v1"
     assert row["details"] == {
         "item_id": "item-12",
+        # The item's own time (here the record's: the item gave none): where the shift is.
+        "item_ts": "2023-11-14T22:13:20.012000+00:00",
         "topic": "news",
         "partition": 1,
         "offset": 12,
