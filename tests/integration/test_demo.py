@@ -35,48 +35,50 @@ def _children_gone(pid: int) -> bool:
     return out.stdout.strip() == ""
 
 
-def test_demo_learns_the_scripted_drift_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
-    """Bootstrap, stream, detect the drift, retrain, promote, hot-swap; then Ctrl-C."""
+def test_five_minutes_of_the_demo_tell_the_whole_story_then_everything_stops(
+    tmp_path: Path,
+) -> None:
+    """From a fresh data dir, as a newcomer runs it: `moodwire demo --headless --duration 300`.
+
+    Within five minutes of streaming: a surge alert on the scripted company with its
+    evidence, a drift event, a retrain, a promotion after the bootstrap, items scored by
+    the new version, and its accuracy on the incoming labels above v1's. The console says
+    each alert episode once (again only when its severity changes).
+    """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moodwire", "demo", "--headless", "--items", "3200", "--rate", "40"],
+        [sys.executable, "-m", "moodwire", "demo", "--headless", "--duration", "300"],
         cwd=ROOT,
         env=_env(tmp_path),
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
     )
-    lines: list[str] = []
     try:
-        store_url = f"sqlite:///{(tmp_path / 'moodwire.db').resolve()}"
-        wait_until(lambda: (tmp_path / "moodwire.db").exists(), 400, "the store")
-        wait_until(lambda: Store(store_url).count_items() >= 50, 300, "items flowing", 1.0)
-        wait_until(
-            lambda: len(Store(store_url).stats()["by_model_version"]) >= 2,
-            480,  # the drift comes at 60 % of the feed; then labels, a retrain (45 s budget)
-            "items scored by a second, learned version",
-            2.0,
-        )
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-        lines = out.splitlines()
+        out, err = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, "\n".join(lines[-20:])
+    lines = out.splitlines()
+    assert proc.returncode == 0, "\n".join(lines[-20:]) + err[-2000:]
     assert any(line.startswith("broker") for line in lines)
     assert any(line.startswith("model       v1") for line in lines)
     final = json.loads(lines[-1])
-    assert final["items"] >= 50 and final["by_model_version"].get("v1", 0) >= 50
-    assert len(final["by_model_version"]) >= 2
-    assert final["drift_events"]["total"] >= 1 and final["promotions"]["promoted"] >= 2
-    assert final["labels"]["total"] > 0
-    # The scripted surge on INIT raised its alert, printed with its evidence.
+    versions = final["by_model_version"]
+    assert len(versions) >= 2 and all(n > 0 for n in versions.values()), versions
+    assert final["promotions"]["promoted"] >= 2  # the bootstrap's and at least one learned
+    assert final["drift_events"]["total"] >= 1 and final["labels"]["total"] > 0
     assert final["alerts"]["by_kind"].get("negative_surge", 0) >= 1, final["alerts"]
-    assert any(
-        line.startswith("alert") and "negative_surge on INIT" in line and "e.g." in line
-        for line in lines
-    ), [line for line in lines if line.startswith("alert")]
-    assert (tmp_path / "registry" / "versions" / "v1" / "card.json").is_file()
+    surge = [x for x in lines if x.startswith("alert") and "negative_surge on INIT" in x]
+    assert surge and "e.g." in surge[0], [x for x in lines if x.startswith("alert")]
+    assert any(x.startswith("model") and "promoted by learner" in x for x in lines), lines
+    # One line per episode: no alert line says the same thing twice.
+    alert_lines = [x for x in lines if x.startswith("alert")]
+    assert len(alert_lines) == len(set(alert_lines)) <= 12, alert_lines
+    # The new version reads the drifted stream better than v1 did (the latest labels).
+    store = Store(f"sqlite:///{(tmp_path / 'moodwire.db').resolve()}")
+    accuracy = store.recent_accuracy(400)
+    newest = max(accuracy, key=lambda v: int(v[1:]))
+    assert newest != "v1" and accuracy[newest][1] > accuracy["v1"][1] + 0.2, accuracy
     assert _children_gone(proc.pid)
     broker_line = next(line for line in lines if line.startswith("broker"))
     port = int(broker_line.split()[1].rsplit(":", 1)[1])
