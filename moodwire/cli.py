@@ -53,7 +53,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--registry", type=Path, help="model registry directory")
     g.add_argument("--data-dir", type=Path, help="default home of store, registry and index")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    g.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="log level (info)"
+    )
 
 
 def _operator_args(p: argparse.ArgumentParser) -> None:
@@ -124,7 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--label-delay", type=float, default=5.0, help="seconds before a label arrives (5)"
     )
-    p.add_argument("--dashboard-port", type=int, default=8501)
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the generated feed and labels (default: a new one each run, so a second "
+        "run into the same data dir brings new items)",
+    )
+    p.add_argument("--dashboard-port", type=int, default=8501, help="port of the dashboard (8501)")
 
     p = add(
         "broker",
@@ -132,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Run Tansu on loopback with in-memory storage, create Moodwire's topics and print "
         "the bootstrap address. Stops on SIGTERM or Ctrl-C (data is not kept).",
     )
-    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--port", type=int, default=9092, help="port to listen on (9092)")
     p.add_argument("--partitions", type=int, help="partitions per topic (4)")
 
     p = add(
@@ -142,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "SIGTERM or Ctrl-C finishes the batch in hand, commits, and exits.",
     )
     p.add_argument("--group", help="consumer group (moodwire-worker)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="records per batch (MOODWIRE_BATCH_SIZE, 64)")
     p.add_argument("--max-items", type=int, help="exit after this many records (for scripts)")
 
     p = add(
@@ -182,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     _operator_args(p)
 
     p = add("produce", "publish a CSV/JSONL file as a live feed to `news`")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="CSV (delimiter sniffed) or JSONL file of items")
     p.add_argument("--text-col", help="column holding the text (default: auto-detect)")
     p.add_argument("--rate", type=float, help="at most this many items per second")
     p.add_argument(
@@ -236,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", help="only alerts whose window ends after this: ISO time, or 30m, 24h, 7d"
     )
     p.add_argument("--entity", help="only this entity (ticker, e.g. ACME or $ACME)")
-    p.add_argument("--kind", choices=["negative_surge", "sentiment_shift", "volume_spike", "drift"])
+    p.add_argument(
+        "--kind",
+        choices=["negative_surge", "sentiment_shift", "volume_spike", "drift"],
+        help="only alerts of this kind",
+    )
     p.add_argument("--limit", type=int, default=100, help="at most this many (100)")
     p.add_argument("--json", action="store_true", help="one JSON array of the full alerts")
 
@@ -248,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(MOODWIRE_ALERTS__*), exactly as the workers judge live windows. Prints one JSON "
         "object: counts per day and kind, and every alert with its evidence.",
     )
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="CSV or JSONL file of items with timestamps")
     p.add_argument("--text-col", help="column holding the text (default: auto-detect)")
     p.add_argument(
         "--window", type=int, help="window length in seconds (MOODWIRE_ALERTS__WINDOW_S)"
@@ -259,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEED",
         help="deal the timestamps out at random first (a stream with no real episodes)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
     p = add("models", "list the registry's versions, as JSON")
     p.add_argument(
@@ -276,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serving pointer in one step (if the audit row cannot be written, nothing changes). "
         "Needs the operator credential.",
     )
-    p.add_argument("version")
+    p.add_argument("version", help="the version to serve, e.g. v3 (see `moodwire models`)")
     _operator_args(p)
     p = add(
         "rollback",
@@ -291,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = bench.add_parser("throughput", help="items/s and latency through a real broker and worker")
     _common(t)
     t.add_argument("--items", type=int, default=2000, help="items through the path (2000)")
-    t.add_argument("--batch-size", type=int)
+    t.add_argument("--batch-size", type=int, help="worker batch size (64)")
     t.add_argument(
         "--latency-items",
         type=int,
@@ -340,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=5000,
         help="items of the no-shift stream (phase A shuffled) checked for false alarms (5000)",
     )
-    c.add_argument("--bootstrap-epochs", type=float, default=2.0)
+    c.add_argument(
+        "--bootstrap-epochs", type=float, default=2.0, help="passes of the bootstrap (2)"
+    )
     c.add_argument(
         "--reserve",
         type=float,
@@ -360,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-new-labels", type=int, help="fresh labels a drift-triggered retrain needs"
     )
     c.add_argument("--time-budget", type=float, help="seconds per incremental fine-tune")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=0, help="seed of the split, stream and training (0)")
 
     d = bench.add_parser(
         "dashboard",

@@ -194,7 +194,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
 
             # 5. The generated feed, in a thread, paced in real time: the script (a surge,
             # then a drift), then on in the drifted world until stopped.
-            seed = int(time.time())
+            seed = args.seed if args.seed is not None else int(time.time())
             script = {
                 "seed": seed,
                 "start": datetime.now(UTC),

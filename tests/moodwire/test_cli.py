@@ -329,3 +329,22 @@ def test_the_command_line_refuses_a_promotion_without_a_credential(tmp_path: Pat
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip() == "moodwire promote: this action needs the operator credential"
     assert reg.serving() == "v1" and not (tmp_path / "moodwire.db").exists()
+
+
+def test_every_option_of_every_command_has_a_help_text() -> None:
+    import argparse
+
+    from moodwire.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif not action.help and action.dest != "help":
+                missing.append(" ".join([*path, *(action.option_strings or [action.dest])]))
+
+    walk(build_parser(), ["moodwire"])
+    assert missing == []
