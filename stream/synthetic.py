@@ -33,7 +33,16 @@ COMPANIES = [
     ("TYRL", "Tyrell"),
 ]
 PARTNERS = ["a major retailer", "the Defense Department", "a European carmaker", "two banks"]
-ANALYSTS = ["Goldman Sachs", "Morgan Stanley", "JPMorgan", "Barclays", "UBS", "Jefferies"]
+# Brokers of the generated world, not listed companies: a headline's subject is the company
+# it is about, and a watch list that names real banks would tag the analyst as well.
+ANALYSTS = [
+    "Northwind Securities",
+    "Bluewater Capital",
+    "Ashford & Lane",
+    "Meridian Research",
+    "Kestrel Partners",
+    "Harbour Street",
+]
 
 NEWS = {
     "positive": [
