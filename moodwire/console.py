@@ -102,12 +102,14 @@ class Console:
     # -- lines said once ------------------------------------------------------------------
 
     def say(self, line: str, **data: Any) -> None:
-        """A set-up line (broker, dashboard, credential, model); kept on top in ``live``."""
+        """A set-up line (broker, dashboard, credential, model); above the panel in ``live``."""
         if self.mode == "json":
             self._json({"event": "setup", "text": line.strip(), **data})
             return
         self.header.append(line)
-        if self._live is None:
+        if self._live is not None:
+            self._live.console.print(line)  # printed above the live panel, and kept
+        else:
             print(line, file=self.out, flush=True)
 
     def event(self, event: Event) -> None:
@@ -174,7 +176,9 @@ class Console:
         from rich.table import Table
         from rich.text import Text
 
-        parts: list[Any] = [Text(line) for line in self.header]
+        # The set-up lines (dashboard address, credential, …) were printed above the panel
+        # and stay there; the panel is what changes.
+        parts: list[Any] = []
         s = self._snapshot
         if s is not None:
             grid = Table.grid(padding=(0, 2))

@@ -249,7 +249,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
 
             # 6. Watch. --duration counts from here: set-up time varies with the machine.
             store = Store(settings.resolved_store_url())
-            watch = Watch(store, started_at=time.monotonic(), fed=fed)
+            watch = Watch(store, registry, started_at=time.monotonic(), fed=fed)
             deadline = time.monotonic() + args.duration if args.duration else None
             console.start()
             while not stop.wait(1.0):
@@ -306,13 +306,18 @@ class Watch:
     (promotion, rollback, rejection, awaiting approval).
     """
 
-    def __init__(self, store: Any, *, started_at: float, fed: list[int]) -> None:
+    def __init__(
+        self, store: Any, registry: Registry, *, started_at: float, fed: list[int]
+    ) -> None:
         self.store = store
+        self.registry = registry
         self.started_at = started_at
         self.fed = fed
-        self._severity: dict[str, str] = {}
-        self._drift_seq = 0
-        self._audit_seq = 0
+        self._decisions = {"promote": 0, "candidate_rejected": 0, "awaiting": 0}
+        # A data dir used before holds earlier runs: what this run shows starts now.
+        self._severity = {a["id"]: a["severity"] for a in store.alert_rows(limit=1000)}
+        self._drift_seq = store.last_drift_seq()
+        self._audit_seq = max((r["seq"] for r in store.audit_rows(limit=1)), default=0)
         self._rate: deque[tuple[float, int]] = deque(maxlen=10)
 
     def step(self) -> tuple[Snapshot, list[Event]]:
@@ -343,10 +348,18 @@ class Watch:
                 line = _decision_line(row)
                 if line:
                     events.append(Event("model", line, {"action": row["action"]}))
+                if row["actor"] == "learner":
+                    action = row["action"].replace("candidate_awaiting_approval", "awaiting")
+                    if action in self._decisions:
+                        self._decisions[action] += 1
         self._rate.append((now, stats["items"]))
         first_t, first_n = self._rate[0]
         rate = (stats["items"] - first_n) / (now - first_t) if now > first_t else 0.0
-        actions = stats["promotions"]
+        decided = self._decisions
+        try:
+            serving = self.registry.serving()
+        except Exception:  # noqa: BLE001 - a malformed pointer: the worker says why
+            serving = None
         snapshot = Snapshot(
             elapsed_s=now - self.started_at,
             items=stats["items"],
@@ -356,20 +369,13 @@ class Watch:
             labels=stats["labels"]["total"],
             accuracy=store.recent_accuracy(200),
             drift_events=stats["drift_events"]["total"],
-            retrains=actions["promoted"]
-            + actions["candidates_rejected"]
-            + actions["awaiting_approval"]
-            - 1,  # the bootstrap's promotion is not a retrain
-            promotions=max(0, actions["promoted"] - 1),
+            retrains=sum(decided.values()),  # candidates the learner decided on
+            promotions=decided["promote"],
             alerts=stats["alerts"]["total"],
-            serving=max(stats["by_model_version"], default=None, key=_version_number),
+            serving=serving,
             rejected=stats["rejected"],
         )
         return snapshot, events
-
-
-def _version_number(version: str) -> int:
-    return int(version[1:]) if version[1:].isdigit() else -1
 
 
 def _decision_line(row: dict) -> str | None:
