@@ -48,14 +48,18 @@ USER_ERRORS = (
 
 @contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by SIGTERM or SIGINT (Ctrl-C), with the old handlers restored after."""
+    """An event set by SIGTERM, SIGINT (Ctrl-C) or SIGHUP (its terminal closed), with the
+    old handlers restored after. SIGHUP is left alone where it is ignored (``nohup``)."""
     stop = threading.Event()
 
     def handler(signum: int, _frame: object) -> None:
         log.info("stop_requested", signal=signal.Signals(signum).name)
         stop.set()
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    signals = [signal.SIGTERM, signal.SIGINT]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signals.append(signal.SIGHUP)
+    old = {s: signal.signal(s, handler) for s in signals}
     try:
         yield stop
     finally:
