@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--items",
         type=int,
         default=6000,
-        help="items in the scripted feed (a surge at 35%%, a drift at 60%%); the feed then goes "
+        help="items in the scripted feed (a surge at 18%%, a drift at 30%%); the feed then goes "
         "on in the drifted regime until stopped (6000)",
     )
     p.add_argument(

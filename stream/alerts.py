@@ -479,8 +479,10 @@ class AlertEngine:
         n = len(items)
         negatives = sum(1 for x in items if x.label == "negative")
         rule = cfg.negative_surge
-        # (A short same-version history is shrunk toward the stream's share, as before.)
-        if rule.enabled and n >= rule.min_count:
+        # The key needs same-version history of its own: just after a promotion the new
+        # version has seen a key a handful of times, and a share judged against a prior
+        # shrunk from so few items is the stream's share, not the key's usual.
+        if rule.enabled and n >= rule.min_count and len(base_items) >= rule.min_count:
             k_base = sum(1 for x in base_items if x.label == "negative")
             z, p0, p = negative_share_z(
                 negatives, n, k_base, len(base_items), prior, cfg.prior_strength

@@ -56,16 +56,16 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory, model_registry: Path) -> 
     registry = data / "registry"
     shutil.copytree(model_registry, registry)  # the demo's learner may promote into it
     out, err = data / "demo.out", data / "demo.err"
-    # The surge comes at 35 % of the items: 35 s in at 30/s, in the sixth 7-s window (the
-    # demo's windows at this rate). The alert rules judge a window against at least three
-    # whole windows before it, the stream's first (partial) one never counting: with 2000
-    # items the surge (23 s in) falls in the fourth window and mostly goes unjudged. The
-    # drift comes at 60 %, 60 s in. On a loaded machine the worker lags, so wait for
-    # both in the store, then Ctrl-C the demo (--duration only caps a run gone wrong).
+    # The demo's own pace (6000 items at 20/s, 10-s windows): the surge comes at 18 % of the
+    # items, 54 s in, in the sixth window; the alert rules judge a window against at least
+    # three whole windows before it, the stream's first (partial) one never counting, so a
+    # faster or shorter feed puts the surge where it mostly goes unjudged. The drift comes at
+    # 30 %, 90 s in. On a loaded machine the worker lags, so wait for both in the store, then
+    # Ctrl-C the demo (--duration only caps a run gone wrong).
     with open(out, "wb") as o, open(err, "wb") as e:
         proc = subprocess.Popen(
             [sys.executable, "-m", "moodwire", "demo", "--headless",
-             "--duration", "300", "--items", "3000", "--rate", "30"],
+             "--duration", "420"],
             cwd=ROOT, env=_env(data, registry), stdout=o, stderr=e,
             start_new_session=True,
         )  # fmt: skip
