@@ -40,8 +40,9 @@ class LearnerConfig:
     require_approval: bool = False
     # A drift seen by the workers without labels (confidence, label mix, embedding) is
     # confirmed by the labels before a retrain: the serving model must do worse on the
-    # fresh labels than on the old held-out ones by more than this (a surge of bad news
-    # is a change of the world's mood, not of the model's: no retrain for it).
+    # fresh labels after it than on those just before it (or, with fewer than
+    # ``min_holdout`` of those, on the old held-out ones) by more than this. A surge of
+    # bad news is a change of the world's mood, not of the model's: no retrain for it.
     drift_confirm_margin: float = 0.05
     error_detector: str = "adwin"
     error_warmup: int = 100

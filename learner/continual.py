@@ -160,6 +160,9 @@ class ContinualLearner:
         self._episode_start: int | None = None  # labels_seen at the drift
         self._episode_next = 0  # labels since the drift at which to retrain next
         self._unconfirmed = False  # a workers' drift the labels have not confirmed yet
+        self._episode_spent = False  # this episode's candidate learned nothing the model lacked
+        # The serving model's accuracy on the labels just before the drift, and how many.
+        self._recent_before: tuple[float, int] | None = None
         self.last_confirmation: dict[str, Any] | None = None
         self._errors = make_detector(
             cfg.error_detector, warmup=cfg.error_warmup, cooldown=cfg.error_cooldown
@@ -242,16 +245,29 @@ class ContinualLearner:
         retrain waits for ``min_new_labels`` fresh ones. Then, to catch up with the
         new world, it retrains again each time the labels since the drift have
         doubled, until there are ``retrain_every`` of them. Drift events during
-        that catch-up are the same shift: they keep the fresh labels.
+        that catch-up are the same shift: they keep the fresh labels, unless the
+        episode is spent: its candidate showed no gain on the fresh labels, so the
+        serving model already read them as well as training could. A drift event
+        after that is a new shift (the first was a false start, e.g. a surge of bad
+        news that moved the embeddings): a new episode, on labels from after it.
 
         With ``confirm_with_labels`` (a drift the workers saw without labels), the
         retrain runs only if the fresh labels confirm it: the serving model does
-        worse on them than on the old held-out data by more than
-        ``drift_confirm_margin``; otherwise the episode ends with no retrain.
+        worse on them than on the fresh labels just before the drift (the same
+        kind of data, from just before), or than on the old held-out data when
+        there were too few of those, by more than ``drift_confirm_margin``;
+        otherwise the episode ends with no retrain.
         """
         if self.config.strategy == "frozen":
             return
-        if self._episode_start is None:
+        if self._episode_start is None or self._episode_spent:
+            if self._episode_spent:
+                self._episode_spent = False
+                self.pending = None  # the spent episode's reason is not this shift's
+            recent = self.fresh_train + self.fresh_holdout
+            self._recent_before = None
+            if confirm_with_labels and len(recent) >= self.config.min_holdout:
+                self._recent_before = (accuracy(self.classifier, recent), len(recent))
             self._retire_fresh()
             self._episode_start = self.labels_seen
             self._episode_next = 0
@@ -292,6 +308,7 @@ class ContinualLearner:
             self._unconfirmed = False
             if not self._confirmed_by_labels():
                 self.pending, self._episode_start = None, None
+                self._episode_spent = False
                 return None
         if self.pending is not None:
             return self.pending
@@ -299,6 +316,7 @@ class ContinualLearner:
             since = self.labels_seen - self._episode_start
             if since >= self.config.retrain_every:
                 self._episode_start = None  # caught up: back to the regular schedule
+                self._episode_spent = False
             elif self._episode_next and since >= self._episode_next:
                 return f"catching up after drift: {since} labels since"
         new = self.labels_seen - self._labels_at_attempt
@@ -309,14 +327,26 @@ class ContinualLearner:
     def _confirmed_by_labels(self) -> bool:
         """Whether the fresh labels show the serving model doing worse than before the shift."""
         fresh = self.fresh_train + self.fresh_holdout
-        if not fresh or self.before_shift_acc is None:
+        if self._recent_before is not None:
+            before, n_before, reference = *self._recent_before, "labels just before"
+        elif self.before_shift_acc is not None:
+            before, n_before, reference = (
+                self.before_shift_acc,
+                len(self.before_shift),
+                "old held-out labels",
+            )
+        else:
+            return True
+        if not fresh:
             return True
         now = accuracy(self.classifier, fresh)
-        confirmed = now < self.before_shift_acc - self.config.drift_confirm_margin
+        confirmed = now < before - self.config.drift_confirm_margin
         self.last_confirmation = {
             "fresh_accuracy": round(now, 4),
-            "before_shift_accuracy": round(self.before_shift_acc, 4),
             "fresh": len(fresh),
+            "before_accuracy": round(before, 4),
+            "before": n_before,
+            "reference": reference,
             "confirmed": confirmed,
         }
         return confirmed
@@ -431,6 +461,8 @@ class ContinualLearner:
                 f"shadow agreement {shadow['agreement']:.3f} below {cfg.min_shadow_agreement}"
             )
         passed = not reasons
+        if self._episode_start is not None and any(r.startswith("no gain") for r in reasons):
+            self._episode_spent = True
         outcome.gate = GateResult(passed, reasons, new_stats, old_stats, shadow)
         if not passed:
             outcome.decision = "reject"
@@ -459,6 +491,8 @@ class ContinualLearner:
             "episode_start": self._episode_start,
             "episode_next": self._episode_next,
             "unconfirmed": self._unconfirmed,
+            "episode_spent": self._episode_spent,
+            "recent_before": list(self._recent_before) if self._recent_before else None,
             "before_shift": [[x.text, x.label] for x in self.before_shift],
             "before_shift_acc": self.before_shift_acc,
             "before_shift_version": self.before_shift_version,
@@ -473,6 +507,9 @@ class ContinualLearner:
         self._episode_start = state.get("episode_start")
         self._episode_next = int(state.get("episode_next", 0))
         self._unconfirmed = bool(state.get("unconfirmed", False))
+        self._episode_spent = bool(state.get("episode_spent", False))
+        recent = state.get("recent_before")
+        self._recent_before = (float(recent[0]), int(recent[1])) if recent else None
         self.before_shift = [LabelledText(t, lab) for t, lab in state.get("before_shift", [])]
         self.before_shift_acc = state.get("before_shift_acc")
         self.before_shift_version = state.get("before_shift_version")

@@ -207,6 +207,43 @@ def test_drift_makes_the_fresh_pool_old_memory_and_waits_for_new_labels() -> Non
     assert all(x.text.startswith("after") for x in learner.fresh_train)
 
 
+def test_a_drift_after_an_episode_whose_candidate_learned_nothing_is_a_new_shift() -> None:
+    from learner.continual import Outcome
+    from learner.train import TrainReport
+
+    cfg = LearnerConfig(min_new_labels=50, min_holdout=5)
+    learner = ContinualLearner(_Fixed("neutral"), "v1", cfg)  # type: ignore[arg-type]
+    learner.drift("drift seen at the surge")  # a false start: the model reads it fine
+    learner.observe(_items(100, "surge", "neutral"), ["neutral"] * 100)
+    assert learner.due() == "drift seen at the surge"
+    report = TrainReport(1, 1, 1.0, 0.1, 10.0, False, 0.1)
+    same = Outcome("t", _Fixed("neutral"), report, {}, None, "reject", "v1")  # type: ignore[arg-type]
+    judged = learner.judge(same, ["a"])
+    assert judged.decision == "reject" and judged.gate is not None
+    assert judged.gate.reasons[0].startswith("no gain"), judged.gate.reasons
+    # (across a restart)
+    restored = ContinualLearner(  # memory is saved on its own: hand it over
+        _Fixed("neutral"),  # type: ignore[arg-type]
+        "v1",
+        cfg,
+        replay=learner.replay,
+        heldout=learner.heldout,
+    )
+    restored.restore(learner.state())
+    learner = restored
+    # The real shift comes next: its labels, not the false start's, are the fresh pool.
+    learner.drift("drift seen at the real shift")
+    assert learner.fresh_train == [] and learner.fresh_holdout == [] and learner.due() is None
+    memory = {x.text for x in learner.replay.items() + learner.old_holdout()}
+    assert memory >= {f"surge {i}" for i in range(100)}
+    learner.observe(_items(100, "after", "positive"), ["neutral"] * 100)
+    assert learner.due() == "drift seen at the real shift"
+    assert all(x.text.startswith("after") for x in learner.fresh_train)
+    # Without the failed candidate, a second event is the same shift (fresh labels stay).
+    learner.drift("drift: adwin on confidence")
+    assert all(x.text.startswith("after") for x in learner.fresh_train) and learner.fresh_train
+
+
 def test_a_passing_candidate_waits_for_an_operator_when_approval_is_required() -> None:
     from learner.continual import Outcome
     from learner.train import TrainReport

@@ -90,20 +90,28 @@ def test_v1_misreads_the_drift_and_one_retrain_on_fresh_labels_learns_it(
     assert cand_news >= v1_news - cfg.old_tolerance, (v1_news, cand_news)  # old regime kept
 
 
-def test_a_surge_of_bad_news_is_not_a_reason_to_retrain(demo: tuple[Settings, str]) -> None:
+@pytest.mark.parametrize("labelled_before", [0, 120])
+def test_a_surge_of_bad_news_is_not_a_reason_to_retrain(
+    demo: tuple[Settings, str], labelled_before: int
+) -> None:
     """The workers see the surge as drift (the label mix and the embeddings move); the
-    labels show v1 reads it right, so no retrain is spent on it."""
+    labels show v1 reads it right, so no retrain is spent on it. Judged against the
+    labels just before the surge when there are some, else against the old held-out."""
     settings, v1 = demo
     registry = Registry(settings.resolved_registry())
     cfg = dataclasses.replace(_demo_learner_settings(settings).learner, min_new_labels=60)
     learner = ContinualLearner(load_version(registry, v1, device="cpu"), v1, cfg)
     learner.remember(_phase(demo_feed(600, seed=9, drift_at=1.0), "news")[:200],
                      _phase(demo_feed(600, seed=10, drift_at=1.0), "news")[:100])  # fmt: skip
+    learner.observe(_phase(demo_feed(600, seed=11, drift_at=1.0), "news")[:labelled_before])
     learner.drift("embedding shift at the surge", confirm_with_labels=True)
     feed = demo_feed(2000, seed=4, surge_at=0.0, surge_len=400, drift_at=1.0)
     learner.observe([LabelledText(i["text"], i["meta"]["true_label"]) for i in feed[:150]])
     assert learner.due() is None
-    assert learner.last_confirmation and not learner.last_confirmation["confirmed"]
+    seen = learner.last_confirmation
+    assert seen and not seen["confirmed"], seen
+    expected = "labels just before" if labelled_before else "old held-out labels"
+    assert (seen["reference"], seen["before"]) == (expected, labelled_before or 100), seen
 
 
 def test_the_demo_writes_its_state_under_the_data_dir(demo: tuple[Settings, str]) -> None:
