@@ -42,6 +42,18 @@ SURGE_AT = 0.18
 DRIFT_AT = 0.3
 
 
+def demo_window_s(rate: float) -> int:
+    """The demo's alert window: about 200 items at the feed's rate."""
+    return max(2, round(200 / rate))
+
+
+def demo_surge_len(rate: float) -> int:
+    """Items the surge lasts: one and a half windows, so that whatever the windows' phase
+    one of them holds most of it (a surge shorter than a window, cut in two by a window
+    boundary, is two halves each too weak to be sure of)."""
+    return round(1.5 * demo_window_s(rate) * rate)
+
+
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
@@ -200,6 +212,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
                 "start": datetime.now(UTC),
                 "seconds_between": 1.0 / args.rate,
                 "surge_at": SURGE_AT,
+                "surge_len": demo_surge_len(args.rate),
                 "drift_at": DRIFT_AT,
                 "forever": True,
             }
@@ -238,7 +251,8 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
             started.append(("annotators", (annotator, labeller)))
             _say(
                 f"feed        {args.items} scripted items at {args.rate:g}/s (surge on INIT at item "
-                f"{int(args.items * SURGE_AT)}, drift at {int(args.items * DRIFT_AT)}), then on in "
+                f"{int(args.items * SURGE_AT)} for {demo_surge_len(args.rate)}, drift at "
+                f"{int(args.items * DRIFT_AT)}), then on in "
                 "the new regime"
             )
             _say(
@@ -405,7 +419,7 @@ def _demo_alert_settings(settings: Settings, rate: float) -> Settings:
     """Windows of about 200 items at the feed's rate, so the demo's minutes show episodes."""
     if any(k.startswith("MOODWIRE_ALERTS") for k in os.environ):
         return settings
-    window = max(2, round(200 / rate))
+    window = demo_window_s(rate)
     alerts = dataclasses.replace(
         settings.alerts,
         window_s=window,
