@@ -262,7 +262,9 @@ def postgresql_reachable(admin_url: str) -> bool:
 
 
 @contextlib.contextmanager
-def pg_database(admin_url: str, *, fast_commits: bool = False) -> Iterator[str]:
+def pg_database(
+    admin_url: str, *, fast_commits: bool = False, prefix: str = "moodwire_faults"
+) -> Iterator[str]:
     """A fresh database on the server of ``admin_url``, dropped afterwards.
 
     ``fast_commits`` turns ``synchronous_commit`` off in it (a throwaway database: a
@@ -270,7 +272,7 @@ def pg_database(admin_url: str, *, fast_commits: bool = False) -> Iterator[str]:
     """
     import sqlalchemy as sa
 
-    name = f"moodwire_faults_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from moodwire.bench_faults import pg_database, postgresql_reachable
 from moodwire.settings import Settings, Topics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -78,42 +79,15 @@ def settings(broker: str, model_registry: Path, tmp_path: Path, unique: str) -> 
     )
 
 
-def _pg_available() -> bool:
-    try:
-        import sqlalchemy as sa
-
-        with sa.create_engine(PG_ADMIN_URL).connect():
-            return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
 @contextlib.contextmanager
 def _pg_database() -> Iterator[str]:
     """A new PostgreSQL database on the local server, dropped afterwards."""
-    import sqlalchemy as sa
-
-    if not _pg_available():
+    if not postgresql_reachable(PG_ADMIN_URL):
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (CI must start it)")
         pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
-    name = f"moodwire_test_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    try:
+    with pg_database(PG_ADMIN_URL, prefix="moodwire_test") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
-                ),
-                {"n": name},
-            )
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")
