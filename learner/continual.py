@@ -438,9 +438,12 @@ class ContinualLearner:
             old_stats["before_shift_then"] = self.before_shift_acc
             old_stats["before_shift_candidate"] = accuracy(cand, self.before_shift)
         shadow = _shadow(serv, cand, shadow_texts[-cfg.shadow_items :])
+        no_gain = not new_stats["candidate"] > new_stats["serving"] + cfg.min_new_gain
         if len(new) < cfg.min_holdout:
             reasons.append(f"only {len(new)} held-out new labels (need {cfg.min_holdout})")
-        elif not new_stats["candidate"] > new_stats["serving"] + cfg.min_new_gain:
+        elif no_gain:
+            if self._episode_start is not None:
+                self._episode_spent = True  # see drift(): the next drift is a new shift
             reasons.append(
                 f"no gain on new data: {new_stats['candidate']:.3f} vs serving "
                 f"{new_stats['serving']:.3f}"
@@ -461,8 +464,6 @@ class ContinualLearner:
                 f"shadow agreement {shadow['agreement']:.3f} below {cfg.min_shadow_agreement}"
             )
         passed = not reasons
-        if self._episode_start is not None and any(r.startswith("no gain") for r in reasons):
-            self._episode_spent = True
         outcome.gate = GateResult(passed, reasons, new_stats, old_stats, shadow)
         if not passed:
             outcome.decision = "reject"

@@ -345,17 +345,16 @@ class Watch:
                 self._severity[alert["id"]] = alert["severity"]
                 text = _alert_line(alert, update=known is not None)
                 events.append(Event("alert", text, {"id": alert["id"], "kind": alert["kind"]}))
-        for row in store.drift_event_rows():
-            if row["seq"] > self._drift_seq:
-                self._drift_seq = row["seq"]
-                events.append(
-                    Event(
-                        "drift",
-                        f"drift       {row['detector']} on {row['signal']} "
-                        f"(statistic {row['statistic']:.3g}), seen by {row['origin']}",
-                        {"detector": row["detector"], "origin": row["origin"]},
-                    )
+        for row in store.drift_events_after(self._drift_seq):
+            self._drift_seq = row["seq"]
+            events.append(
+                Event(
+                    "drift",
+                    f"drift       {row['detector']} on {row['signal']} "
+                    f"(statistic {row['statistic']:.3g}), seen by {row['origin']}",
+                    {"detector": row["detector"], "origin": row["origin"]},
                 )
+            )
         for row in store.audit_rows():
             if row["seq"] > self._audit_seq:
                 self._audit_seq = row["seq"]
