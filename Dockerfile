@@ -8,6 +8,7 @@ COPY stream stream
 COPY learner learner
 COPY retrieval retrieval
 COPY dashboard dashboard
+COPY state state
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
  && pip install ".[postgres]"
 ENTRYPOINT ["moodwire"]

@@ -16,9 +16,9 @@ import pandas as pd
 import sqlalchemy as sa
 import streamlit as st
 
-from learner.registry import Registry, RegistryError
-from moodwire.settings import Settings
-from moodwire.store import (
+from dashboard import context
+from state.registry import Registry, RegistryError
+from state.store import (
     Store,
     alerts,
     audit_log,
@@ -34,10 +34,6 @@ TTL_S = 5  # how stale a page may be: the live refresh interval
 @st.cache_resource
 def get_store(url: str) -> Store:
     return Store(url)
-
-
-def settings() -> Settings:
-    return Settings()
 
 
 def store_reachable(url: str) -> bool:
@@ -493,10 +489,12 @@ def past_items(url: str, index_dir: str) -> Any:
     """The FAISS index over the store, loaded once per dashboard process, read-only."""
     from pathlib import Path
 
-    from retrieval.embedder import FrozenEmbedder
     from retrieval.past_items import PastItems
 
-    embedder = FrozenEmbedder(device="cpu")
+    open_encoder = context.current().open_encoder
+    if open_encoder is None:
+        raise RuntimeError("meaning search needs a query encoder; this dashboard has none")
+    embedder = open_encoder()
     past = PastItems(
         get_store(url),
         dim=embedder.dim,

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
-from dashboard import data
-from moodwire import operations
+from dashboard import context, data
+from stream import operations
 from stream.outage import is_outage
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -21,7 +21,7 @@ PRESETS = ("15m", "1h", "6h", "24h", "7d", "30d", "all", "custom")
 
 
 def store_url() -> str:
-    return data.settings().resolved_store_url()
+    return context.current().store_url
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def sign_in() -> None:
         st.subheader("Operator")
         st.text_input("Your name (for the audit log)", key="actor")
         st.text_input("Operator credential", type="password", key="token")
-        if data.settings().operator_token is None:
+        if context.current().operations.operator_token is None:
             st.caption("Actions are disabled: no MOODWIRE_OPERATOR_TOKEN is configured.")
         else:
             st.caption("Viewing needs nothing; every action asks for the credential.")
@@ -102,10 +102,10 @@ def act(action: Any, *args: Any, success: str, **kwargs: Any) -> Any:
 
     Returns the action's result, or None when it was refused or failed.
     """
-    settings = data.settings()
+    config = context.current().operations
     try:
-        operations.check_credential(settings, st.session_state.get("token"))
-        result = action(settings, *args, actor=st.session_state.get("actor") or "", **kwargs)
+        operations.check_credential(config, st.session_state.get("token"))
+        result = action(config, *args, actor=st.session_state.get("actor") or "", **kwargs)
     except operations.NotAllowed as exc:
         st.error(f"Refused: {exc}. Enter the operator credential in the sidebar.")
         return None

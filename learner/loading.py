@@ -3,11 +3,11 @@
 :func:`load_version` verifies the version's checksums against its card, loads
 it (safetensors only), and runs a smoke batch of fixed texts that must give
 finite probabilities whose rows sum to 1. A version that fails any step is
-refused with a one-line reason (:class:`~learner.registry.VersionIntegrityError`
+refused with a one-line reason (:class:`~state.registry.VersionIntegrityError`
 or :class:`~learner.classifier.ModelLoadError`) and never serves.
 
 >>> import tempfile
->>> from learner.registry import Registry
+>>> from state.registry import Registry
 >>> registry = Registry(tempfile.mkdtemp())
 >>> empty = registry.write_version(lambda d: None, {"kind": "example"})
 >>> load_version(registry, empty)  # doctest: +ELLIPSIS
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from learner.classifier import ModelLoadError, SentimentClassifier
-from learner.registry import Registry
+from state.registry import Registry
 
 # A few fixed texts of the kinds the stream carries; what they score does not matter,
 # only that every row is a probability distribution.

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from learner.data import read_records
 from moodwire.settings import Settings
-from moodwire.store import Store, encode_embedding
 from moodwire.wiring import entity_tagger, topic_model
 from retrieval.past_items import PastItems
+from state.store import Store, encode_embedding
 from stream.alerting import Alerter
 from stream.feed import row_to_item
 from stream.schemas import NewsItem
@@ -87,7 +87,7 @@ def run_backtest(
     from stream.scorer import load_serving
 
     items, skipped = load_feed(path, text_col=text_col, shuffle_times=shuffle_times)
-    scorer = load_serving(settings)
+    scorer = load_serving(settings.resolved_registry(), **settings.scorer())
     tagger = entity_tagger(settings)
     topics = topic_model(settings, scorer.embedder.embed)
     with tempfile.TemporaryDirectory(prefix="moodwire-backtest-") as tmp:

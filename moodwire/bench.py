@@ -88,9 +88,9 @@ def throughput(
     registry_given: bool,
 ) -> dict[str, Any]:
     from learner.classifier import SentimentClassifier, select_device
-    from moodwire.store import Store
     from moodwire.wiring import build_worker
     from retrieval.embedder import FrozenEmbedder
+    from state.store import Store
     from stream.broker import EmbeddedBroker, free_port
     from stream.clients import make_producer
     from stream.scorer import Scorer, load_serving
@@ -108,7 +108,7 @@ def throughput(
         )
         device = select_device(cfg.device)
         if registry_given:
-            scorer = load_serving(cfg)
+            scorer = load_serving(cfg.resolved_registry(), **cfg.scorer())
         else:
             # Speed does not depend on the weights: the default encoder with a fresh head.
             scorer = Scorer(
@@ -126,7 +126,7 @@ def throughput(
             classifier_items_per_s=round(clf_only, 1),
         )
 
-        producer = make_producer(cfg, client_id="moodwire-bench")
+        producer = make_producer(cfg.kafka(), client_id="moodwire-bench")
         from stream.broker import ensure_topics
 
         ensure_topics(cfg.bootstrap_servers, cfg.topics.all(), cfg.partitions)

@@ -248,7 +248,7 @@ def fill_store(
     """
     from tqdm import tqdm
 
-    from moodwire.store import Store
+    from state.store import Store
     from stream.alerts import Alert, alert_id
     from stream.synthetic import CHATTER, NEWS, _fill
 
@@ -536,7 +536,7 @@ def dashboard_bench(
     registry: Path | None = None,
 ) -> dict[str, Any]:
     """Fill a store (a fresh one unless ``store_url`` names one with items), serve, measure."""
-    from moodwire.store import Store
+    from state.store import Store
     from stream.broker import free_port
 
     with tempfile.TemporaryDirectory(prefix="moodwire-bench-dash-") as tmp_:

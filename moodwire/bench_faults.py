@@ -381,7 +381,7 @@ def serving_registry(settings: Settings, given: bool, say: Callable[[str], None]
     (two short epochs, as the test suite's model) when it has none that loads."""
     from learner.classifier import ModelLoadError
     from learner.loading import load_version
-    from learner.registry import Registry, RegistryError
+    from state.registry import Registry, RegistryError
 
     own = settings.data_dir / "bench-faults" / "registry"
     for root in ([settings.resolved_registry()] if given else []) + [own]:
@@ -416,7 +416,7 @@ def serving_registry(settings: Settings, given: bool, say: Callable[[str], None]
 def copy_serving(source: Path, root: Path) -> str:
     """A new registry at ``root`` holding only ``source``'s serving version (its files
     copied, never linked: tampering with the copy must not touch the original)."""
-    from learner.registry import Registry, RegistryError
+    from state.registry import Registry, RegistryError
 
     version = Registry(source).serving()
     if version is None:
@@ -433,7 +433,7 @@ def copy_serving(source: Path, root: Path) -> str:
 def fuzz_part(bench: Bench, cases: int) -> dict[str, Any]:
     """Every fuzz target, ``cases`` each; crashes with their first examples."""
     from moodwire.fuzz import all_targets, fuzz
-    from moodwire.store import Store
+    from state.store import Store
 
     with contextlib.ExitStack() as stack:
         stores = [Store(f"sqlite:///{(bench.work / 'fuzz' / 'store.db').resolve()}")]
@@ -518,7 +518,7 @@ def _worker_run(
     rng: random.Random,
     before_count: Callable[[Any], None] | None,
 ) -> dict[str, Any]:
-    from moodwire.store import Store
+    from state.store import Store
     from stream.broker import ensure_topics
 
     tag = f"worker-kills-{number}"
@@ -633,9 +633,9 @@ class _LearnerRig:
 
     def __init__(self, bench: Bench, kills: int) -> None:
         from learner.data import LabelledText
-        from learner.registry import Registry
         from moodwire.learning import seed_memory
-        from moodwire.store import Store
+        from state.registry import Registry
+        from state.store import Store
         from stream.broker import ensure_topics
         from stream.synthetic import demo_feed, labelled_headlines
 
@@ -854,7 +854,7 @@ def _incoming(registry: Any) -> set[Path]:
 def _check_learner(rig: _LearnerRig, problems: dict[str, str]) -> None:
     """After a learner died anywhere in a retrain: a proven version serves, no version is
     half-written, and the pointer's history and the audit log tell the same promotions."""
-    from learner.registry import RegistryError
+    from state.registry import RegistryError
 
     registry, store, verified = rig.registry, rig.store, rig.verified
 
@@ -920,7 +920,7 @@ def _labels_lost_or_unlearned(
 def broker_restart(bench: Bench, restarts: int) -> dict[str, Any]:
     """A worker through a proxied broker that is SIGKILLed and comes back empty."""
     from moodwire.proxy import ProxiedBroker
-    from moodwire.store import Store
+    from state.store import Store
     from stream.broker import ensure_topics
 
     rng = bench.rng("broker_restart")
@@ -1007,7 +1007,7 @@ def db_outage(bench: Bench, outage_s: float, items: int) -> dict[str, Any]:
     from sqlalchemy.engine import make_url
 
     from moodwire.proxy import TcpProxy
-    from moodwire.store import Store
+    from state.store import Store
     from stream.broker import ensure_topics
 
     if bench.pg_admin is None:
@@ -1176,8 +1176,8 @@ def tampered(bench: Bench, variants: tuple[str, ...] = VARIANTS) -> dict[str, An
 def _refused_at_start(bench: Bench, tag: str, variant: str) -> dict[str, Any]:
     """``moodwire worker`` on a registry whose serving version is tampered: it must exit
     non-zero with one line on stderr, and score nothing (items wait on its topic)."""
-    from learner.registry import Registry
-    from moodwire.store import Store
+    from state.registry import Registry
+    from state.store import Store
     from stream.broker import ensure_topics
 
     home = bench.work / tag / f"start-{variant}"
@@ -1228,8 +1228,8 @@ def _refused_at_start(bench: Bench, tag: str, variant: str) -> dict[str, Any]:
 def _refused_at_swap(bench: Bench, tag: str, variants: tuple[str, ...]) -> dict[str, dict]:
     """One worker serving the good version; each variant is pointed at under it in turn
     (then the pointer is put back): refused, logged, and the old version scores on."""
-    from learner.registry import Registry
-    from moodwire.store import Store
+    from state.registry import Registry
+    from state.store import Store
     from stream.broker import ensure_topics
 
     home = bench.work / tag / "swap"

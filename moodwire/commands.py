@@ -19,13 +19,13 @@ import structlog
 
 from learner.classifier import ModelLoadError
 from learner.data import DataError
-from learner.registry import Registry, RegistryError
 from learner.replay import MemoryFileError
 from moodwire.cli import UserError, command, print_json
-from moodwire.operations import NotAllowed
 from moodwire.settings import Settings
+from state.registry import Registry, RegistryError
 from stream.broker import BrokerError
 from stream.errors import ConfigFileError
+from stream.operations import NotAllowed
 from stream.outage import Stopping
 
 log = structlog.get_logger("moodwire")
@@ -148,12 +148,14 @@ def learner_cmd(args: argparse.Namespace, settings: Settings) -> int:
 @command("retrain")
 @_guard
 def retrain_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from moodwire import operations
+    from stream import operations
 
     _require_operator(args, settings)
     actor = args.actor or getpass.getuser()
     with _audit_log_errors():
-        print_json(operations.request_retrain(settings, actor=actor, reason=args.reason))
+        print_json(
+            operations.request_retrain(settings.operations(), actor=actor, reason=args.reason)
+        )
     return 0
 
 
@@ -172,7 +174,7 @@ def produce_cmd(args: argparse.Namespace, settings: Settings) -> int:
     text_col = args.text_col or _detected_text_col(rows)
     items = [row_to_item(r, text_col) for r in rows]
     ensure_topics(settings.bootstrap_servers, [settings.topics.news], settings.partitions)
-    publisher = Publisher(lambda: make_producer(settings, client_id="moodwire-produce"))
+    publisher = Publisher(lambda: make_producer(settings.kafka(), client_id="moodwire-produce"))
     stream_ = looped(items, args.loop)
     if args.limit is not None:
         stream_ = islice(stream_, args.limit)
@@ -281,8 +283,8 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
     promoted = serving is None or args.promote
     if promoted:
         from learner.loading import smoke_check
-        from moodwire.operations import audited_switch
-        from moodwire.store import Store
+        from state.store import Store
+        from stream.operations import audited_switch
 
         smoke_check(classifier, version)
         with audited_switch(
@@ -391,24 +393,26 @@ def _proof_problem(registry: Registry, version: str, settings: Settings) -> str 
 @command("promote")
 @_guard
 def promote_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from moodwire import operations
+    from stream import operations
 
     _require_operator(args, settings)
     actor = args.actor or getpass.getuser()
     with _audit_log_errors(" (the serving version is unchanged)"):
-        print_json(operations.promote(settings, args.version, actor=actor, reason=args.reason))
+        print_json(
+            operations.promote(settings.operations(), args.version, actor=actor, reason=args.reason)
+        )
     return 0
 
 
 @command("rollback")
 @_guard
 def rollback_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from moodwire import operations
+    from stream import operations
 
     _require_operator(args, settings)
     actor = args.actor or getpass.getuser()
     with _audit_log_errors(" (the serving version is unchanged)"):
-        print_json(operations.rollback(settings, actor=actor, reason=args.reason))
+        print_json(operations.rollback(settings.operations(), actor=actor, reason=args.reason))
     return 0
 
 
@@ -418,11 +422,11 @@ def _require_operator(args: argparse.Namespace, settings: Settings) -> None:
     The credential presented is the file ``--credential-file`` names, else
     ``MOODWIRE_CREDENTIAL``, else a prompt when stdin is a terminal.
     """
-    from moodwire.operations import check_credential
+    from stream.operations import check_credential
 
     if settings.operator_token is None:
-        check_credential(settings, None)  # refused, with the dashboard's message
-    check_credential(settings, _presented_credential(args))
+        check_credential(settings.operations(), None)  # refused, with the dashboard's message
+    check_credential(settings.operations(), _presented_credential(args))
 
 
 def _presented_credential(args: argparse.Namespace) -> str | None:
@@ -466,7 +470,7 @@ def _sha256(path: Path) -> str:
 @command("stats")
 @_guard
 def stats_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from moodwire.store import Store
+    from state.store import Store
 
     print_json(Store(settings.resolved_store_url()).stats())
     return 0
@@ -475,7 +479,7 @@ def stats_cmd(args: argparse.Namespace, settings: Settings) -> int:
 @command("alerts")
 @_guard
 def alerts_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from moodwire.store import Store
+    from state.store import Store
 
     since = _since(args.since) if args.since else None
     rows = Store(settings.resolved_store_url()).alert_rows(
@@ -662,9 +666,9 @@ def bench_faults_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 def dashboard_argv(port: int, address: str = "127.0.0.1") -> list[str]:
     """The command line that serves the dashboard (used by ``dashboard`` and ``demo``)."""
-    app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+    app = Path(__file__).resolve().parent / "dashboard_app.py"
     return [
-        sys.executable, "-m", "dashboard.serve", str(app),
+        sys.executable, "-m", "moodwire.serve_dashboard", str(app),
         "--server.port", str(port), "--server.address", address,
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",

@@ -27,9 +27,9 @@ from typing import Any
 
 import structlog
 
-from learner.registry import Registry
 from moodwire.console import Console, Event, Snapshot
 from moodwire.settings import Settings
+from state.registry import Registry
 from stream.broker import EmbeddedBroker, ensure_topics, free_port
 
 log = structlog.get_logger("moodwire.demo")
@@ -102,8 +102,8 @@ def bootstrap_demo_model(settings: Settings, n: int = 600, progress: bool = True
     )
     from learner.loading import smoke_check
     from moodwire.learning import seed_memory
-    from moodwire.operations import audited_switch
-    from moodwire.store import Store
+    from state.store import Store
+    from stream.operations import audited_switch
 
     smoke_check(clf, version)
     with audited_switch(
@@ -123,7 +123,7 @@ def bootstrap_demo_model(settings: Settings, n: int = 600, progress: bool = True
 
 def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: bool) -> int:
     from moodwire.commands import stop_on_signals
-    from moodwire.store import Store
+    from state.store import Store
     from stream.clients import make_producer
     from stream.feed import publish
     from stream.publish import Publisher
@@ -217,7 +217,9 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
                 "forever": True,
             }
             # Checked sends, and a new producer after a broker restart: nothing fed is lost.
-            producer = Publisher(lambda: make_producer(settings, client_id="moodwire-demo-feed"))
+            producer = Publisher(
+                lambda: make_producer(settings.kafka(), client_id="moodwire-demo-feed")
+            )
             feed_stop = threading.Event()
             fed = [0]  # items the broker acknowledged (for the lag)
             feeder = threading.Thread(
@@ -240,7 +242,9 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
                 seed=seed,
                 delay_s=args.label_delay,
             )
-            labeller = Publisher(lambda: make_producer(settings, client_id="moodwire-demo-labels"))
+            labeller = Publisher(
+                lambda: make_producer(settings.kafka(), client_id="moodwire-demo-labels")
+            )
             annotator = threading.Thread(
                 target=_annotate,
                 args=(labeller, settings.topics.labels, labels),

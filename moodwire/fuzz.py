@@ -1025,7 +1025,7 @@ _KAFKA_TIMES = (None, 0, -1, 2**63 - 1, 1_772_442_000_000)
 def message_targets(stores: list[Any]) -> list[FuzzTarget]:
     """The three ways Kafka bytes get in: news items through the validator, labels and
     control messages. What is accepted must be storable in every store of ``stores``
-    (SQLite and PostgreSQL :class:`moodwire.store.Store`) and publishable; what is
+    (SQLite and PostgreSQL :class:`state.store.Store`) and publishable; what is
     refused must be too, as its dead letter.
 
     * ``validator``: :func:`stream.validate.validate` (a crash: any exception, or a
@@ -1147,7 +1147,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="moodwire-fuzz-") as tmp:
-        from moodwire.store import Store
+        from state.store import Store
 
         stores = [Store(f"sqlite:///{Path(tmp) / 'fuzz.db'}"), *map(Store, args.store)]
         known = all_targets(stores)

@@ -43,13 +43,13 @@ from learner.continual import ContinualLearner, Outcome, make_replay
 from learner.data import LabelledText
 from learner.drift import DriftEvent
 from learner.loading import load_version, smoke_check
-from learner.registry import Registry, RegistryError
 from learner.replay import MemoryFileError, Reservoir
-from moodwire.operations import audited_switch, reconcile_serving
 from moodwire.settings import Settings
-from moodwire.store import Store
+from state.registry import Registry, RegistryError
+from state.store import Store
 from stream.deadletter import dlq_message, rejection_row
 from stream.health import serve_health
+from stream.operations import audited_switch, reconcile_serving
 from stream.outage import ConsumerKeepalive, Health, Stopping, Waiter
 from stream.publish import Outgoing, Publisher
 from stream.schemas import ControlMessage, LabelMessage, label_row
@@ -650,13 +650,13 @@ def build_learner(
         )
 
     consumer = make_consumer(
-        settings,
+        settings.kafka(),
         topics.labels,
         topics.control,
         group_id=f"{settings.consumer_group}-learner",
         client_id="moodwire-learner",
     )
-    publisher = Publisher(lambda: make_producer(settings, client_id="moodwire-learner"))
+    publisher = Publisher(lambda: make_producer(settings.kafka(), client_id="moodwire-learner"))
     try:
         proc = LearnerProcess(
             settings, store, registry, consumer, publisher, load, progress=progress, health=health

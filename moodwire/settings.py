@@ -16,29 +16,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learner.config import LearnerConfig
 from stream.alerts import AlertConfig
-
-
-class Topics(BaseModel):
-    """Kafka topic names (configuration, not code)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    news: str = "news"
-    scored: str = "news.scored"
-    dlq: str = "news.dlq"
-    labels: str = "news.labels"
-    alerts: str = "moodwire.alerts"
-    control: str = "moodwire.control"
-
-    def all(self) -> list[str]:
-        return [self.news, self.scored, self.dlq, self.labels, self.alerts, self.control]
+from stream.config import KafkaConfig, Topics, WorkerConfig
+from stream.operations import OperationsConfig
+from stream.validate import Limits
 
 
 class Settings(BaseSettings):
@@ -186,6 +173,58 @@ class Settings(BaseSettings):
         if self.operator_token is not None:
             env["MOODWIRE_OPERATOR_TOKEN"] = self.operator_token.get_secret_value()
         return env
+
+    def kafka(self) -> KafkaConfig:
+        """What every Kafka client of a process needs."""
+        return KafkaConfig(
+            bootstrap_servers=self.bootstrap_servers,
+            max_message_bytes=self.max_message_bytes,
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+            max_poll_records=self.batch_size,
+        )
+
+    def operations(self) -> OperationsConfig:
+        """Where an operator's actions (promote, rollback, retrain, corrections) land."""
+        return OperationsConfig(
+            store_url=self.resolved_store_url(),
+            registry=self.resolved_registry(),
+            kafka=self.kafka(),
+            topics=self.topics,
+            partitions=self.partitions,
+            operator_token=self.operator_token,
+        )
+
+    def limits(self) -> Limits:
+        """What an input may be before it is dead-lettered."""
+        return Limits(
+            max_message_bytes=self.max_message_bytes,
+            max_text_chars=self.max_text_chars,
+            max_entities=self.max_entities,
+            max_future_s=self.max_future_s,
+        )
+
+    def worker(self) -> WorkerConfig:
+        """What one scoring worker reads, writes and waits for."""
+        return WorkerConfig(
+            topics=self.topics,
+            consumer_group=self.consumer_group,
+            batch_size=self.batch_size,
+            batch_timeout_ms=self.batch_timeout_ms,
+            limits=self.limits(),
+            neighbors_k=self.neighbors_k,
+            retry_initial_s=self.retry_initial_s,
+            retry_max_s=self.retry_max_s,
+        )
+
+    def scorer(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`stream.scorer.load_serving`."""
+        return {
+            "device": self.device,
+            "max_length": self.max_length,
+            "micro_batch": self.micro_batch_size,
+        }
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with the given fields replaced (``None`` values are ignored)."""

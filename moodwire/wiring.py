@@ -11,10 +11,10 @@ import numpy as np
 import structlog
 
 from learner.drift import StreamMonitor
-from learner.registry import Registry
 from moodwire.settings import Settings
-from moodwire.store import Store
 from retrieval.past_items import PastItems
+from state.registry import Registry
+from state.store import Store
 from stream.alerting import Alerter
 from stream.broker import BrokerError, ensure_topics
 from stream.clients import make_consumer, make_producer, make_reader
@@ -149,7 +149,7 @@ def build_worker(
     store = wait_for("store", lambda: Store(settings.resolved_store_url()), health, stop, settings)
     # Watch the pointer before loading: a promotion while the model loads is seen at once.
     serving = ServingWatcher(Registry(settings.resolved_registry()))
-    scorer = scorer or load_serving(settings)
+    scorer = scorer or load_serving(settings.resolved_registry(), **settings.scorer())
     monitor = stream_monitor(settings)
     past = PastItems(
         store,
@@ -172,11 +172,11 @@ def build_worker(
         settings,
     )
     publisher = Publisher(
-        lambda: make_producer(settings, client_id="moodwire-worker"),
-        make_reader=lambda: make_reader(settings, client_id="moodwire-replay-check"),
+        lambda: make_producer(settings.kafka(), client_id="moodwire-worker"),
+        make_reader=lambda: make_reader(settings.kafka(), client_id="moodwire-replay-check"),
     )
     consumer = make_consumer(
-        settings, topics.news, group_id=settings.consumer_group, client_id="moodwire-worker"
+        settings.kafka(), topics.news, group_id=settings.consumer_group, client_id="moodwire-worker"
     )
     webhook = (
         WebhookSink(
@@ -206,7 +206,7 @@ def build_worker(
         partitions=sorted(partitions),
     )
     worker = Worker(
-        settings,
+        settings.worker(),
         store,
         scorer,
         past,

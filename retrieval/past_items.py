@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from moodwire.store import Store, decode_embeddings
 from retrieval.index import VectorIndex
-from stream.schemas import Neighbor
+from retrieval.neighbors import Neighbor
+from state.store import Store, decode_embeddings
 
 log = structlog.get_logger(__name__)
 

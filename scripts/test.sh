@@ -13,7 +13,7 @@ echo "== ruff"
 echo "== pytest"
 set +e
 .venv/bin/python -m pytest --doctest-modules moodwire stream learner retrieval dashboard tests \
-  --ignore=moodwire/__main__.py --ignore=dashboard/app.py --ignore=dashboard/views \
+  --ignore=moodwire/__main__.py --ignore=dashboard/views \
   -p no:cacheprovider "$@"
 code=$?
 set -e

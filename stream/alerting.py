@@ -24,7 +24,7 @@ import numpy as np
 import structlog
 from prometheus_client import Counter
 
-from moodwire.store import Store
+from state.store import Store
 from stream.alerts import Alert, AlertConfig, AlertEngine, AlertItem
 from stream.webhook import WebhookSink
 

@@ -29,6 +29,8 @@ from pydantic import (
     field_validator,
 )
 
+from retrieval.neighbors import Neighbor
+
 Label = Literal["negative", "neutral", "positive"]
 
 # What every store and wire can carry: the column sizes of the store, the depth a JSON
@@ -205,16 +207,6 @@ class NewsItem(BaseModel):
             return self.id
         basis = json.dumps([self.source or "", self.text], ensure_ascii=False)
         return hashlib.sha256(basis.encode("utf-8")).hexdigest()[:24]
-
-
-class Neighbor(BaseModel):
-    """A similar past item, from the FAISS index."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str
-    similarity: float
-    label: Label | None
 
 
 class ScoredItem(BaseModel):

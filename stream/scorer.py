@@ -10,6 +10,7 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import structlog
@@ -18,9 +19,8 @@ from prometheus_client import Counter
 
 from learner.classifier import ModelLoadError, SentimentClassifier, select_device
 from learner.loading import load_version
-from learner.registry import Registry, RegistryError
-from moodwire.settings import Settings
 from retrieval.embedder import FrozenEmbedder
+from state.registry import Registry, RegistryError
 
 log = structlog.get_logger(__name__)
 
@@ -53,28 +53,32 @@ class Scorer:
         return self.classifier.device
 
 
-def load_serving(settings: Settings, embedder: FrozenEmbedder | None = None) -> Scorer:
+def load_serving(
+    registry_root: Path,
+    *,
+    device: str = "auto",
+    max_length: int = 128,
+    micro_batch: int | None = None,
+    embedder: FrozenEmbedder | None = None,
+) -> Scorer:
     """The registry's serving version (and the frozen embedder), on the chosen device.
 
     The version is verified and smoke-tested first (:func:`~learner.loading.load_version`):
     a refused one raises :class:`RegistryError` or :class:`ModelLoadError`.
     """
-    registry = Registry(settings.resolved_registry())
+    registry = Registry(registry_root)
     version = registry.serving()
     if version is None:
         raise RegistryError(
             f"no model serves in registry {registry.root}: train one first with "
             "`moodwire bootstrap --train FILE` (or run `moodwire demo`)"
         )
-    device = select_device(settings.device)
-    classifier = load_version(registry, version, device=str(device), max_length=settings.max_length)
+    chosen = select_device(device)
+    classifier = load_version(registry, version, device=str(chosen), max_length=max_length)
     if embedder is None:
-        embedder = FrozenEmbedder(device=device, max_length=settings.max_length)
+        embedder = FrozenEmbedder(device=chosen, max_length=max_length)
     return Scorer(
-        classifier=classifier,
-        embedder=embedder,
-        version=version,
-        micro_batch=settings.micro_batch_size,
+        classifier=classifier, embedder=embedder, version=version, micro_batch=micro_batch
     )
 
 

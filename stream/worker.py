@@ -58,16 +58,17 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge, Histogram
 
 from learner.drift import DriftEvent, StreamMonitor
-from moodwire.settings import Settings
-from moodwire.store import Store, encode_embedding
+from retrieval.neighbors import Neighbor
 from retrieval.past_items import PastItems
+from state.store import Store, encode_embedding
 from stream.alerting import Alerter
+from stream.config import WorkerConfig
 from stream.deadletter import dlq_message, rejection_row
 from stream.outage import ConsumerKeepalive, Health, Stopping, Waiter, is_outage
 from stream.publish import Outgoing, Publisher
-from stream.schemas import ControlMessage, Neighbor, ScoredItem
+from stream.schemas import ControlMessage, ScoredItem
 from stream.scorer import Scorer, ServingWatcher
-from stream.validate import Accepted, Limits, Rejected, kafka_time, validate
+from stream.validate import Accepted, Rejected, kafka_time, validate
 
 log = structlog.get_logger(__name__)
 
@@ -231,7 +232,7 @@ class Worker:
 
     def __init__(
         self,
-        settings: Settings,
+        config: WorkerConfig,
         store: Store,
         scorer: Scorer,
         past: PastItems,
@@ -246,7 +247,7 @@ class Worker:
         alerter: Alerter | None = None,
         health: Health | None = None,
     ) -> None:
-        self.settings = settings
+        self.config = config
         self.store = store
         self.scorer = scorer
         self.past = past
@@ -262,14 +263,9 @@ class Worker:
         self.alerter = alerter
         self.health = health or Health("worker")
         self._alerts_at = 0.0
-        self.limits = Limits(
-            max_message_bytes=settings.max_message_bytes,
-            max_text_chars=settings.max_text_chars,
-            max_entities=settings.max_entities,
-            max_future_s=settings.max_future_s,
-        )
+        self.limits = config.limits
         # A scored message bigger than the producer accepts is refused before it is stored.
-        self.max_publish_bytes = max(1 << 20, settings.max_message_bytes * 4) - 1024
+        self.max_publish_bytes = max(1 << 20, config.limits.max_message_bytes * 4) - 1024
         self.totals = BatchResult()
         self.assigned_partitions = 0  # as of the last poll (for /readyz)
         self._joined = False  # held partitions once: a coordinator lost after that is an outage
@@ -284,8 +280,8 @@ class Worker:
             stop,
             keepalive=self.keepalive,
             after_outage=self._after_outage,
-            initial_s=self.settings.retry_initial_s,
-            max_s=self.settings.retry_max_s,
+            initial_s=self.config.retry_initial_s,
+            max_s=self.config.retry_max_s,
         )
 
     @property
@@ -296,14 +292,14 @@ class Worker:
 
     def poll_batch(self) -> list[ConsumerRecord]:
         """Up to ``batch_size`` records, waiting at most ``batch_timeout_ms`` to fill it."""
-        deadline = time.monotonic() + self.settings.batch_timeout_ms / 1000.0
+        deadline = time.monotonic() + self.config.batch_timeout_ms / 1000.0
         batch: list[ConsumerRecord] = []
-        while len(batch) < self.settings.batch_size:
+        while len(batch) < self.config.batch_size:
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
             # Block for the first record; after that, only until the time bound.
             wait_ms = 500 if not batch else remaining_ms
             polled = self.consumer.poll(
-                timeout_ms=wait_ms, max_records=self.settings.batch_size - len(batch)
+                timeout_ms=wait_ms, max_records=self.config.batch_size - len(batch)
             )
             for records in polled.values():
                 batch.extend(records)
@@ -325,8 +321,8 @@ class Worker:
         self.set_stop(stop)
         log.info(
             "worker_started",
-            group=self.settings.consumer_group,
-            topic=self.settings.topics.news,
+            group=self.config.consumer_group,
+            topic=self.config.topics.news,
             model_version=self.scorer.version,
             device=str(self.scorer.device),
             index_size=len(self.past),
@@ -360,8 +356,8 @@ class Worker:
                     failures=failures,
                 )
                 rewind(self.consumer, records)
-                backoff = self.settings.retry_initial_s * 2 ** min(failures, 8)
-                self.keepalive(min(self.settings.retry_max_s, backoff))
+                backoff = self.config.retry_initial_s * 2 ** min(failures, 8)
+                self.keepalive(min(self.config.retry_max_s, backoff))
                 self.keepalive.resume()
                 continue
             failures = 0
@@ -553,7 +549,7 @@ class Worker:
         neighbors: list[list[Neighbor]] = [[] for _ in range(n)]
         try:  # advisory: an item without neighbours is still an item
             neighbors = self.past.neighbors(
-                vectors, self.settings.neighbors_k, exclude=[a.id for _, a in batch.accepted]
+                vectors, self.config.neighbors_k, exclude=[a.id for _, a in batch.accepted]
             )
         except Exception:
             log.exception("neighbours_failed", items=n)
@@ -659,7 +655,7 @@ class Worker:
 
     def _publish(self, batch: _Batch) -> None:
         """Checked sends of new (and repaired) items and dead letters; then flag them published."""
-        topics = self.settings.topics
+        topics = self.config.topics
         replayed = batch.replayed
         on_topic = self.publisher.on_topic
         if replayed and on_topic is not None:
@@ -694,7 +690,7 @@ class Worker:
         if not seqs:
             return []
         rows = self.waiter.run(lambda: self.store.rejections_by_seq(seqs), "store")
-        return [dlq_message(r, self.settings.topics.dlq) for r in rows]
+        return [dlq_message(r, self.config.topics.dlq) for r in rows]
 
     def _dead_letter_undeliverable(
         self, batch: _Batch, undeliverable: dict[Hashable, str]
@@ -845,7 +841,7 @@ class Worker:
         )
         # Advisory: sent within linger_ms, a failure is logged.
         self.publisher.send_nowait(
-            self.settings.topics.control,
+            self.config.topics.control,
             None,
             message.model_dump_json().encode("utf-8"),
             "drift_announce",

@@ -39,8 +39,8 @@ def model_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry whose v1 is the default encoder, really fine-tuned (two short epochs)."""
     from learner.classifier import SentimentClassifier
     from learner.data import LabelledText
-    from learner.registry import Registry
     from learner.train import TrainConfig, fine_tune
+    from state.registry import Registry
     from stream.synthetic import labelled_headlines
 
     root = tmp_path_factory.mktemp("registry")

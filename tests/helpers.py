@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from learner.registry import Registry
 from moodwire.settings import Settings
-from moodwire.store import Store, encode_embedding
+from state.registry import Registry
+from state.store import Store, encode_embedding
 from stream.broker import ensure_topics
 
 

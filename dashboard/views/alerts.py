@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import charts, data, ui
-from moodwire import operations
+from stream import operations
 
 st.title("Alerts")
 url = ui.store_url()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import data, ui
-from moodwire import operations
+from dashboard import context, data, ui
+from stream import operations
 
 LABELS = ["negative", "neutral", "positive"]
 
 st.title("Explore")
 url = ui.store_url()
-settings = data.settings()
+ctx = context.current()
 window = ui.time_range(url, default="all").resolve(url)
 
 query = st.text_input("Search", key="ex_query", placeholder="e.g. bank downgraded on credit fears")
@@ -25,7 +25,7 @@ source = f4.selectbox("Source", [""] + data.sources(url), key="ex_source")
 start, end = window if window else (None, None)
 
 if mode == "by meaning" and query.strip():
-    found = data.search_meaning(url, str(settings.resolved_index_dir()), query.strip(), k=100)
+    found = data.search_meaning(url, ctx.index_dir, query.strip(), k=100)
     if not found.empty:  # the filters apply to the nearest hundred
         keep = found["ts"].notna()
         if entity:
@@ -91,7 +91,7 @@ with right:
     st.markdown("**Correct it** (sent to `news.labels`; the learner learns from it)")
     with st.form(f"fix-{item_id}"):
         new_label = st.selectbox("Label", [""] + LABELS, key="fix_label")
-        taxonomy = str(settings.taxonomy) if settings.taxonomy else None
+        taxonomy = ctx.taxonomy
         new_topic = st.selectbox("Topic", [""] + data.taxonomy_topics(taxonomy), key="fix_topic")
         reason = st.text_input("Why (for the audit log)", key="fix_why")
         if st.form_submit_button("Send correction"):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, data, ui
-from moodwire import operations
+from dashboard import charts, context, data, ui
+from stream import operations
 
 st.title("Drift & models")
 url = ui.store_url()
-settings = data.settings()
-registry = str(settings.resolved_registry())
+registry = context.current().registry
 refresh = ui.live_toggle()
 
 

@@ -29,7 +29,7 @@ from moodwire.bench_dashboard import (
     serve_dashboard,
     stop_group,
 )
-from moodwire.store import Store, audit_log
+from state.store import Store, audit_log
 from stream.broker import free_port
 
 pytestmark = pytest.mark.integration
@@ -288,7 +288,7 @@ def test_explore_searches_the_items(dashboard: str, page: Any, shots: Path) -> N
 def test_an_operator_action_without_the_credential_is_refused(
     dashboard: str, demo_dir: Path, page: Any, shots: Path
 ) -> None:
-    from learner.registry import Registry
+    from state.registry import Registry
 
     registry = Registry(demo_dir / "registry")
     serving = registry.serving()

@@ -14,12 +14,12 @@ import pytest
 from helpers import populate_dashboard_store, read_all, settings_env
 from streamlit.testing.v1 import AppTest
 
-from learner.registry import Registry
 from moodwire.settings import Settings
-from moodwire.store import Store
+from state.registry import Registry
+from state.store import Store
 
-APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
-PAGES = ["views/overview.py", "views/alerts.py", "views/models.py", "views/explore.py"]
+APP = str(Path(__file__).resolve().parents[2] / "moodwire" / "dashboard_app.py")
+PAGES = [f"../dashboard/views/{name}.py" for name in ("overview", "alerts", "models", "explore")]
 TITLES = ["Overview", "Alerts", "Drift & models", "Explore"]
 TOKEN = "op-s3cret"
 

@@ -11,7 +11,7 @@ import pytest
 from helpers import DASH_T0, populate_dashboard_store
 
 from dashboard import data
-from moodwire.store import Store
+from state.store import Store
 
 END = DASH_T0 + timedelta(minutes=300)
 
@@ -21,7 +21,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'd.db'}"
     else:
-        from moodwire.store import metadata
+        from state.store import metadata
 
         url = request.getfixturevalue("pg_url")
         metadata.drop_all(Store(url).engine)  # the database is shared by the session
@@ -68,8 +68,8 @@ def test_timeline_accuracy_and_search(url: str) -> None:
 def test_the_dashboard_imports_no_training_code() -> None:
     """Not its pages' modules, and not the server's warm-up (a chart built and serialised)."""
     code = (
-        "import sys, dashboard.data, dashboard.ui, dashboard.charts, moodwire.operations;"
-        "from dashboard.serve import warm_up; assert warm_up() > 0;"
+        "import sys, dashboard.data, dashboard.ui, dashboard.charts, stream.operations;"
+        "from moodwire.serve_dashboard import warm_up; assert warm_up() > 0;"
         "assert 'pyarrow' in sys.modules;"
         "bad = [m for m in sys.modules if m in ('torch', 'transformers') "
         "or m.startswith(('learner.classifier', 'learner.train', 'learner.continual'))];"

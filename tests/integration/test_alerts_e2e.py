@@ -30,7 +30,7 @@ from helpers import (
 )
 
 from moodwire.settings import Settings
-from moodwire.store import Store
+from state.store import Store
 from stream.alerts import AlertConfig, negative_share_z
 from stream.synthetic import demo_feed
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from helpers import last_json, moodwire_cli, settings_env
 
-from learner.registry import Registry
 from moodwire.bench_faults import (
     PARTS,
     VARIANTS,
@@ -23,7 +22,8 @@ from moodwire.bench_faults import (
     worker_kills,
 )
 from moodwire.settings import Settings
-from moodwire.store import Store, items
+from state.registry import Registry
+from state.store import Store, items
 
 
 @pytest.mark.integration

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import wait_until
 
-from moodwire.store import Store
+from state.store import Store
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -32,10 +32,10 @@ from helpers import (
 )
 from kafka import KafkaConsumer, TopicPartition
 
-from learner.registry import Registry
 from moodwire.proxy import ProxiedBroker, TcpProxy
 from moodwire.settings import Settings
-from moodwire.store import Store
+from state.registry import Registry
+from state.store import Store
 from stream.broker import ensure_topics, free_port
 from stream.synthetic import demo_feed
 

@@ -25,10 +25,10 @@ from helpers import (
 )
 
 from learner.data import LabelledText
-from learner.registry import Registry
 from moodwire.learning import learner_dir, seed_memory
 from moodwire.settings import Settings
-from moodwire.store import Store
+from state.registry import Registry
+from state.store import Store
 from stream.synthetic import demo_feed, labelled_headlines
 
 pytestmark = pytest.mark.integration

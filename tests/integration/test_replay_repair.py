@@ -14,8 +14,8 @@ import pytest
 from helpers import produce_items, read_all, wait_until
 
 from moodwire.settings import Settings
-from moodwire.store import Store
 from moodwire.wiring import build_worker
+from state.store import Store
 from stream.synthetic import demo_feed
 
 pytestmark = pytest.mark.integration

@@ -26,10 +26,10 @@ from helpers import (
 )
 
 from learner.drift import StreamMonitor
-from learner.registry import Registry
 from moodwire.settings import Settings
-from moodwire.store import Store
 from moodwire.wiring import build_worker, stream_monitor
+from state.registry import Registry
+from state.store import Store
 from stream.schemas import ControlMessage
 from stream.scorer import Scorer, load_serving
 from stream.synthetic import labelled_headlines
@@ -119,7 +119,7 @@ def test_promote_and_rollback_reach_the_worker_within_one_batch(
 @pytest.fixture(scope="module")
 def scorer(model_registry: Path) -> Scorer:
     """The serving model, loaded once for the module's in-process workers."""
-    return load_serving(Settings(registry=model_registry, device="cpu"))
+    return load_serving(model_registry, device="cpu")
 
 
 def _gibberish(n: int, seed: int) -> list[dict]:

@@ -19,7 +19,7 @@ from helpers import (
 )
 
 from moodwire.settings import Settings
-from moodwire.store import Store
+from state.store import Store
 from stream.synthetic import demo_feed
 
 pytestmark = pytest.mark.integration

@@ -136,7 +136,7 @@ def test_bad_config_is_refused_with_a_clear_message() -> None:
 @pytest.fixture(scope="module")
 def served(model_registry: Path):  # noqa: ANN201
     from learner.classifier import SentimentClassifier
-    from learner.registry import Registry
+    from state.registry import Registry
 
     reg = Registry(model_registry)
     return SentimentClassifier.from_pretrained(reg.path(reg.serving()), device="cpu")

@@ -18,11 +18,11 @@ import pytest
 from learner.continual import ContinualLearner, accuracy, make_replay
 from learner.data import LabelledText
 from learner.loading import load_version
-from learner.registry import Registry
 from learner.replay import Reservoir
 from moodwire.demo import DRIFT_AT, _demo_learner_settings, bootstrap_demo_model
 from moodwire.learning import learner_dir
 from moodwire.settings import Settings
+from state.registry import Registry
 from stream.synthetic import demo_feed, iter_annotations
 
 pytestmark = pytest.mark.integration

@@ -18,9 +18,9 @@ import pytest
 import structlog
 from helpers import last_json, moodwire_cli, read_all, settings_env, wait_until
 
-from learner.registry import Registry
 from moodwire.settings import Settings
-from moodwire.store import Store
+from state.registry import Registry
+from state.store import Store
 from stream.broker import free_port
 from stream.synthetic import labelled_headlines
 

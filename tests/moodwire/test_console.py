@@ -9,10 +9,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from learner.registry import Registry
 from moodwire.console import Console, Event
 from moodwire.demo import Watch
-from moodwire.store import Store
+from state.registry import Registry
+from state.store import Store
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 

@@ -153,7 +153,7 @@ def test_main_prints_one_json_line_per_target(capsys: pytest.CaptureFixture[str]
 
 @pytest.fixture
 def sqlite_store(tmp_path):
-    from moodwire.store import Store
+    from state.store import Store
 
     store = Store(f"sqlite:///{tmp_path / 'fuzz.db'}")
     yield store
@@ -213,7 +213,7 @@ def test_every_message_target_survives_1500_cases_on_sqlite(sqlite_store, name: 
 def test_message_targets_survive_on_sqlite_and_postgresql_together(
     sqlite_store, pg_url: str, name: str
 ) -> None:
-    from moodwire.store import Store
+    from state.store import Store
 
     pg = Store(pg_url)
     try:
@@ -305,7 +305,7 @@ def test_main_runs_message_targets_on_the_stores_given(
     assert main(["--cases", "200", "--store", url, "validator", "control_message"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["target"] for r in lines] == ["validator", "control_message"]
-    from moodwire.store import Store
+    from state.store import Store
 
     extra = Store(url)
     # Every case written there too: each refusal's dead letter, each accepted id.

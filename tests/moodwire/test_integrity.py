@@ -19,8 +19,8 @@ from helpers import last_json, moodwire_cli, settings_env
 
 from learner.classifier import ModelLoadError, SentimentClassifier
 from learner.loading import SMOKE_TEXTS, load_version
-from learner.registry import Registry, VersionIntegrityError
 from moodwire.settings import Settings
+from state.registry import Registry, VersionIntegrityError
 
 
 @pytest.fixture
@@ -201,7 +201,7 @@ def test_the_learner_keeps_its_model_when_an_operator_promotes_a_refused_version
     from structlog.testing import capture_logs
 
     from moodwire.learning import LearnerProcess
-    from moodwire.store import Store
+    from state.store import Store
 
     settings = Settings(registry=registry.root, data_dir=tmp_path / "data", device="cpu")
     loaded: list[str] = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from learner.registry import Registry, RegistryError, VersionIntegrityError
+from state.registry import Registry, RegistryError, VersionIntegrityError
 
 
 def _save(payload: str):
@@ -231,8 +231,8 @@ def test_a_switch_whose_audit_row_never_committed_is_undone(tmp_path: Path) -> N
     import json
     from datetime import UTC, datetime, timedelta
 
-    from moodwire.operations import audited_switch, reconcile_serving
-    from moodwire.store import Store
+    from state.store import Store
+    from stream.operations import audited_switch, reconcile_serving
 
     reg = Registry(tmp_path / "reg")
     store = Store(f"sqlite:///{tmp_path / 's.db'}")

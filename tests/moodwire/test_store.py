@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from moodwire.store import Store, decode_embeddings, encode_embedding
+from state.store import Store, decode_embeddings, encode_embedding
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -99,7 +99,7 @@ def test_audit_log(store: Store) -> None:
     store.audit("alice", "promote", "v2", "better on new data", {"previous": "v1"})
     import sqlalchemy as sa
 
-    from moodwire.store import audit_log
+    from state.store import audit_log
 
     with store.engine.connect() as conn:
         rows = conn.execute(sa.select(audit_log)).mappings().all()

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from moodwire.store import Store
+from state.store import Store
 from stream.deadletter import dlq_message, rejection_row
 from stream.entities import EntityTagger, WatchList
 from stream.schemas import ControlMessage, LabelMessage, label_id, label_row

@@ -13,8 +13,8 @@ from helpers import small_disk
 from structlog.testing import capture_logs
 from test_past_items import DIM, _rows
 
-from moodwire.store import Store
 from retrieval.past_items import PastItems
+from state.store import Store
 
 
 def _past(store: Store, snapshots: Path) -> PastItems:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moodwire.store import Store, encode_embedding
 from retrieval.past_items import PastItems
+from state.store import Store, encode_embedding
 
 DIM = 8
 

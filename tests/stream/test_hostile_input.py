@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moodwire.store import Store
+from state.store import Store
 from stream.deadletter import dlq_message, rejection_row
 from stream.schemas import LabelMessage, label_row
 from stream.validate import Accepted, Limits, Rejected, validate

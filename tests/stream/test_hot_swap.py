@@ -24,7 +24,7 @@ from learner.classifier import (
     default_encoder_path,
 )
 from learner.data import LABELS
-from learner.registry import Registry
+from state.registry import Registry
 from stream import scorer as scorer_module
 from stream.scorer import Scorer, ServingWatcher
 

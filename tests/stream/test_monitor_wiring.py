@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from learner.drift import DriftEvent, StreamMonitor
 from moodwire.settings import Settings, Topics
-from moodwire.store import Store
+from state.store import Store
 from stream.schemas import ControlMessage
 from stream.scorer import ModelSwap
 from stream.worker import Worker
@@ -59,7 +59,7 @@ def settings(tmp_path: Path) -> Settings:
 
 def _worker(settings: Settings, monitor: StreamMonitor | None = None, **kw: Any) -> Worker:
     return Worker(
-        settings,
+        settings.worker(),
         Store(settings.resolved_store_url()),
         TextScorer(),  # type: ignore[arg-type]
         NoNeighbours(),  # type: ignore[arg-type]

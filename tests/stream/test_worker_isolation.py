@@ -28,7 +28,7 @@ from kafka.errors import CommitFailedError, KafkaTimeoutError, MessageSizeTooLar
 from structlog.testing import capture_logs
 
 from moodwire.settings import Settings, Topics
-from moodwire.store import Store
+from state.store import Store
 from stream.outage import Stopping
 from stream.publish import Publisher
 from stream.worker import Worker
@@ -69,7 +69,7 @@ class PickyScorer(TextScorer):
 def make_worker(settings: Settings, *, scorer: Any = None, producer: Any = None, consumer: Any = None,
                 store: Store | None = None, publisher: Publisher | None = None, **kw: Any) -> Worker:  # fmt: skip
     return Worker(
-        settings,
+        settings.worker(),
         store or Store(settings.resolved_store_url()),
         scorer or PickyScorer(),
         NoNeighbours(),  # type: ignore[arg-type]

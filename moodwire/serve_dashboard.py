@@ -1,6 +1,6 @@
 """Serve the dashboard, with its heavy libraries warmed up before the first visitor.
 
-``python -m dashboard.serve APP [streamlit flags]`` is ``streamlit run APP …``,
+``python -m moodwire.serve_dashboard APP [streamlit flags]`` is ``streamlit run APP …``,
 except that the server process first imports what the pages use (altair, pandas,
 pyarrow, SQLAlchemy, the store), opens the store (creating indexes a store made by
 an older version lacks) and builds and serialises one chart the way a page does:
@@ -22,9 +22,9 @@ def warm_up() -> float:
     import sqlalchemy  # noqa: F401
     from streamlit import dataframe_util
 
-    import learner.registry  # noqa: F401
-    import moodwire.operations  # noqa: F401
-    import moodwire.store  # noqa: F401
+    import state.registry  # noqa: F401
+    import state.store  # noqa: F401
+    import stream.operations  # noqa: F401
     from dashboard import charts
 
     start, end = pd.Timestamp("2026-01-01", tz="UTC"), pd.Timestamp("2026-01-01 01:00", tz="UTC")
@@ -41,7 +41,7 @@ def warm_up() -> float:
     dataframe_util.convert_anything_to_arrow_bytes(frame)
     try:
         from moodwire.settings import Settings
-        from moodwire.store import Store
+        from state.store import Store
 
         Store(Settings().resolved_store_url())
     except Exception as exc:  # the pages say what is wrong with the store; serve anyway

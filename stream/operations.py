@@ -15,44 +15,59 @@ import hmac
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import SecretStr
 
-from learner.registry import Registry
-from moodwire.settings import Settings
-from moodwire.store import Store
+from state.registry import Registry
+from state.store import Store
+from stream.config import KafkaConfig, Topics
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class OperationsConfig:
+    """Where an operator's actions land: the store, the registry, the control and label topics."""
+
+    store_url: str
+    registry: Path
+    kafka: KafkaConfig
+    topics: Topics = Topics()
+    partitions: int = 4
+    operator_token: SecretStr | None = None
 
 
 class NotAllowed(PermissionError):
     """A state-changing action without a valid operator credential."""
 
 
-def check_credential(settings: Settings, token: str | None) -> None:
+def check_credential(config: OperationsConfig, token: str | None) -> None:
     """Refuse unless ``token`` is the configured ``MOODWIRE_OPERATOR_TOKEN``.
 
-    >>> from pydantic import SecretStr
-    >>> s = Settings(operator_token=SecretStr("s3cret"))
-    >>> check_credential(s, "s3cret")
-    >>> check_credential(s, "guess")
+    >>> kafka = KafkaConfig("127.0.0.1:9092")
+    >>> c = OperationsConfig("sqlite://", Path("reg"), kafka, operator_token=SecretStr("s3cret"))
+    >>> check_credential(c, "s3cret")
+    >>> check_credential(c, "guess")
     Traceback (most recent call last):
     ...
-    moodwire.operations.NotAllowed: wrong operator credential
-    >>> check_credential(Settings(operator_token=None), "anything")
+    stream.operations.NotAllowed: wrong operator credential
+    >>> check_credential(OperationsConfig("sqlite://", Path("reg"), kafka), "anything")
     Traceback (most recent call last):
     ...
-    moodwire.operations.NotAllowed: no operator credential is configured (set MOODWIRE_OPERATOR_TOKEN): actions are disabled
+    stream.operations.NotAllowed: no operator credential is configured (set MOODWIRE_OPERATOR_TOKEN): actions are disabled
     """
-    if settings.operator_token is None:
+    if config.operator_token is None:
         raise NotAllowed(
             "no operator credential is configured (set MOODWIRE_OPERATOR_TOKEN): actions are disabled"
         )
     if not token:
         raise NotAllowed("this action needs the operator credential")
-    expected = settings.operator_token.get_secret_value().encode()
+    expected = config.operator_token.get_secret_value().encode()
     if not hmac.compare_digest(expected, token.encode()):
         raise NotAllowed("wrong operator credential")
 
@@ -65,13 +80,13 @@ def _actor(actor: str) -> str:
 
 
 @contextmanager
-def _producer(settings: Settings, topic: str) -> Iterator[Any]:
+def _producer(config: OperationsConfig, topic: str) -> Iterator[Any]:
     """A producer for ``topic``, connected before any transaction is opened around its send."""
     from stream.broker import ensure_topics
     from stream.clients import make_producer
 
-    ensure_topics(settings.bootstrap_servers, [topic], settings.partitions)
-    producer = make_producer(settings, client_id="moodwire-operator")
+    ensure_topics(config.kafka.bootstrap_servers, [topic], config.partitions)
+    producer = make_producer(config.kafka, client_id="moodwire-operator")
     try:
         yield producer
     finally:
@@ -84,8 +99,8 @@ def _send(producer: Any, topic: str, msg: Any, key: str | None = None) -> None:
     producer.send(topic, key=key.encode() if key else None, value=value).get(30)
 
 
-def _publish(settings: Settings, topic: str, msg: Any, key: str | None = None) -> None:
-    with _producer(settings, topic) as producer:
+def _publish(config: OperationsConfig, topic: str, msg: Any, key: str | None = None) -> None:
+    with _producer(config, topic) as producer:
         _send(producer, topic, msg, key)
 
 
@@ -168,23 +183,25 @@ def reconcile_serving(store: Store, registry: Registry, *, grace_s: float = 60.0
     return serving
 
 
-def _announce(settings: Settings, action: str, version: str, actor: str, reason: str) -> None:
+def _announce(config: OperationsConfig, action: str, version: str, actor: str, reason: str) -> None:
     """Tell the workers (they follow the registry themselves, so a failure is only logged)."""
     from stream.schemas import ControlMessage
 
     msg = ControlMessage(action=action, version=version, actor=actor, reason=reason or None)
     try:
-        _publish(settings, settings.topics.control, msg)
+        _publish(config, config.topics.control, msg)
     except Exception as exc:  # noqa: BLE001 - workers follow the registry themselves
         log.warning("control_announce_failed", action=action, error=str(exc)[:200])
 
 
-def promote(settings: Settings, version: str, *, actor: str, reason: str = "") -> dict[str, Any]:
+def promote(
+    config: OperationsConfig, version: str, *, actor: str, reason: str = ""
+) -> dict[str, Any]:
     """Serve ``version``; audited in the same step, then announced on ``moodwire.control``."""
     actor = _actor(actor)
-    registry = Registry(settings.resolved_registry())
+    registry = Registry(config.registry)
     registry.verify(version)  # refused before anything is written
-    store = Store(settings.resolved_store_url())
+    store = Store(config.store_url)
     reconcile_serving(store, registry)  # never build on a switch that was not audited
     previous = registry.serving()
     with audited_switch(
@@ -197,15 +214,15 @@ def promote(settings: Settings, version: str, *, actor: str, reason: str = "") -
         details={"previous": previous},
     ):
         registry.promote(version)
-    _announce(settings, "promote", version, actor, reason)
+    _announce(config, "promote", version, actor, reason)
     return {"serving": version, "previous": previous}
 
 
-def rollback(settings: Settings, *, actor: str, reason: str = "") -> dict[str, Any]:
+def rollback(config: OperationsConfig, *, actor: str, reason: str = "") -> dict[str, Any]:
     """Serve the previously serving version; audited in the same step, then announced."""
     actor = _actor(actor)
-    registry = Registry(settings.resolved_registry())
-    store = Store(settings.resolved_store_url())
+    registry = Registry(config.registry)
+    store = Store(config.store_url)
     reconcile_serving(store, registry)  # never build on a switch that was not audited
     current, target = registry.rollback_target()
     registry.verify(target)
@@ -219,11 +236,11 @@ def rollback(settings: Settings, *, actor: str, reason: str = "") -> dict[str, A
         details={"from": current},
     ):
         registry.rollback()
-    _announce(settings, "rollback", target, actor, reason)
+    _announce(config, "rollback", target, actor, reason)
     return {"serving": target, "previous": current}
 
 
-def request_retrain(settings: Settings, *, actor: str, reason: str = "") -> dict[str, Any]:
+def request_retrain(config: OperationsConfig, *, actor: str, reason: str = "") -> dict[str, Any]:
     """Ask the active learner to train a candidate now.
 
     The audit row is inserted, the command published and acknowledged by the
@@ -234,9 +251,9 @@ def request_retrain(settings: Settings, *, actor: str, reason: str = "") -> dict
 
     actor = _actor(actor)
     msg = ControlMessage(action="retrain", actor=actor, reason=reason or None)
-    store = Store(settings.resolved_store_url())
-    topic = settings.topics.control
-    with _producer(settings, topic) as producer:
+    store = Store(config.store_url)
+    topic = config.topics.control
+    with _producer(config, topic) as producer:
         sent = False
         try:
             with store.audited(
@@ -257,7 +274,7 @@ def request_retrain(settings: Settings, *, actor: str, reason: str = "") -> dict
 
 
 def correct(
-    settings: Settings,
+    config: OperationsConfig,
     item_id: str,
     *,
     actor: str,
@@ -279,13 +296,13 @@ def correct(
     actor = _actor(actor)
     if label is None and topic is None:
         raise ValueError("a correction needs a label or a topic")
-    store = Store(settings.resolved_store_url())
+    store = Store(config.store_url)
     if store.get_item(item_id) is None:
         raise ValueError(f"no item {item_id!r} in the store")
     msg = LabelMessage(item_id=item_id, label=label, topic=topic, source="analyst", annotator=actor)
     row = label_row(msg)
-    labels_topic = settings.topics.labels
-    with _producer(settings, labels_topic) as producer:
+    labels_topic = config.topics.labels
+    with _producer(config, labels_topic) as producer:
         sent = False
         try:
             with store.audited(
@@ -306,24 +323,24 @@ def correct(
     return {"item_id": item_id, "label": label, "topic": topic, "label_id": row["id"]}
 
 
-def acknowledge(settings: Settings, alert_id: str, *, actor: str, reason: str = "") -> None:
+def acknowledge(config: OperationsConfig, alert_id: str, *, actor: str, reason: str = "") -> None:
     """Mark an alert seen; the mark and its audit row are one transaction."""
     actor = _actor(actor)
-    store = Store(settings.resolved_store_url())
+    store = Store(config.store_url)
     with store.audited(actor, "acknowledge", alert_id, reason or None, {}) as conn:
         if not store.acknowledge_alert_in(conn, alert_id, actor):
             raise ValueError(f"no alert {alert_id!r}")  # rolls the audit row back
 
 
 def mute(
-    settings: Settings, alert_id: str, *, hours: float, actor: str, reason: str = ""
+    config: OperationsConfig, alert_id: str, *, hours: float, actor: str, reason: str = ""
 ) -> datetime:
     """Hide an alert's episode for ``hours``; the mute and its audit row are one transaction."""
     actor = _actor(actor)
     if not 0 < hours <= 24 * 30:
         raise ValueError("mute for between a minute and 30 days")
     until = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=hours)
-    store = Store(settings.resolved_store_url())
+    store = Store(config.store_url)
     with store.audited(
         actor, "mute", alert_id, reason or None, {"until": until.isoformat()}
     ) as conn:

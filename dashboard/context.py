@@ -1,0 +1,58 @@
+"""What the dashboard is handed by the process that serves it (``moodwire dashboard``).
+
+The dashboard reads no environment and no settings of its own: the composition
+root (``moodwire/dashboard_app.py``) builds one :class:`DashboardContext` from
+the settings and hands it over with :func:`configure` before any page runs.
+The query encoder for meaning search is handed over as a factory, so the
+dashboard never imports torch or transformers itself; it is called on the
+first meaning search, not before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from stream.operations import OperationsConfig
+
+
+class QueryEncoder(Protocol):
+    """Embeds search queries into the index's vector space."""
+
+    dim: int
+    space_id: str
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class DashboardContext:
+    """Where the pages read from, and where an operator's actions land."""
+
+    store_url: str
+    registry: str
+    index_dir: str
+    operations: OperationsConfig
+    taxonomy: str | None = None
+    open_encoder: Callable[[], QueryEncoder] | None = None
+
+
+_current: DashboardContext | None = None
+
+
+def configure(context: DashboardContext) -> None:
+    """Hand the pages their context (the serving process does this on every run)."""
+    global _current
+    _current = context
+
+
+def current() -> DashboardContext:
+    """The context the pages run in."""
+    if _current is None:
+        raise RuntimeError(
+            "the dashboard was started without its context: serve it with `moodwire dashboard`"
+        )
+    return _current
