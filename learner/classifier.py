@@ -24,6 +24,7 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from learner.data import LABELS
+from learner.errors import ModelLoadError
 from retrieval.encoding import (  # noqa: F401 - re-exported: callers import them from here
     autocast,
     default_encoder_path,
@@ -34,10 +35,6 @@ from retrieval.encoding import (  # noqa: F401 - re-exported: callers import the
 
 _SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-class ModelLoadError(ValueError):
-    """A model directory cannot be used (missing, pickled weights, wrong labels)."""
 
 
 class BertMeanPoolForSequenceClassification(BertPreTrainedModel):

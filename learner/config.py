@@ -10,10 +10,6 @@ the benchmark overrides a few fields.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from learner.train import TrainConfig
 
 STRATEGIES = ("moodwire", "naive", "joint", "frozen")
 REPLAY_KINDS = ("class_balanced", "reservoir", "diverse", "off")
@@ -69,15 +65,3 @@ class LearnerConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"LearnerConfig: {message}")
-
-    def train_config(self) -> TrainConfig:
-        from learner.train import TrainConfig
-
-        return TrainConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            time_budget_s=self.time_budget_s,
-            seed=self.seed,
-            distill_weight=self.distill,
-        )

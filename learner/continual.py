@@ -403,7 +403,7 @@ class ContinualLearner:
         if self._episode_start is not None:
             self._episode_next = 2 * max(1, self.labels_seen - self._episode_start)
         candidate = copy.deepcopy(self.classifier)
-        cfg = self.config.train_config()
+        cfg = TrainConfig.for_learner(self.config)
         if self.config.strategy == "joint":  # the upper bound: one full pass, no budget
             cfg = TrainConfig(epochs=1.0, lr=self.config.lr, seed=self.config.seed)
         teacher = self._teacher(data, summary)

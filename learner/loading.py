@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from learner.classifier import ModelLoadError, SentimentClassifier
+from learner.classifier import SentimentClassifier
+from learner.errors import ModelLoadError
 from state.registry import Registry
 
 # A few fixed texts of the kinds the stream carries; what they score does not matter,

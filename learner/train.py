@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from learner.classifier import SentimentClassifier, autocast
+from learner.config import LearnerConfig
 from learner.data import LabelledText
 
 _LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
@@ -57,6 +58,18 @@ class TrainConfig:
     # Weight of matching a teacher's output distribution (KL) on the examples that have
     # one (``fine_tune(teacher=…)``: replayed examples, scored by the serving model).
     distill_weight: float = 1.0
+
+    @classmethod
+    def for_learner(cls, config: LearnerConfig) -> TrainConfig:
+        """The fine-tuning run of one continual-learning attempt."""
+        return cls(
+            epochs=config.epochs,
+            lr=config.lr,
+            batch_size=config.batch_size,
+            time_budget_s=config.time_budget_s,
+            seed=config.seed,
+            distill_weight=config.distill,
+        )
 
     def __post_init__(self) -> None:
         checks = [

@@ -22,12 +22,12 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from learner.data import read_records
+from moodwire.processes.worker import entity_tagger, topic_model
 from moodwire.settings import Settings
-from moodwire.wiring import entity_tagger, topic_model
 from retrieval.past_items import PastItems
 from state.store import Store, encode_embedding
 from stream.alerting import Alerter
-from stream.feed import row_to_item
+from stream.feed import row_to_item, text_column
 from stream.schemas import NewsItem
 
 log = structlog.get_logger(__name__)
@@ -49,9 +49,7 @@ def load_feed(
     rows = read_records(path, text_col=text_col)
     if not rows:
         raise BacktestError(f"{path}: no rows with text")
-    from moodwire.commands import _detected_text_col
-
-    col = text_col or _detected_text_col(rows)
+    col = text_col or text_column(rows)
     items, skipped = [], Counter()
     for row in rows:
         payload = row_to_item(row, col)

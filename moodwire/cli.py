@@ -8,15 +8,16 @@ JSON object as the last line of stdout; logs go to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from argparse import SUPPRESS
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
+from moodwire import __version__
+from moodwire.cmdkit import COMMANDS, UserError
 from moodwire.logs import configure_logging
 from moodwire.settings import Settings
 
@@ -47,14 +48,28 @@ settings (environment, overridden by flags):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    # No defaults (SUPPRESS): a flag given at either level (``bench --data-dir X throughput``
+    # or ``bench throughput --data-dir X``) is kept, not overwritten by the other's default.
     g = p.add_argument_group("connections (override MOODWIRE_* environment)")
-    g.add_argument("--bootstrap-servers", help="Kafka bootstrap servers, host:port[,host:port]")
-    g.add_argument("--store", dest="store_url", help="store URL: sqlite:///PATH or postgresql://…")
-    g.add_argument("--registry", type=Path, help="model registry directory")
-    g.add_argument("--data-dir", type=Path, help="default home of store, registry and index")
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     g.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="log level (info)"
+        "--bootstrap-servers", default=SUPPRESS, help="Kafka bootstrap servers, host:port[,…]"
+    )
+    g.add_argument(
+        "--store",
+        dest="store_url",
+        default=SUPPRESS,
+        help="store URL: sqlite:///PATH or postgresql://…",
+    )
+    g.add_argument("--registry", type=Path, default=SUPPRESS, help="model registry directory")
+    g.add_argument(
+        "--data-dir", type=Path, default=SUPPRESS, help="default home of store, registry and index"
+    )
+    g.add_argument("--device", default=SUPPRESS, help="auto, cpu, cuda or cuda:N")
+    g.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=SUPPRESS,
+        help="log level (info)",
     )
 
 
@@ -85,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Moodwire: a continual-learning streaming monitor for financial text.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"moodwire {__version__}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -415,16 +433,27 @@ def build_parser() -> argparse.ArgumentParser:
     # Not _common: the bench starts its own brokers and stores, so those flags do not apply.
     g = f.add_argument_group("model and data (override MOODWIRE_* environment)")
     g.add_argument(
-        "--registry", type=Path, help="model registry to use when it serves a proven version"
+        "--registry",
+        type=Path,
+        default=SUPPRESS,
+        help="model registry to use when it serves a proven version",
     )
     g.add_argument(
         "--data-dir",
         type=Path,
+        default=SUPPRESS,
         help="where the bench keeps its model and its work (DATA_DIR/bench-faults/)",
     )
-    g.add_argument("--device", help="device of the workers and learners: auto, cpu, cuda, cuda:N")
     g.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="log level (info)"
+        "--device",
+        default=SUPPRESS,
+        help="device of the workers and learners: auto, cpu, cuda, cuda:N",
+    )
+    g.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=SUPPRESS,
+        help="log level (info)",
     )
     f.add_argument(
         "--full",
@@ -515,23 +544,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def print_json(obj: Any) -> None:
-    """The one JSON object scripts read: the last line of stdout."""
-    sys.stdout.write(json.dumps(obj, default=str) + "\n")
-    sys.stdout.flush()
-
-
-COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {}
-
-
-def command(name: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
-    def register(fn: Callable[..., int]) -> Callable[..., int]:
-        COMMANDS[name] = fn
-        return fn
-
-    return register
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -556,10 +568,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"moodwire {args.command}: {exc}", file=sys.stderr)
         return 2
-
-
-class UserError(Exception):
-    """A mistake the user can fix (bad file, unknown version, …): message, no traceback."""
 
 
 if __name__ == "__main__":

@@ -7,9 +7,7 @@ import dataclasses
 import getpass
 import hashlib
 import os
-import signal
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -17,71 +15,20 @@ from pathlib import Path
 
 import structlog
 
-from learner.classifier import ModelLoadError
-from learner.data import DataError
-from learner.replay import MemoryFileError
-from moodwire.cli import UserError, command, print_json
+from learner.errors import ModelLoadError
+from moodwire.cmdkit import UserError, command, guard, print_json, stop_on_signals
 from moodwire.settings import Settings
 from state.registry import Registry, RegistryError
 from stream.broker import BrokerError
-from stream.errors import ConfigFileError
-from stream.operations import NotAllowed
 from stream.outage import Stopping
 
 log = structlog.get_logger("moodwire")
-
-# Errors that are the user's to fix: one clear line, no traceback. RegistryError covers
-# VersionIntegrityError (a tampered or unverifiable version) and a malformed serving.json;
-# ModelLoadError a version that does not load or fails its smoke batch.
-USER_ERRORS = (
-    UserError,
-    DataError,
-    RegistryError,
-    ModelLoadError,
-    BrokerError,
-    FileNotFoundError,
-    NotAllowed,
-    ConfigFileError,
-    MemoryFileError,
-)
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by SIGTERM, SIGINT (Ctrl-C) or SIGHUP (its terminal closed), with the
-    old handlers restored after. SIGHUP is left alone where it is ignored (``nohup``)."""
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        log.info("stop_requested", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signals = [signal.SIGTERM, signal.SIGINT]
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        signals.append(signal.SIGHUP)
-    old = {s: signal.signal(s, handler) for s in signals}
-    try:
-        yield stop
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def _guard(fn):  # type: ignore[no-untyped-def]
-    def run(args: argparse.Namespace, settings: Settings) -> int:
-        try:
-            return fn(args, settings)
-        except USER_ERRORS as exc:
-            raise UserError(str(exc).strip("'\"")) from exc
-
-    return run
-
 
 # -- broker / worker / produce ----------------------------------------------------------
 
 
 @command("broker")
-@_guard
+@guard
 def broker_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from stream.broker import EmbeddedBroker, ensure_topics
 
@@ -101,9 +48,9 @@ def broker_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 @command("worker")
-@_guard
+@guard
 def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from moodwire.wiring import build_worker
+    from moodwire.processes.worker import build_worker
 
     with stop_on_signals() as stop:
         try:
@@ -123,9 +70,9 @@ def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 @command("learner")
-@_guard
+@guard
 def learner_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from moodwire.learning import SingleActive, build_learner
+    from moodwire.processes.learner import SingleActive, build_learner
 
     with stop_on_signals() as stop:
         lock = SingleActive(settings.resolved_registry() / ".learner.lock")
@@ -146,7 +93,7 @@ def learner_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 @command("retrain")
-@_guard
+@guard
 def retrain_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from stream import operations
 
@@ -160,18 +107,18 @@ def retrain_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 @command("produce")
-@_guard
+@guard
 def produce_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from itertools import islice
 
     from learner.data import read_records
     from stream.broker import ensure_topics
     from stream.clients import make_producer
-    from stream.feed import looped, publish, row_to_item
+    from stream.feed import looped, publish, row_to_item, text_column
     from stream.publish import Publisher
 
     rows = read_records(args.file, text_col=args.text_col)
-    text_col = args.text_col or _detected_text_col(rows)
+    text_col = args.text_col or text_column(rows)
     items = [row_to_item(r, text_col) for r in rows]
     ensure_topics(settings.bootstrap_servers, [settings.topics.news], settings.partitions)
     publisher = Publisher(lambda: make_producer(settings.kafka(), client_id="moodwire-produce"))
@@ -196,23 +143,11 @@ def produce_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _detected_text_col(rows: list[dict]) -> str:
-    from learner.data import TEXT_COLUMNS
-
-    if not rows:
-        raise UserError("the file has no rows with text")
-    keys = {k.lower(): k for k in rows[0]}
-    for name in TEXT_COLUMNS:
-        if name in keys:
-            return keys[name]
-    raise UserError(f"no text column among {sorted(rows[0])}; name one with --text-col")
-
-
 # -- models ------------------------------------------------------------------------------
 
 
 @command("bootstrap")
-@_guard
+@guard
 def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from learner.classifier import SentimentClassifier
     from learner.data import load_labelled, parse_label_map, stratified_split
@@ -297,7 +232,7 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
             details={"previous": serving},
         ):
             registry.promote(version)
-    from moodwire.learning import seed_memory
+    from moodwire.processes.learner import seed_memory
 
     # What v1 learned is the learner's first memory: replayed and held out as "old" data.
     memory = seed_memory(settings, train, holdout)
@@ -323,7 +258,7 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 @command("eval")
-@_guard
+@guard
 def eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from learner.data import load_labelled, parse_label_map
     from learner.loading import load_version
@@ -348,7 +283,7 @@ def eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 @command("models")
-@_guard
+@guard
 def models_cmd(args: argparse.Namespace, settings: Settings) -> int:
     registry = Registry(settings.resolved_registry())
     serving = registry.serving()
@@ -391,7 +326,7 @@ def _proof_problem(registry: Registry, version: str, settings: Settings) -> str 
 
 
 @command("promote")
-@_guard
+@guard
 def promote_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from stream import operations
 
@@ -405,7 +340,7 @@ def promote_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 @command("rollback")
-@_guard
+@guard
 def rollback_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from stream import operations
 
@@ -468,7 +403,7 @@ def _sha256(path: Path) -> str:
 
 
 @command("stats")
-@_guard
+@guard
 def stats_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from state.store import Store
 
@@ -477,7 +412,7 @@ def stats_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 @command("alerts")
-@_guard
+@guard
 def alerts_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from state.store import Store
 
@@ -514,7 +449,7 @@ def _since(text: str) -> datetime:
 
 
 @command("backtest")
-@_guard
+@guard
 def backtest_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from moodwire.backtest import BacktestError, run_backtest
 
@@ -539,16 +474,17 @@ def backtest_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 @command("bench throughput")
-@_guard
+@guard
 def bench_throughput_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from moodwire.bench import throughput
+    from moodwire.bench.throughput import throughput
 
     result = throughput(
         settings,
         items=args.items,
         latency_items=args.latency_items,
         data=args.data,
-        registry_given=args.registry is not None or "registry" in Settings().model_fields_set,
+        registry_given=getattr(args, "registry", None) is not None
+        or "registry" in Settings().model_fields_set,
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -560,11 +496,11 @@ def bench_throughput_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 @command("bench continual")
-@_guard
+@guard
 def bench_continual_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from learner.config import STRATEGIES
     from learner.data import parse_label_map
-    from moodwire.bench_continual import continual
+    from moodwire.bench.continual import continual
 
     for path in args.phases:
         if not path.is_file():
@@ -601,20 +537,20 @@ def bench_continual_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 @command("bench dashboard")
-@_guard
+@guard
 def bench_dashboard_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from moodwire.bench_dashboard import dashboard_bench
+    from moodwire.bench.dashboard import dashboard_bench
 
     if args.items < 1:
         raise UserError("--items must be at least 1")
     result = dashboard_bench(
         settings,
         items=args.items,
-        store_url=args.store_url,
+        store_url=getattr(args, "store_url", None),
         warm_loads=max(1, args.warm_loads),
         port=args.port,
         progress=not args.no_progress,
-        registry=args.registry,
+        registry=getattr(args, "registry", None),
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -626,11 +562,11 @@ def bench_dashboard_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 @command("bench faults")
-@_guard
+@guard
 def bench_faults_cmd(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from moodwire.bench_faults import FULL, PARTS, SHORT, run_faults, table
+    from moodwire.bench.faults import FULL, PARTS, SHORT, run_faults, table
 
     base = FULL if args.full else SHORT
     given = {
@@ -651,7 +587,8 @@ def bench_faults_cmd(args: argparse.Namespace, settings: Settings) -> int:
         sizes=sizes,
         parts=tuple(args.only or PARTS),
         seed=args.seed,
-        registry_given=args.registry is not None or "registry" in Settings().model_fields_set,
+        registry_given=getattr(args, "registry", None) is not None
+        or "registry" in Settings().model_fields_set,
         pg_admin=None if args.no_postgresql else args.postgresql,
         keep_work=args.keep_work,
         full=args.full,
@@ -664,30 +601,21 @@ def bench_faults_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if result["passed"] else 1
 
 
-def dashboard_argv(port: int, address: str = "127.0.0.1") -> list[str]:
-    """The command line that serves the dashboard (used by ``dashboard`` and ``demo``)."""
-    app = Path(__file__).resolve().parent / "dashboard_app.py"
-    return [
-        sys.executable, "-m", "moodwire.serve_dashboard", str(app),
-        "--server.port", str(port), "--server.address", address,
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
-    ]  # fmt: skip
-
-
 @command("dashboard")
-@_guard
+@guard
 def dashboard_cmd(args: argparse.Namespace, settings: Settings) -> int:
     env = {**os.environ, **settings.to_env()}
     print(f"dashboard   http://{args.address}:{args.port}", flush=True)
     # Become the server: signals (Ctrl-C, SIGTERM) reach Streamlit itself, no orphan.
+    from moodwire.serve_dashboard import dashboard_argv
+
     argv = dashboard_argv(args.port, args.address)
     os.execve(argv[0], argv, env)
     return 0  # not reached
 
 
 @command("demo")
-@_guard
+@guard
 def demo_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from moodwire.demo import run_demo
 
@@ -695,5 +623,5 @@ def demo_cmd(args: argparse.Namespace, settings: Settings) -> int:
         args,
         settings,
         explicit_broker="bootstrap_servers" in Settings().model_fields_set
-        or args.bootstrap_servers is not None,
+        or getattr(args, "bootstrap_servers", None) is not None,
     )

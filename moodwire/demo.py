@@ -101,7 +101,7 @@ def bootstrap_demo_model(settings: Settings, n: int = 600, progress: bool = True
         },
     )
     from learner.loading import smoke_check
-    from moodwire.learning import seed_memory
+    from moodwire.processes.learner import seed_memory
     from state.store import Store
     from stream.operations import audited_switch
 
@@ -122,7 +122,7 @@ def bootstrap_demo_model(settings: Settings, n: int = 600, progress: bool = True
 
 
 def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: bool) -> int:
-    from moodwire.commands import stop_on_signals
+    from moodwire.cmdkit import stop_on_signals
     from state.store import Store
     from stream.clients import make_producer
     from stream.feed import publish
@@ -164,7 +164,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
                     "(this run's credential for the dashboard's actions)"
                 )
             if not args.headless:
-                from moodwire.commands import dashboard_argv
+                from moodwire.serve_dashboard import dashboard_argv
 
                 dash_log = settings.data_dir / "dashboard.log"
                 dash_env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}

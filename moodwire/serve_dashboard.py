@@ -12,6 +12,18 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
+
+
+def dashboard_argv(port: int, address: str = "127.0.0.1") -> list[str]:
+    """The command line that serves the dashboard (used by ``dashboard`` and ``demo``)."""
+    app = Path(__file__).resolve().parent / "dashboard_app.py"
+    return [
+        sys.executable, "-m", "moodwire.serve_dashboard", str(app),
+        "--server.port", str(port), "--server.address", address,
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
+    ]  # fmt: skip
 
 
 def warm_up() -> float:

@@ -10,6 +10,8 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check . >/dev/null || { echo "ruff format: run .venv/bin/ruff format ."; exit 1; }
+echo "== import-linter (the layering: docs/architecture.md)"
+.venv/bin/lint-imports --no-cache
 echo "== pytest"
 set +e
 .venv/bin/python -m pytest --doctest-modules moodwire stream learner retrieval dashboard tests \

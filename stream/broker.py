@@ -64,7 +64,7 @@ class EmbeddedBroker:
         self.host = host
         self.log_path = log_path
         # Clients connect to the address in the metadata, not the bootstrap one, so a
-        # proxy in front of the broker (moodwire.proxy) must be the advertised address.
+        # proxy in front of the broker (moodwire.bench.proxy) must be the advertised address.
         self.advertised_host = advertised_host or host
         self.advertised_port = port if advertised_port is None else advertised_port
         self._proc: subprocess.Popen[bytes] | None = None

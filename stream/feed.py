@@ -17,6 +17,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from learner.data import TEXT_COLUMNS, DataError
 from stream.outage import Health, Stopping, Waiter
 from stream.publish import Outgoing, Publisher
 from stream.schemas import NewsItem
@@ -36,6 +37,17 @@ def _first(row: dict[str, Any], names: tuple[str, ...]) -> Any:
         if v not in (None, ""):
             return v
     return None
+
+
+def text_column(rows: list[dict[str, Any]]) -> str:
+    """The column of ``rows`` that holds the text (the first of ``TEXT_COLUMNS`` present)."""
+    if not rows:
+        raise DataError("the file has no rows with text")
+    keys = {k.lower(): k for k in rows[0]}
+    for name in TEXT_COLUMNS:
+        if name in keys:
+            return keys[name]
+    raise DataError(f"no text column among {sorted(rows[0])}; name one with --text-col")
 
 
 def row_to_item(row: dict[str, Any], text_col: str = "text") -> dict[str, Any]:

@@ -17,7 +17,8 @@ import structlog
 import torch
 from prometheus_client import Counter
 
-from learner.classifier import ModelLoadError, SentimentClassifier, select_device
+from learner.classifier import SentimentClassifier, select_device
+from learner.errors import ModelLoadError
 from learner.loading import load_version
 from retrieval.embedder import FrozenEmbedder
 from state.registry import Registry, RegistryError

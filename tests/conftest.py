@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from moodwire.bench_faults import pg_database, postgresql_reachable
+from moodwire.bench.faults import pg_database, postgresql_reachable
 from moodwire.settings import Settings, Topics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

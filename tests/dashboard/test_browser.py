@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from helpers import wait_until
 
-from moodwire.bench_dashboard import (
+from moodwire.bench.dashboard import (
     CHART_DESCRIPTIONS_JS,
     CHROMIUM,
     PAGE_DONE_JS,

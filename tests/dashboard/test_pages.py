@@ -231,7 +231,7 @@ def test_a_store_outage_is_a_notice_not_a_traceback_and_the_page_recovers(
     page: str, title: str,
 ) -> None:  # fmt: skip
     pg_url = pg_fresh
-    from moodwire.proxy import TcpProxy
+    from moodwire.bench.proxy import TcpProxy
 
     host_port = pg_url.split("@", 1)[1].split("/", 1)[0]
     host, port = host_port.split(":")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import last_json, moodwire_cli
 
-from moodwire.bench_dashboard import CHROMIUM
+from moodwire.bench.dashboard import CHROMIUM
 
 pytestmark = pytest.mark.integration
 

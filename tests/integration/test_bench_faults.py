@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import last_json, moodwire_cli, settings_env
 
-from moodwire.bench_faults import (
+from moodwire.bench.faults import (
     PARTS,
     VARIANTS,
     Bench,

@@ -32,7 +32,7 @@ from helpers import (
 )
 from kafka import KafkaConsumer, TopicPartition
 
-from moodwire.proxy import ProxiedBroker, TcpProxy
+from moodwire.bench.proxy import ProxiedBroker, TcpProxy
 from moodwire.settings import Settings
 from state.registry import Registry
 from state.store import Store

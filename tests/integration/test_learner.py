@@ -25,7 +25,7 @@ from helpers import (
 )
 
 from learner.data import LabelledText
-from moodwire.learning import learner_dir, seed_memory
+from moodwire.processes.learner import learner_dir, seed_memory
 from moodwire.settings import Settings
 from state.registry import Registry
 from state.store import Store

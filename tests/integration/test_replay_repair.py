@@ -13,8 +13,8 @@ import threading
 import pytest
 from helpers import produce_items, read_all, wait_until
 
+from moodwire.processes.worker import build_worker
 from moodwire.settings import Settings
-from moodwire.wiring import build_worker
 from state.store import Store
 from stream.synthetic import demo_feed
 

@@ -26,8 +26,8 @@ from helpers import (
 )
 
 from learner.drift import StreamMonitor
+from moodwire.processes.worker import build_worker, stream_monitor
 from moodwire.settings import Settings
-from moodwire.wiring import build_worker, stream_monitor
 from state.registry import Registry
 from state.store import Store
 from stream.schemas import ControlMessage

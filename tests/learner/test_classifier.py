@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from learner.classifier import ModelLoadError, SentimentClassifier, select_device
+from learner.classifier import SentimentClassifier, select_device
 from learner.data import LABELS, LabelledText
+from learner.errors import ModelLoadError
 from learner.metrics import evaluate
 from learner.train import TrainConfig, TrainReport, fine_tune
 

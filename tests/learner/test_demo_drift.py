@@ -20,7 +20,7 @@ from learner.data import LabelledText
 from learner.loading import load_version
 from learner.replay import Reservoir
 from moodwire.demo import DRIFT_AT, _demo_learner_settings, bootstrap_demo_model
-from moodwire.learning import learner_dir
+from moodwire.processes.learner import learner_dir
 from moodwire.settings import Settings
 from state.registry import Registry
 from stream.synthetic import demo_feed, iter_annotations

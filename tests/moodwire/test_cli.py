@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import getpass
 import io
@@ -348,3 +349,55 @@ def test_every_option_of_every_command_has_a_help_text() -> None:
 
     walk(build_parser(), ["moodwire"])
     assert missing == []
+
+
+def _options(parser: argparse.ArgumentParser, path: str = "moodwire"):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options(sub, f"{path} {name}")
+        else:
+            yield path, action
+
+
+def test_every_option_of_every_command_says_what_it_does() -> None:
+    from moodwire.cli import build_parser
+
+    seen = list(_options(build_parser()))
+    assert len(seen) > 100
+    silent = [f"{path} {a.option_strings or a.dest}" for path, a in seen if not a.help]
+    assert silent == []
+
+
+def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from moodwire import __version__
+    from moodwire.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out.strip() == f"moodwire {__version__}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "--data-dir", "/x/outer", "throughput"],
+        ["bench", "throughput", "--data-dir", "/x/outer"],
+        ["bench", "--data-dir", "/x/outer", "faults"],
+        ["bench", "--data-dir", "/x/outer", "dashboard"],
+    ],
+)
+def test_an_option_given_at_either_level_is_kept(argv: list[str]) -> None:
+    from moodwire.cli import _settings, build_parser
+
+    settings = _settings(build_parser().parse_args(argv))
+    assert settings.data_dir == Path("/x/outer")
+
+
+def test_the_inner_level_wins_when_an_option_is_given_at_both() -> None:
+    from moodwire.cli import _settings, build_parser
+
+    argv = ["bench", "--device", "cpu", "--data-dir", "/x/a", "throughput", "--data-dir", "/x/b"]
+    settings = _settings(build_parser().parse_args(argv))
+    assert (settings.data_dir, settings.device) == (Path("/x/b"), "cpu")

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from moodwire.fuzz import (
+from moodwire.bench.fuzz import (
     HOSTILE_NEWS,
     HOSTILE_TOKENS,
     NEWS_KEYS,

@@ -17,7 +17,8 @@ import pytest
 import torch
 from helpers import last_json, moodwire_cli, settings_env
 
-from learner.classifier import ModelLoadError, SentimentClassifier
+from learner.classifier import SentimentClassifier
+from learner.errors import ModelLoadError
 from learner.loading import SMOKE_TEXTS, load_version
 from moodwire.settings import Settings
 from state.registry import Registry, VersionIntegrityError
@@ -200,7 +201,7 @@ def test_the_learner_keeps_its_model_when_an_operator_promotes_a_refused_version
 ) -> None:
     from structlog.testing import capture_logs
 
-    from moodwire.learning import LearnerProcess
+    from moodwire.processes.learner import LearnerProcess
     from state.store import Store
 
     settings = Settings(registry=registry.root, data_dir=tmp_path / "data", device="cpu")

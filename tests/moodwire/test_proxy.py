@@ -14,7 +14,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from moodwire.proxy import KAFKA_PRODUCE, KafkaRequestFrames, ProxiedBroker, ProxyError, TcpProxy
+from moodwire.bench.proxy import (
+    KAFKA_PRODUCE,
+    KafkaRequestFrames,
+    ProxiedBroker,
+    ProxyError,
+    TcpProxy,
+)
 
 # -- a local echo server ------------------------------------------------------------
 
@@ -462,7 +468,7 @@ def test_refused_produce_fails_the_send_while_a_group_consumer_goes_on(
 
         proxy.refuse_kafka_produce(False)
         # kafka-python 3.0's idempotent producer never sends again after a batch that
-        # was sent and then expired (see moodwire/proxy.py), so a fresh one sends.
+        # was sent and then expired (see moodwire/bench/proxy.py), so a fresh one sends.
         fresh = _producer(boot)
         try:
             fresh.send(topic, b"after").get(timeout=10)

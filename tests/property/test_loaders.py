@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from learner.data import LABELS, DataError, load_labelled, parse_label_map, read_records
-from moodwire.fuzz import CSV_SEEDS, HOSTILE_TOKENS, JSONL_SEEDS, LABEL_MAP_SEEDS
-from moodwire.fuzz import WATCHLIST_CSV_SEEDS as WATCH_CSV_SEEDS
+from moodwire.bench.fuzz import CSV_SEEDS, HOSTILE_TOKENS, JSONL_SEEDS, LABEL_MAP_SEEDS
+from moodwire.bench.fuzz import WATCHLIST_CSV_SEEDS as WATCH_CSV_SEEDS
 from stream.entities import EntityTagger, WatchList, canonical_ticker
 from stream.errors import ConfigFileError
 from stream.topics import OTHER, Taxonomy, TopicModel, toy_embed

@@ -88,7 +88,7 @@ def throughput(
     registry_given: bool,
 ) -> dict[str, Any]:
     from learner.classifier import SentimentClassifier, select_device
-    from moodwire.wiring import build_worker
+    from moodwire.processes.worker import build_worker
     from retrieval.embedder import FrozenEmbedder
     from state.store import Store
     from stream.broker import EmbeddedBroker, free_port

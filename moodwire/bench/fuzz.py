@@ -1128,12 +1128,12 @@ def all_targets(stores: list[Any]) -> list[FuzzTarget]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m moodwire.fuzz [--cases N] [--seed S] [--store URL] [TARGET ...]``: results
+    """``python -m moodwire.bench.fuzz [--cases N] [--seed S] [--store URL] [TARGET ...]``: results
     as JSON lines, exit 1 on any crash."""
     import argparse
     from dataclasses import asdict
 
-    parser = argparse.ArgumentParser(prog="python -m moodwire.fuzz", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m moodwire.bench.fuzz", description=main.__doc__)
     parser.add_argument("targets", nargs="*", help="target names (default: every target)")
     parser.add_argument("--cases", type=int, default=10_000, help="cases per target (10000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the cases (0)")

@@ -38,10 +38,11 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy.exc import SQLAlchemyError
 
 from learner import replay as replay_store
-from learner.classifier import ModelLoadError, SentimentClassifier
+from learner.classifier import SentimentClassifier
 from learner.continual import ContinualLearner, Outcome, make_replay
 from learner.data import LabelledText
 from learner.drift import DriftEvent
+from learner.errors import ModelLoadError
 from learner.loading import load_version, smoke_check
 from learner.replay import MemoryFileError, Reservoir
 from moodwire.settings import Settings
@@ -625,7 +626,7 @@ def build_learner(
     settings: Settings, *, progress: bool = False, stop: threading.Event | None = None
 ) -> tuple[LearnerProcess, Callable[[], None]]:
     """A ready learner process and the function that closes what it opened."""
-    from moodwire.wiring import wait_for
+    from moodwire.processes.worker import wait_for
     from stream.broker import ensure_topics
     from stream.clients import make_consumer, make_producer
 

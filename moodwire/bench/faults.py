@@ -4,7 +4,7 @@ Everything runs for real, as in production: an embedded broker, SQLite and
 PostgreSQL stores, ``moodwire worker`` and ``moodwire learner`` as processes,
 a model version from the registry. Six parts, each with its figure:
 
-* ``fuzz``: cases per input target (:func:`moodwire.fuzz.all_targets`: the
+* ``fuzz``: cases per input target (:func:`moodwire.bench.fuzz.all_targets`: the
   file loaders, the message validator into both stores, label and control
   messages); **crashes** (any error outside a target's clean refusals).
 * ``worker_kills``: runs of ``items`` items on fresh topics and a fresh store
@@ -20,10 +20,10 @@ a model version from the registry. Six parts, each with its figure:
   audit row for a promotion the pointer never made, stored labels never
   learned; **lost**: produced labels never stored; recovery (restart to taking
   labels again).
-* ``broker_restart``: a worker through a :class:`~moodwire.proxy.ProxiedBroker`
+* ``broker_restart``: a worker through a :class:`~moodwire.bench.proxy.ProxiedBroker`
   killed and restarted empty; the items produced after its return, lost or
   duplicated; recovery (broker back to the first of them stored).
-* ``db_outage``: a worker on PostgreSQL through a :class:`~moodwire.proxy.TcpProxy`
+* ``db_outage``: a worker on PostgreSQL through a :class:`~moodwire.bench.proxy.TcpProxy`
   that goes down for ``outage_s`` mid-stream; lost, duplicated, whether the same
   process lived through it; recovery (database back to every item stored).
 * ``tampered``: a flipped byte, a deleted tokenizer, an extra file, NaN weights,
@@ -379,7 +379,7 @@ def serving_registry(settings: Settings, given: bool, say: Callable[[str], None]
     """A registry with a proven serving version: the one configured (``given``) when it
     serves, else ``DATA_DIR/bench-faults/registry``, bootstrapped on generated headlines
     (two short epochs, as the test suite's model) when it has none that loads."""
-    from learner.classifier import ModelLoadError
+    from learner.errors import ModelLoadError
     from learner.loading import load_version
     from state.registry import Registry, RegistryError
 
@@ -432,7 +432,7 @@ def copy_serving(source: Path, root: Path) -> str:
 
 def fuzz_part(bench: Bench, cases: int) -> dict[str, Any]:
     """Every fuzz target, ``cases`` each; crashes with their first examples."""
-    from moodwire.fuzz import all_targets, fuzz
+    from moodwire.bench.fuzz import all_targets, fuzz
     from state.store import Store
 
     with contextlib.ExitStack() as stack:
@@ -633,7 +633,7 @@ class _LearnerRig:
 
     def __init__(self, bench: Bench, kills: int) -> None:
         from learner.data import LabelledText
-        from moodwire.learning import seed_memory
+        from moodwire.processes.learner import seed_memory
         from state.registry import Registry
         from state.store import Store
         from stream.broker import ensure_topics
@@ -895,7 +895,7 @@ def _labels_lost_or_unlearned(
 ) -> tuple[int, int]:
     """Produced labels that never reached the store, and stored ones the learner never
     learned (waited for a while: the learner may still be catching up)."""
-    from moodwire.learning import learner_dir
+    from moodwire.processes.learner import learner_dir
 
     def state() -> dict[str, Any]:
         path = learner_dir(settings) / "state.json"
@@ -919,7 +919,7 @@ def _labels_lost_or_unlearned(
 
 def broker_restart(bench: Bench, restarts: int) -> dict[str, Any]:
     """A worker through a proxied broker that is SIGKILLed and comes back empty."""
-    from moodwire.proxy import ProxiedBroker
+    from moodwire.bench.proxy import ProxiedBroker
     from state.store import Store
     from stream.broker import ensure_topics
 
@@ -1006,7 +1006,7 @@ def db_outage(bench: Bench, outage_s: float, items: int) -> dict[str, Any]:
     """PostgreSQL taken away for ``outage_s`` under a running worker, then given back."""
     from sqlalchemy.engine import make_url
 
-    from moodwire.proxy import TcpProxy
+    from moodwire.bench.proxy import TcpProxy
     from state.store import Store
     from stream.broker import ensure_topics
 
