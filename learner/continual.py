@@ -381,7 +381,7 @@ class ContinualLearner:
             out.extend(self._rng.sample(items, want))
         return out
 
-    def _teacher(self, data: list[LabelledText], summary: dict[str, int]) -> np.ndarray | None:
+    def teacher_targets(self, data: list[LabelledText], summary: dict[str, int]) -> np.ndarray | None:
         """The serving model's probabilities on the replayed part of ``data`` (NaN elsewhere)."""
         replayed = summary.get("replayed", 0)
         if self.config.strategy != "moodwire" or self.config.distill <= 0 or not replayed:
@@ -393,20 +393,24 @@ class ContinualLearner:
     def old_holdout(self) -> list[LabelledText]:
         return self.heldout.items()
 
+    def start_attempt(self) -> None:
+        """Record that an attempt starts now: what :meth:`due` counts from next time."""
+        self._labels_at_attempt = self.labels_seen
+        self.pending = None
+        if self._episode_start is not None:
+            self._episode_next = 2 * max(1, self.labels_seen - self._episode_start)
+
     def train_candidate(
         self, trigger: str, *, progress: bool = False, stop: threading.Event | None = None
     ) -> Outcome:
         """Fine-tune a copy of the serving model; the serving one is never touched."""
         data, summary = self.training_data()
-        self._labels_at_attempt = self.labels_seen
-        self.pending = None
-        if self._episode_start is not None:
-            self._episode_next = 2 * max(1, self.labels_seen - self._episode_start)
+        self.start_attempt()
         candidate = copy.deepcopy(self.classifier)
         cfg = TrainConfig.for_learner(self.config)
         if self.config.strategy == "joint":  # the upper bound: one full pass, no budget
             cfg = TrainConfig(epochs=1.0, lr=self.config.lr, seed=self.config.seed)
-        teacher = self._teacher(data, summary)
+        teacher = self.teacher_targets(data, summary)
         if teacher is not None:
             summary["distilled"] = int(summary.get("replayed", 0))
         report = fine_tune(candidate, data, cfg, progress=progress, stop=stop, teacher=teacher)

@@ -4,7 +4,7 @@
 it (safetensors only), and runs a smoke batch of fixed texts that must give
 finite probabilities whose rows sum to 1. A version that fails any step is
 refused with a one-line reason (:class:`~state.registry.VersionIntegrityError`
-or :class:`~learner.classifier.ModelLoadError`) and never serves.
+or :class:`~learner.errors.ModelLoadError`) and never serves.
 
 >>> import tempfile
 >>> from state.registry import Registry
@@ -13,7 +13,7 @@ or :class:`~learner.classifier.ModelLoadError`) and never serves.
 >>> load_version(registry, empty)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-learner.classifier.ModelLoadError: version v1 refused: ... has no config.json: ...
+learner.errors.ModelLoadError: version v1 refused: ... has no config.json: ...
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import structlog
 from pydantic import ValidationError
 from tqdm import tqdm
@@ -25,10 +24,12 @@ from learner.data import read_records
 from moodwire.processes.worker import entity_tagger, topic_model
 from moodwire.settings import Settings
 from retrieval.past_items import PastItems
-from state.store import Store, encode_embedding
+from state.store import Store
 from stream.alerting import Alerter
 from stream.feed import row_to_item, text_column
 from stream.schemas import NewsItem
+from stream.validate import Accepted
+from stream.worker import item_row, scored_item
 
 log = structlog.get_logger(__name__)
 
@@ -101,11 +102,7 @@ def run_backtest(
             bar.update(min(batch, len(items) - start))
         bar.close()
         past = PastItems(store, dim=scorer.embedder.dim, space_id=scorer.embedder.space_id)
-
-        def search(vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
-            return [[(n.id, n.similarity) for n in row] for row in past.neighbors(vectors, k)]
-
-        alerter = Alerter(store, settings.alerts, search=search)
+        alerter = Alerter(store, settings.alerts, search=past.similar)
         alerter.seq = 0  # judge the whole file, not just its tail
         alerter.step(final=True)
         alerts = sorted(store.alert_rows(limit=100_000), key=lambda a: a["window_start"])
@@ -132,35 +129,22 @@ def run_backtest(
 
 
 def _rows(chunk: list[NewsItem], scorer: Any, tagger: Any, topics: Any) -> list[dict[str, Any]]:
-    texts = [x.text for x in chunk]
-    probs, vectors = scorer.score(texts)
+    """The store rows of a chunk, mapped as the worker maps them (no neighbours, no offsets)."""
+    probs, vectors = scorer.score([x.text for x in chunk])
     assigned = topics.assign(vectors)
     now = datetime.now(UTC)
-    labels = scorer.classifier.labels
+    labels = tuple(scorer.classifier.labels)
     out = []
     for item, p, v, (topic, _) in zip(chunk, probs, vectors, assigned, strict=True):
-        best = int(p.argmax())
-        out.append(
-            {
-                "id": item.resolved_id(),
-                "text": item.text,
-                "ts": item.ts,
-                "source": item.source,
-                "entities": tagger.tag(item.text, list(item.entities)),
-                "meta": dict(item.meta),
-                "label": labels[best],
-                "topic": topic,
-                "p_negative": float(p[0]),
-                "p_neutral": float(p[1]),
-                "p_positive": float(p[2]),
-                "confidence": float(p[best]),
-                "model_version": scorer.version,
-                "neighbors": [],
-                "embedding": encode_embedding(v),
-                "src_partition": None,
-                "src_offset": None,
-                "kafka_ts": None,
-                "scored_at": now,
-            }
+        scored = scored_item(
+            Accepted(item=item, id=item.resolved_id()),
+            p,
+            labels,
+            version=scorer.version,
+            entities=tagger.tag(item.text, list(item.entities)),
+            topic=topic,
+            neighbors=[],
+            scored_at=now,
         )
+        out.append(item_row(scored, p, v))
     return out

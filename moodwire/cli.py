@@ -529,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def settings_from_args(args: argparse.Namespace) -> Settings:
     base = Settings()
     return base.with_overrides(
         bootstrap_servers=getattr(args, "bootstrap_servers", None),
@@ -547,7 +547,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = _settings(args)
+        settings = settings_from_args(args)
     except ValidationError as exc:
         print(f"moodwire: invalid settings:\n{exc}", file=sys.stderr)
         return 2

@@ -183,7 +183,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
                 return 130
 
             # 4. Worker and learner processes.
-            settings = _demo_learner_settings(settings)
+            settings = demo_learner_settings(settings)
             settings = _demo_alert_settings(settings, args.rate)
             env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
             worker_log = settings.data_dir / "worker.log"
@@ -435,7 +435,7 @@ def _demo_alert_settings(settings: Settings, rate: float) -> Settings:
     return settings.with_overrides(alerts=alerts)
 
 
-def _demo_learner_settings(settings: Settings) -> Settings:
+def demo_learner_settings(settings: Settings) -> Settings:
     """Retrain soon after the scripted drift on a small machine, unless the user said otherwise."""
     if any(k.startswith("MOODWIRE_LEARNER__") for k in os.environ):
         return settings

@@ -92,6 +92,11 @@ class PastItems:
             self.save()
         return added
 
+    def similar(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """``(id, similarity)`` of the ``k`` most similar past items of each vector: the
+        search an alert's evidence uses (``stream.alerting.Alerter(search=...)``)."""
+        return [[(n.id, n.similarity) for n in row] for row in self.neighbors(vectors, k)]
+
     def neighbors(
         self, vectors: np.ndarray, k: int, exclude: list[str] | None = None
     ) -> list[list[Neighbor]]:

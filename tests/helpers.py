@@ -21,6 +21,7 @@ from moodwire.settings import Settings
 from state.registry import Registry
 from state.store import Store, encode_embedding
 from stream.broker import ensure_topics
+from stream.synthetic import demo_feed
 
 
 def produce(
@@ -290,3 +291,33 @@ def small_disk(path: Path, size: str):  # noqa: ANN201 - a context manager of a 
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def feed_items(n: int, seed: int = 0) -> list[dict]:
+    """``n`` generated news items as a producer sends them (no ``meta``)."""
+    return [{k: v for k, v in it.items() if k != "meta"} for it in demo_feed(n, seed=seed)]
+
+
+def assert_exactly_once(settings: Settings, expected: set[str]) -> None:
+    """Every expected item is stored once and published once on ``news.scored``, and only those."""
+    store = Store(settings.resolved_store_url())
+    stored = store.item_ids()
+    assert len(stored) == len(set(stored)) == len(expected), "items lost or double-counted"
+    assert set(stored) == expected
+    scored = read_all(settings.bootstrap_servers, settings.topics.scored)
+    scored_ids = [json.loads(r.value)["id"] for r in scored]
+    assert sorted(scored_ids) == sorted(expected), "news.scored has gaps or duplicates"
+    assert store.stats()["unpublished"] == 0
+
+
+def clean_env(data_dir: Path, **moodwire: str) -> dict[str, str]:
+    """This process's environment without any ``MOODWIRE_*``, for a CLI child on ``data_dir``
+    (CPU, JSON logs, unbuffered); ``moodwire`` adds ``MOODWIRE_<NAME>`` variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOODWIRE_")}
+    return env | {
+        "MOODWIRE_DATA_DIR": str(data_dir),
+        "MOODWIRE_DEVICE": "cpu",
+        "MOODWIRE_LOG_FORMAT": "json",
+        "PYTHONUNBUFFERED": "1",
+        **{f"MOODWIRE_{k.upper()}": v for k, v in moodwire.items()},
+    }

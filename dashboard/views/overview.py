@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from dashboard import charts, data, ui
@@ -81,7 +83,8 @@ def live() -> None:
             f"(baseline {a['baseline']:.2f}, n={a['n']}) · window {ui.fmt_time(a['window_end'])}"
             f"{ack}" + (f"  \n&nbsp;&nbsp;&nbsp;&nbsp;e.g. _{ui.md(top[:120])}_" if top else "")
         )
-    st.page_link("views/alerts.py", label="All alerts, with evidence →")
+    # By its own path: the serving script, not this package, is where relative paths start.
+    st.page_link(str(Path(__file__).with_name("alerts.py")), label="All alerts, with evidence →")
 
 
 live()

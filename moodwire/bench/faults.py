@@ -801,7 +801,7 @@ def learner_kills(bench: Bench, kills: int) -> dict[str, Any]:
         else:
             timings["train"].append(timing[0])
             timings["write"].append(timing[1])
-        _check_learner(rig, problems)
+        check_learner(rig, problems)
         for number in range(kills):
             trial = _LearnerTrial(aim="training" if number % 2 == 0 else "promotion")
             # The machine's load moves training time a lot: aim with the latest retrains.
@@ -813,7 +813,7 @@ def learner_kills(bench: Bench, kills: int) -> dict[str, Any]:
             rig.start(trial, problems)
             trials.append(trial)
             timings["train"].extend(t - write_s for t in rig.retrain_seconds())
-            _check_learner(rig, problems)
+            check_learner(rig, problems)
             bench.say(
                 f"learner_kills: {number + 1}/{kills}: aimed at {trial.aim}, landed in "
                 f"{trial.landed} {trial.after_s:.2f} s into the retrain; active again in "
@@ -851,7 +851,7 @@ def _incoming(registry: Any) -> set[Path]:
     return set(versions.glob(".incoming-*")) if versions.is_dir() else set()
 
 
-def _check_learner(rig: _LearnerRig, problems: dict[str, str]) -> None:
+def check_learner(rig: _LearnerRig, problems: dict[str, str]) -> None:
     """After a learner died anywhere in a retrain: a proven version serves, no version is
     half-written, and the pointer's history and the audit log tell the same promotions."""
     from state.registry import RegistryError

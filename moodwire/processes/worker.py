@@ -188,9 +188,6 @@ def build_worker(
         else None
     )
 
-    def search(vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
-        return [[(n.id, n.similarity) for n in row] for row in past.neighbors(vectors, k)]
-
     def publish(key: str, value: bytes) -> None:
         publisher.send_nowait(topics.alerts, key.encode(), value, "alert_publish")
 
@@ -199,7 +196,7 @@ def build_worker(
     alerter = Alerter(
         store,
         settings.alerts,
-        search=search,
+        search=past.similar,
         publish=publish,
         webhook=webhook,
         source_topic=topics.news,

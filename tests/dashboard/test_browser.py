@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import wait_until
+from helpers import clean_env, wait_until
 
 from moodwire.bench.dashboard import (
     CHART_DESCRIPTIONS_JS,
@@ -36,17 +36,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "browser-test-credential"
 TIMEOUT_MS = 90_000
-
-
-def _env(data_dir: Path, registry: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOODWIRE_")}
-    return env | {
-        "MOODWIRE_DATA_DIR": str(data_dir),
-        "MOODWIRE_REGISTRY": str(registry),
-        "MOODWIRE_DEVICE": "cpu",
-        "MOODWIRE_LOG_FORMAT": "json",
-        "PYTHONUNBUFFERED": "1",
-    }
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +55,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory, model_registry: Path) -> 
         proc = subprocess.Popen(
             [sys.executable, "-m", "moodwire", "demo", "--headless",
              "--duration", "420"],
-            cwd=ROOT, env=_env(data, registry), stdout=o, stderr=e,
+            cwd=ROOT, env=clean_env(data, registry=str(registry)), stdout=o, stderr=e,
             start_new_session=True,
         )  # fmt: skip
     db = data / "moodwire.db"
@@ -106,7 +95,9 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory, model_registry: Path) -> 
 
 @pytest.fixture(scope="module")
 def dashboard(demo_dir: Path) -> Iterator[str]:
-    env = _env(demo_dir, demo_dir / "registry") | {"MOODWIRE_OPERATOR_TOKEN": TOKEN}
+    env = clean_env(demo_dir, registry=str(demo_dir / "registry")) | {
+        "MOODWIRE_OPERATOR_TOKEN": TOKEN
+    }
     with serve_dashboard(env, free_port(), demo_dir / "dashboard.log") as base:
         yield base
 
@@ -329,7 +320,7 @@ def test_the_demo_serves_live_trends_a_newcomer_sees(
     proc = subprocess.Popen(
         [sys.executable, "-m", "moodwire", "demo", "--items", "3000", "--rate", "20",
          "--dashboard-port", str(port)],
-        cwd=ROOT, env=_env(tmp_path, registry), stdout=subprocess.PIPE,
+        cwd=ROOT, env=clean_env(tmp_path, registry=str(registry)), stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True, start_new_session=True,
     )  # fmt: skip
     try:

@@ -15,7 +15,7 @@ from moodwire.bench.faults import (
     VARIANTS,
     Bench,
     Processes,
-    _check_learner,
+    check_learner,
     count_delivery,
     summarise,
     table,
@@ -177,7 +177,7 @@ def test_the_learner_check_catches_unaudited_and_phantom_promotions_and_half_ver
     with rig.store.audited("learner", "promote", v1, "gate passed", {}):
         rig.registry.promote(v1)
     problems: dict[str, str] = {}
-    _check_learner(rig, problems)
+    check_learner(rig, problems)
     assert problems == {} and rig.verified == {v1}
 
     v2 = _version(rig.registry)
@@ -190,7 +190,7 @@ def test_the_learner_check_catches_unaudited_and_phantom_promotions_and_half_ver
     weights = rig.registry.path(v3) / "weights.txt"
     weights.chmod(0o644)
     weights.write_text("changed")
-    _check_learner(rig, problems)
+    check_learner(rig, problems)
     assert sorted(problems.values()) == [
         "audit row claims a promotion to v9 never made",
         "half-written version directory left behind: .incoming-dead (10 bytes)",

@@ -12,22 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import wait_until
+from helpers import clean_env, wait_until
 
 from state.store import Store
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOODWIRE_")}
-    return env | {
-        "MOODWIRE_DATA_DIR": str(tmp_path),
-        "MOODWIRE_DEVICE": "cpu",
-        "MOODWIRE_LOG_FORMAT": "json",
-        "PYTHONUNBUFFERED": "1",
-    }
 
 
 def _children_gone(pid: int) -> bool:
@@ -48,7 +38,7 @@ def test_five_minutes_of_the_demo_tell_the_whole_story_then_everything_stops(
     proc = subprocess.Popen(
         [sys.executable, "-m", "moodwire", "demo", "--headless", "--duration", "300"],
         cwd=ROOT,
-        env=_env(tmp_path),
+        env=clean_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -94,7 +84,7 @@ def test_demo_duration_stops_cleanly_with_an_existing_model(
     t0 = time.monotonic()
     registry = tmp_path / "registry"
     shutil.copytree(model_registry, registry)  # the demo's learner may promote into it
-    env = _env(tmp_path) | {"MOODWIRE_REGISTRY": str(registry)}
+    env = clean_env(tmp_path) | {"MOODWIRE_REGISTRY": str(registry)}
     res = subprocess.run(
         [
             sys.executable,
@@ -128,7 +118,7 @@ def test_demo_restarts_a_part_that_dies_and_goes_on(tmp_path: Path, model_regist
 
     registry = tmp_path / "registry"
     shutil.copytree(model_registry, registry)
-    env = _env(tmp_path) | {"MOODWIRE_REGISTRY": str(registry)}
+    env = clean_env(tmp_path) | {"MOODWIRE_REGISTRY": str(registry)}
     argv = ["demo", "--headless", "--duration", "90", "--items", "3000", "--rate", "30"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "moodwire", *argv],

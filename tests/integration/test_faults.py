@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    assert_exactly_once,
+    feed_items,
     log_events,
     produce,
     produce_items,
@@ -55,21 +57,8 @@ HOSTILE = [
 ]
 
 
-def _items(n: int, seed: int) -> list[dict]:
-    return [{k: v for k, v in it.items() if k != "meta"} for it in demo_feed(n, seed=seed)]
-
-
 def _scored_ids(settings: Settings) -> list[str]:
     return [json.loads(r.value)["id"] for r in read_all(settings.bootstrap_servers, settings.topics.scored)]  # fmt: skip
-
-
-def _exactly_once(settings: Settings, expected: set[str]) -> None:
-    store = Store(settings.resolved_store_url())
-    stored = store.item_ids()
-    assert len(stored) == len(set(stored)) == len(expected) and set(stored) == expected
-    scored = _scored_ids(settings)
-    assert sorted(scored) == sorted(expected), "news.scored has gaps or duplicates"
-    assert store.stats()["unpublished"] == 0
 
 
 def _probe(port: int, path: str) -> tuple[int, object]:
@@ -105,7 +94,7 @@ def test_poison_messages_among_good_ones_the_same_worker_stores_every_good_item(
 ) -> None:
     if backend == "postgresql":
         settings = settings.with_overrides(store_url=request.getfixturevalue("pg_fresh"))
-    good = _items(60, seed=11)
+    good = feed_items(60, seed=11)
     values = [json.dumps(i).encode() for i in good]
     for k, bad in enumerate(HOSTILE):  # spread through the stream, several per batch
         values.insert(5 + 6 * k, bad)
@@ -142,7 +131,7 @@ def test_a_refused_send_is_never_counted_published_nor_committed_then_delivered(
     settings = settings.with_overrides(bootstrap_servers=proxied_broker.bootstrap_servers)
     topics = settings.topics
     ensure_topics(settings.bootstrap_servers, topics.all(), settings.partitions)
-    items = _items(40, seed=12)
+    items = feed_items(40, seed=12)
     produce_items(settings.bootstrap_servers, topics.news, items)
     proxied_broker.proxy.refuse_kafka_produce(True)
     log = tmp_path / "worker.log"
@@ -174,7 +163,7 @@ def test_a_refused_send_is_never_counted_published_nor_committed_then_delivered(
         assert proc.poll() is None
     finally:
         assert stop_process(proc) == 0, log.read_text()[-3000:]
-    _exactly_once(settings, {i["id"] for i in items})
+    assert_exactly_once(settings, {i["id"] for i in items})
     retries = [e for e in log_events(log, "retrying_after_outage") if e["step"] == "publish"]
     assert retries and log_events(log, "producer_replaced")
 
@@ -188,7 +177,7 @@ def test_postgresql_cut_off_for_30_s_mid_stream_same_worker_every_item_once(
     with TcpProxy(host, int(port)) as proxy:
         settings = settings.with_overrides(store_url=pg_url.replace(host_port, proxy.address))
         store = Store(settings.resolved_store_url())
-        items = _items(600, seed=13)
+        items = feed_items(600, seed=13)
         log = tmp_path / "worker.log"
         health_port = free_port()
         env = settings_env(settings) | {"MOODWIRE_METRICS_PORT": str(health_port)}
@@ -223,7 +212,7 @@ def test_postgresql_cut_off_for_30_s_mid_stream_same_worker_every_item_once(
             assert proc.poll() is None
         finally:
             assert stop_process(proc) == 0, log.read_text()[-3000:]
-    _exactly_once(settings.with_overrides(store_url=pg_url), {i["id"] for i in items})
+    assert_exactly_once(settings.with_overrides(store_url=pg_url), {i["id"] for i in items})
     downs = [e for e in log_events(log, "dependency_down") if e["dependency"] == "store"]
     recovered = [e for e in log_events(log, "dependency_recovered") if e["dependency"] == "store"]
     assert downs and recovered and recovered[-1]["outage_s"] >= 25
@@ -235,7 +224,7 @@ def test_the_broker_killed_and_restarted_same_worker_scores_what_comes_after(
     settings = settings.with_overrides(bootstrap_servers=proxied_broker.bootstrap_servers)
     topics = settings.topics
     ensure_topics(settings.bootstrap_servers, topics.all(), settings.partitions)
-    before = _items(80, seed=14)
+    before = feed_items(80, seed=14)
     produce_items(settings.bootstrap_servers, topics.news, before)
     log = tmp_path / "worker.log"
     proc = start_process(["worker"], settings_env(settings), log)
@@ -246,7 +235,7 @@ def test_the_broker_killed_and_restarted_same_worker_scores_what_comes_after(
         time.sleep(5)
         proxied_broker.restart()  # empty: no topics, no committed offsets
         ensure_topics(settings.bootstrap_servers, topics.all(), settings.partitions)
-        after = _items(120, seed=15)
+        after = feed_items(120, seed=15)
         produce_items(settings.bootstrap_servers, topics.news, after)
         wanted = {i["id"] for i in before + after}
         wait_until(lambda: set(store.item_ids()) >= wanted, 240, "items produced after the return")
@@ -290,11 +279,11 @@ def test_a_tampered_version_promoted_under_a_running_worker_is_refused(
     proc = start_process(["worker"], settings_env(settings), log)
     store = Store(settings.resolved_store_url())
     try:
-        first = _items(30, seed=16)
+        first = feed_items(30, seed=16)
         produce_items(settings.bootstrap_servers, settings.topics.news, first)
         wait_until(lambda: store.count_items() >= 30, 120, "scored by v1")
         _force_pointer(registry, v2)
-        second = _items(60, seed=17)[30:]
+        second = feed_items(60, seed=17)[30:]
         produce_items(settings.bootstrap_servers, settings.topics.news, second)
         wait_until(lambda: store.count_items() >= 60, 120, "scored after the bad promotion")
         assert proc.poll() is None

@@ -8,6 +8,8 @@ import time
 
 import pytest
 from helpers import (
+    assert_exactly_once,
+    feed_items,
     log_events,
     produce,
     produce_items,
@@ -20,29 +22,12 @@ from helpers import (
 
 from moodwire.settings import Settings
 from state.store import Store
-from stream.synthetic import demo_feed
 
 pytestmark = pytest.mark.integration
 
 
-def _items(n: int, seed: int = 0) -> list[dict]:
-    feed = demo_feed(n, seed=seed)
-    return [{k: v for k, v in it.items() if k != "meta"} for it in feed]
-
-
-def _assert_exactly(settings: Settings, expected_ids: set[str]) -> None:
-    store = Store(settings.resolved_store_url())
-    stored = store.item_ids()
-    assert len(stored) == len(expected_ids), "items lost or double-counted in the store"
-    assert set(stored) == expected_ids
-    scored = read_all(settings.bootstrap_servers, settings.topics.scored)
-    scored_ids = [json.loads(r.value)["id"] for r in scored]
-    assert sorted(scored_ids) == sorted(expected_ids), "news.scored has gaps or duplicates"
-    assert store.stats()["unpublished"] == 0
-
-
 def test_every_item_is_scored_stored_and_published_once(settings: Settings, tmp_path) -> None:
-    items = _items(150)
+    items = feed_items(150)
     produce_items(settings.bootstrap_servers, settings.topics.news, items)
     log = tmp_path / "worker.log"
     proc = start_process(["worker"], settings_env(settings), log)
@@ -52,7 +37,7 @@ def test_every_item_is_scored_stored_and_published_once(settings: Settings, tmp_
         time.sleep(1.0)  # anything extra would show up now
     finally:
         assert stop_process(proc) == 0, log.read_text()[-3000:]
-    _assert_exactly(settings, {i["id"] for i in items})
+    assert_exactly_once(settings, {i["id"] for i in items})
 
     one = json.loads(read_all(settings.bootstrap_servers, settings.topics.scored)[-1].value)
     assert one["model_version"] == "v1" and one["label"] in ("negative", "neutral", "positive")
@@ -68,7 +53,7 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
     settings: Settings, tmp_path
 ) -> None:
     n = 700
-    items = _items(n, seed=1)
+    items = feed_items(n, seed=1)
     produce_items(settings.bootstrap_servers, settings.topics.news, items)
     env = settings_env(settings)
     store = Store(settings.resolved_store_url())
@@ -85,14 +70,14 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
         time.sleep(1.5)
     finally:
         assert stop_process(proc) == 0
-    _assert_exactly(settings, {i["id"] for i in items})
+    assert_exactly_once(settings, {i["id"] for i in items})
 
 
 def test_two_workers_split_the_partitions_and_together_store_everything(
     settings: Settings, tmp_path
 ) -> None:
     n = 400
-    items = _items(n, seed=2)
+    items = feed_items(n, seed=2)
     produce_items(settings.bootstrap_servers, settings.topics.news, items)
     env = settings_env(settings)
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
@@ -104,7 +89,7 @@ def test_two_workers_split_the_partitions_and_together_store_everything(
     finally:
         codes = [stop_process(p) for p in procs]
     assert codes == [0, 0]
-    _assert_exactly(settings, {i["id"] for i in items})
+    assert_exactly_once(settings, {i["id"] for i in items})
     finals = []
     for log in logs:
         assigned = log_events(log, "partitions_assigned")
@@ -120,7 +105,7 @@ def test_two_workers_split_the_partitions_and_together_store_everything(
 def test_bad_input_goes_to_the_dead_letter_topic_and_the_stream_goes_on(
     settings: Settings, tmp_path
 ) -> None:
-    good = _items(20, seed=3)
+    good = feed_items(20, seed=3)
     bad = {
         "malformed_json": b'{"text": "unterminated',
         "schema": json.dumps({"headline": "no text field"}).encode(),

@@ -283,9 +283,7 @@ def test_after_a_drift_it_retrains_each_time_the_labels_since_have_doubled() -> 
         learner.observe(_items(10, f"x{i}"), ["neutral"] * 10)
         if learner.due() is not None:
             attempts.append(learner.labels_seen)
-            learner._labels_at_attempt = learner.labels_seen  # what train_candidate records
-            learner.pending = None
-            learner._episode_next = 2 * learner.labels_seen
+            learner.start_attempt()  # what train_candidate does first
         if i == 150:
             learner.drift("drift: adwin on confidence")  # the same shift: fresh labels stay
             assert len(learner.fresh_train) + len(learner.fresh_holdout) == 160
@@ -389,10 +387,10 @@ def test_only_replayed_examples_get_a_teacher() -> None:
     learner.remember(_items(40, "old"))
     learner.observe(_items(30, "new"), ["positive"] * 30)
     data, summary = learner.training_data()
-    teacher = learner._teacher(data, summary)
+    teacher = learner.teacher_targets(data, summary)
     fresh = summary["fresh"]
     assert teacher is not None and teacher.shape == (len(data), 3)
     assert np.isnan(teacher[:fresh]).all() and not np.isnan(teacher[fresh:]).any()
     assert (teacher[fresh:].argmax(1) == LABELS.index("positive")).all()
     off = ContinualLearner(_Fixed(), "v1", LearnerConfig(distill=0.0))  # type: ignore[arg-type]
-    assert off._teacher(data, summary) is None
+    assert off.teacher_targets(data, summary) is None

@@ -19,7 +19,7 @@ from learner.continual import ContinualLearner, accuracy, make_replay
 from learner.data import LabelledText
 from learner.loading import load_version
 from learner.replay import Reservoir
-from moodwire.demo import DRIFT_AT, _demo_learner_settings, bootstrap_demo_model
+from moodwire.demo import DRIFT_AT, bootstrap_demo_model, demo_learner_settings
 from moodwire.processes.learner import learner_dir
 from moodwire.settings import Settings
 from state.registry import Registry
@@ -45,7 +45,7 @@ def test_v1_misreads_the_drift_and_one_retrain_on_fresh_labels_learns_it(
 ) -> None:
     settings, v1 = demo
     registry = Registry(settings.resolved_registry())
-    cfg = _demo_learner_settings(settings).learner
+    cfg = demo_learner_settings(settings).learner
     # What the demo streams: news, then the drifted chatter; held-out items from another seed.
     feed = demo_feed(6000, seed=seed, drift_at=DRIFT_AT)
     test = demo_feed(3000, seed=100 + seed, drift_at=0.5)
@@ -99,7 +99,7 @@ def test_a_surge_of_bad_news_is_not_a_reason_to_retrain(
     labels just before the surge when there are some, else against the old held-out."""
     settings, v1 = demo
     registry = Registry(settings.resolved_registry())
-    cfg = dataclasses.replace(_demo_learner_settings(settings).learner, min_new_labels=60)
+    cfg = dataclasses.replace(demo_learner_settings(settings).learner, min_new_labels=60)
     learner = ContinualLearner(load_version(registry, v1, device="cpu"), v1, cfg)
     learner.remember(_phase(demo_feed(600, seed=9, drift_at=1.0), "news")[:200],
                      _phase(demo_feed(600, seed=10, drift_at=1.0), "news")[:100])  # fmt: skip

@@ -389,15 +389,15 @@ def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> N
     ],
 )
 def test_an_option_given_at_either_level_is_kept(argv: list[str]) -> None:
-    from moodwire.cli import _settings, build_parser
+    from moodwire.cli import build_parser, settings_from_args
 
-    settings = _settings(build_parser().parse_args(argv))
+    settings = settings_from_args(build_parser().parse_args(argv))
     assert settings.data_dir == Path("/x/outer")
 
 
 def test_the_inner_level_wins_when_an_option_is_given_at_both() -> None:
-    from moodwire.cli import _settings, build_parser
+    from moodwire.cli import build_parser, settings_from_args
 
     argv = ["bench", "--device", "cpu", "--data-dir", "/x/a", "throughput", "--data-dir", "/x/b"]
-    settings = _settings(build_parser().parse_args(argv))
+    settings = settings_from_args(build_parser().parse_args(argv))
     assert (settings.data_dir, settings.device) == (Path("/x/b"), "cpu")

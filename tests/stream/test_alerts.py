@@ -77,11 +77,13 @@ def test_a_long_surge_is_one_alert_that_updates_and_a_late_item_is_counted() -> 
     items, _ = _items(1, surge_len=400)  # about 200 surge items over 6-7 windows
     engine = AlertEngine(CFG)
     seen: dict[str, list[int]] = {}
+    keys: dict[str, tuple[str, str | None]] = {}
     for i in range(0, len(items), 50):
         engine.add(items[i : i + 50])
         for a in engine.advance():
             seen.setdefault(a.id, []).append(a.revision)
-    init = [k for k, v in seen.items() if engine._episodes[("entity", "INIT")].alert.id == k]
+            keys[a.id] = (a.scope, a.key)
+    init = [k for k in seen if keys[k] == ("entity", "INIT")]
     assert len(init) == 1 and len([k for k in seen]) == 1
     assert seen[init[0]] == sorted(seen[init[0]]) and seen[init[0]][-1] >= 3
     engine.add([AlertItem("late", items[0].ts, ("ACME",), None, "negative", -1.0)])
