@@ -381,7 +381,9 @@ class ContinualLearner:
             out.extend(self._rng.sample(items, want))
         return out
 
-    def teacher_targets(self, data: list[LabelledText], summary: dict[str, int]) -> np.ndarray | None:
+    def teacher_targets(
+        self, data: list[LabelledText], summary: dict[str, int]
+    ) -> np.ndarray | None:
         """The serving model's probabilities on the replayed part of ``data`` (NaN elsewhere)."""
         replayed = summary.get("replayed", 0)
         if self.config.strategy != "moodwire" or self.config.distill <= 0 or not replayed:
