@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from stream.operations import OperationsConfig
+from stream.config import OperationsConfig
 
 
 class QueryEncoder(Protocol):

@@ -12,6 +12,7 @@ import streamlit as st
 
 from dashboard import context, data
 from stream import operations
+from stream.errors import NotAllowed
 from stream.outage import is_outage
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -106,7 +107,7 @@ def act(action: Any, *args: Any, success: str, **kwargs: Any) -> Any:
     try:
         operations.check_credential(config, st.session_state.get("token"))
         result = action(config, *args, actor=st.session_state.get("actor") or "", **kwargs)
-    except operations.NotAllowed as exc:
+    except NotAllowed as exc:
         st.error(f"Refused: {exc}. Enter the operator credential in the sidebar.")
         return None
     except Exception as exc:  # noqa: BLE001 - shown to the operator, nothing else to do

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -35,14 +35,21 @@ class DriftDetector(Protocol):
     def statistic(self) -> float: ...
 
 
-_RIVER = {
-    "adwin": lambda: __import__("river.drift", fromlist=["ADWIN"]).ADWIN(delta=0.002),
-    "kswin": lambda: __import__("river.drift", fromlist=["KSWIN"]).KSWIN(alpha=0.0001, seed=0),
-    "page_hinkley": lambda: __import__("river.drift", fromlist=["PageHinkley"]).PageHinkley(
-        threshold=20.0
-    ),
-    "ddm": lambda: __import__("river.drift.binary", fromlist=["DDM"]).DDM(),
-}
+def _river(name: str) -> Any:
+    """A fresh river detector (river is imported on first use: it is slow to import)."""
+    from river import drift
+    from river.drift import binary
+
+    if name == "adwin":
+        return drift.ADWIN(delta=0.002)
+    if name == "kswin":
+        return drift.KSWIN(alpha=0.0001, seed=0)
+    if name == "page_hinkley":
+        return drift.PageHinkley(threshold=20.0)
+    return binary.DDM()
+
+
+_RIVER = ("adwin", "kswin", "page_hinkley", "ddm")
 
 
 class RiverDetector:
@@ -57,7 +64,7 @@ class RiverDetector:
             raise ValueError(f"unknown River detector {kind!r}; choose from {sorted(_RIVER)}")
         self.kind = kind
         self.name = kind
-        self._det = _RIVER[kind]()
+        self._det = _river(kind)
         self._last = 0.0
 
     def update(self, x: float) -> RiverDetector:
@@ -75,7 +82,7 @@ class RiverDetector:
         return float(est) if est is not None else self._last
 
     def reset(self) -> None:
-        self._det = _RIVER[self.kind]()
+        self._det = _river(self.kind)
 
     def __repr__(self) -> str:
         return f"RiverDetector(kind={self.kind!r})"

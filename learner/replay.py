@@ -27,6 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from learner.data import LABELS, LabelledText
+from learner.errors import MemoryFileError
 
 
 class ReplayBuffer(Protocol):
@@ -250,7 +251,3 @@ def load(path: Path, default: Persistable) -> Persistable:
             "stay in the store)"
         ) from exc
     return buf
-
-
-class MemoryFileError(ValueError):
-    """A learner's memory file that cannot be read (damaged, edited, truncated)."""

@@ -8,6 +8,7 @@ JSON object as the last line of stdout; logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from argparse import SUPPRESS
@@ -559,6 +560,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # Imported here: each command pulls in only what it needs (torch is slow to import).
     from moodwire import commands  # noqa: F401  (registers the commands)
+
+    # What is loaded so far lives until exit: the collector need not walk it again, on
+    # every full collection and once more at exit (a tenth of a second of `moodwire stats`).
+    gc.freeze()
 
     key = args.command if args.command != "bench" else f"bench {args.bench}"
     try:

@@ -20,13 +20,10 @@ from typing import Any
 import structlog
 
 from learner.data import DataError
-from learner.errors import ModelLoadError
-from learner.replay import MemoryFileError
+from learner.errors import MemoryFileError, ModelLoadError
 from moodwire.settings import Settings
 from state.registry import RegistryError
-from stream.broker import BrokerError
-from stream.errors import ConfigFileError
-from stream.operations import NotAllowed
+from stream.errors import BrokerError, ConfigFileError, NotAllowed
 
 log = structlog.get_logger("moodwire")
 

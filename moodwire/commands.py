@@ -19,8 +19,7 @@ from learner.errors import ModelLoadError
 from moodwire.cmdkit import UserError, command, guard, print_json, stop_on_signals
 from moodwire.settings import Settings
 from state.registry import Registry, RegistryError
-from stream.broker import BrokerError
-from stream.outage import Stopping
+from stream.errors import BrokerError, Stopping
 
 log = structlog.get_logger("moodwire")
 

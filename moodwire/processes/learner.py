@@ -42,9 +42,9 @@ from learner.classifier import SentimentClassifier
 from learner.continual import ContinualLearner, Outcome, make_replay
 from learner.data import LabelledText
 from learner.drift import DriftEvent
-from learner.errors import ModelLoadError
+from learner.errors import MemoryFileError, ModelLoadError
 from learner.loading import load_version, smoke_check
-from learner.replay import MemoryFileError, Reservoir
+from learner.replay import Reservoir
 from moodwire.settings import Settings
 from state.registry import Registry, RegistryError
 from state.store import Store

@@ -16,9 +16,10 @@ from retrieval.past_items import PastItems
 from state.registry import Registry
 from state.store import Store
 from stream.alerting import Alerter
-from stream.broker import BrokerError, ensure_topics
+from stream.broker import ensure_topics
 from stream.clients import make_consumer, make_producer, make_reader
 from stream.entities import EntityTagger, WatchList
+from stream.errors import BrokerError
 from stream.health import HealthServer, Readiness
 from stream.health import serve_health as health_server
 from stream.outage import Health, Waiter, is_outage

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import sqlalchemy as sa
+
+if TYPE_CHECKING:  # numpy is imported where it is used: `moodwire stats` needs none
+    import numpy as np
 
 from state.store.base import StoreBase
 from state.store.schema import (
@@ -198,6 +200,8 @@ class ItemsStore(StoreBase):
 
     def embeddings_by_ids(self, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
         """The stored ones among ``ids`` (in the order given) and their frozen-space embeddings."""
+        import numpy as np
+
         found: dict[str, bytes] = {}
         with self.engine.connect() as conn:
             for chunk in chunks(list(ids), 500):
@@ -259,6 +263,8 @@ class ItemsStore(StoreBase):
 
     def latencies_ms(self, id_prefix: str = "") -> np.ndarray:
         """Produce-to-stored latency of items with a Kafka timestamp (ids starting with a prefix)."""
+        import numpy as np
+
         q = sa.select(items.c.kafka_ts, items.c.stored_at).where(items.c.kafka_ts.is_not(None))
         if id_prefix:
             q = q.where(items.c.id.startswith(id_prefix, autoescape=True))
