@@ -14,7 +14,7 @@ echo "== import-linter (the layering: docs/architecture.md)"
 .venv/bin/lint-imports --no-cache
 echo "== pytest"
 set +e
-.venv/bin/python -m pytest --doctest-modules moodwire stream learner retrieval dashboard tests \
+.venv/bin/python -m pytest --doctest-modules moodwire state stream learner retrieval dashboard tests \
   --ignore=moodwire/__main__.py --ignore=dashboard/views \
   -p no:cacheprovider "$@"
 code=$?
