@@ -307,16 +307,15 @@ class ContinualLearner:
         if self.pending is not None and self._unconfirmed:
             self._unconfirmed = False
             if not self._confirmed_by_labels():
-                self.pending, self._episode_start = None, None
-                self._episode_spent = False
+                self.pending = None
+                self._end_episode()
                 return None
         if self.pending is not None:
             return self.pending
         if self._episode_start is not None:
             since = self.labels_seen - self._episode_start
             if since >= self.config.retrain_every:
-                self._episode_start = None  # caught up: back to the regular schedule
-                self._episode_spent = False
+                self._end_episode()  # caught up: back to the regular schedule
             elif self._episode_next and since >= self._episode_next:
                 return f"catching up after drift: {since} labels since"
         new = self.labels_seen - self._labels_at_attempt
@@ -394,6 +393,10 @@ class ContinualLearner:
 
     def old_holdout(self) -> list[LabelledText]:
         return self.heldout.items()
+
+    def _end_episode(self) -> None:
+        self._episode_start = None
+        self._episode_spent = False
 
     def start_attempt(self) -> None:
         """Record that an attempt starts now: what :meth:`due` counts from next time."""

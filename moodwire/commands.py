@@ -358,9 +358,10 @@ def _require_operator(args: argparse.Namespace, settings: Settings) -> None:
     """
     from stream.operations import check_credential
 
-    if settings.operator_token is None:
-        check_credential(settings.operations(), None)  # refused, with the dashboard's message
-    check_credential(settings.operations(), _presented_credential(args))
+    config = settings.operations()
+    if config.operator_token is None:
+        check_credential(config, None)  # refused, with the dashboard's message
+    check_credential(config, _presented_credential(args))
 
 
 def _presented_credential(args: argparse.Namespace) -> str | None:
@@ -482,8 +483,7 @@ def bench_throughput_cmd(args: argparse.Namespace, settings: Settings) -> int:
         items=args.items,
         latency_items=args.latency_items,
         data=args.data,
-        registry_given=getattr(args, "registry", None) is not None
-        or "registry" in Settings().model_fields_set,
+        registry_given=_given(args, "registry"),
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -586,8 +586,7 @@ def bench_faults_cmd(args: argparse.Namespace, settings: Settings) -> int:
         sizes=sizes,
         parts=tuple(args.only or PARTS),
         seed=args.seed,
-        registry_given=getattr(args, "registry", None) is not None
-        or "registry" in Settings().model_fields_set,
+        registry_given=_given(args, "registry"),
         pg_admin=None if args.no_postgresql else args.postgresql,
         keep_work=args.keep_work,
         full=args.full,
@@ -613,6 +612,11 @@ def dashboard_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0  # not reached
 
 
+def _given(args: argparse.Namespace, name: str) -> bool:
+    """Whether setting ``name`` was chosen, by a flag (at either level) or the environment."""
+    return getattr(args, name, None) is not None or name in Settings().model_fields_set
+
+
 @command("demo")
 @guard
 def demo_cmd(args: argparse.Namespace, settings: Settings) -> int:
@@ -621,6 +625,5 @@ def demo_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(
         args,
         settings,
-        explicit_broker="bootstrap_servers" in Settings().model_fields_set
-        or getattr(args, "bootstrap_servers", None) is not None,
+        explicit_broker=_given(args, "bootstrap_servers"),
     )

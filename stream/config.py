@@ -55,11 +55,11 @@ class KafkaConfig:
 class WorkerConfig:
     """What one scoring worker reads, writes and waits for."""
 
+    limits: Limits
     topics: Topics = field(default_factory=Topics)
     consumer_group: str = "moodwire-worker"
     batch_size: int = 64
     batch_timeout_ms: int = 20
-    limits: Limits = field(default_factory=lambda: Limits(64 * 1024, 4000, 64))
     neighbors_k: int = 5
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
