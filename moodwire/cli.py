@@ -545,12 +545,22 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
+def settings_errors(exc: ValidationError) -> str:
+    """One line per problem, naming the setting; never the value (it may be a secret)."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = "__".join(str(p) for p in error["loc"]).upper()
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  MOODWIRE_{where}: {message}" if where else f"  {message}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
-        print(f"moodwire: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"moodwire: invalid settings:\n{settings_errors(exc)}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     # Library switches, set once at the entry point: the tokenizer's own thread pool

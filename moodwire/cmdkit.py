@@ -23,7 +23,7 @@ from learner.data import DataError
 from learner.errors import MemoryFileError, ModelLoadError
 from moodwire.settings import Settings
 from state.registry import RegistryError
-from stream.errors import BrokerError, ConfigFileError, NotAllowed
+from stream.errors import BrokerError, ConfigFileError, KafkaSecurityError, NotAllowed
 
 log = structlog.get_logger("moodwire")
 
@@ -41,6 +41,7 @@ USER_ERRORS = (
     RegistryError,
     ModelLoadError,
     BrokerError,
+    KafkaSecurityError,
     FileNotFoundError,
     NotAllowed,
     ConfigFileError,

@@ -29,7 +29,8 @@ log = structlog.get_logger("moodwire")
 @command("broker")
 @guard
 def broker_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from stream.broker import EmbeddedBroker, ensure_topics
+    from stream.broker import EmbeddedBroker
+    from stream.clients import ensure_topics
 
     log_path = settings.data_dir / "broker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,16 +112,17 @@ def produce_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from itertools import islice
 
     from learner.data import read_records
-    from stream.broker import ensure_topics
-    from stream.clients import make_producer
+    from stream.clients import ensure_topics, make_producer
     from stream.feed import looped, publish, row_to_item, text_column
     from stream.publish import Publisher
 
     rows = read_records(args.file, text_col=args.text_col)
     text_col = args.text_col or text_column(rows)
     items = [row_to_item(r, text_col) for r in rows]
-    ensure_topics(settings.bootstrap_servers, [settings.topics.news], settings.partitions)
-    publisher = Publisher(lambda: make_producer(settings.kafka(), client_id="moodwire-produce"))
+    ensure_topics(settings.kafka_config(), [settings.topics.news], settings.partitions)
+    publisher = Publisher(
+        lambda: make_producer(settings.kafka_config(), client_id="moodwire-produce")
+    )
     stream_ = looped(items, args.loop)
     if args.limit is not None:
         stream_ = islice(stream_, args.limit)

@@ -30,7 +30,8 @@ import structlog
 from moodwire.console import Console, Event, Snapshot
 from moodwire.settings import Settings
 from state.registry import Registry
-from stream.broker import EmbeddedBroker, ensure_topics, free_port
+from stream.broker import EmbeddedBroker, free_port
+from stream.clients import ensure_topics
 
 log = structlog.get_logger("moodwire.demo")
 
@@ -138,9 +139,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
         try:
             # 1. The broker.
             if explicit_broker:
-                ensure_topics(
-                    settings.bootstrap_servers, settings.topics.all(), settings.partitions
-                )
+                ensure_topics(settings.kafka_config(), settings.topics.all(), settings.partitions)
                 _say(f"broker      {settings.bootstrap_servers} (yours)")
             else:
                 host, _, port_s = settings.bootstrap_servers.rpartition(":")
@@ -151,9 +150,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
                 owned_broker = broker
                 started.append(("broker", broker))
                 settings = settings.with_overrides(bootstrap_servers=broker.bootstrap_servers)
-                ensure_topics(
-                    settings.bootstrap_servers, settings.topics.all(), settings.partitions
-                )
+                ensure_topics(settings.kafka_config(), settings.topics.all(), settings.partitions)
                 _say(f"broker      {settings.bootstrap_servers} (embedded Tansu, in memory)")
 
             # 2. The dashboard first: it shows the set-up's progress and then the live stream.
@@ -218,7 +215,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
             }
             # Checked sends, and a new producer after a broker restart: nothing fed is lost.
             producer = Publisher(
-                lambda: make_producer(settings.kafka(), client_id="moodwire-demo-feed")
+                lambda: make_producer(settings.kafka_config(), client_id="moodwire-demo-feed")
             )
             feed_stop = threading.Event()
             fed = [0]  # items the broker acknowledged (for the lag)
@@ -243,7 +240,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
                 delay_s=args.label_delay,
             )
             labeller = Publisher(
-                lambda: make_producer(settings.kafka(), client_id="moodwire-demo-labels")
+                lambda: make_producer(settings.kafka_config(), client_id="moodwire-demo-labels")
             )
             annotator = threading.Thread(
                 target=_annotate,
@@ -278,7 +275,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
                     )
                     owned_broker.start()
                     ensure_topics(
-                        settings.bootstrap_servers, settings.topics.all(), settings.partitions
+                        settings.kafka_config(), settings.topics.all(), settings.partitions
                     )
                 for child in children:
                     news = child.check()

@@ -1,8 +1,14 @@
 """One validated, frozen settings object, built at the entry point and passed down.
 
 Every field can be set from the environment with the ``MOODWIRE_`` prefix
-(``MOODWIRE_BOOTSTRAP_SERVERS``, ``MOODWIRE_STORE_URL``, ``MOODWIRE_REGISTRY``, …);
-CLI flags override the environment. Components never read ``os.environ``.
+(``MOODWIRE_BOOTSTRAP_SERVERS``, ``MOODWIRE_STORE_URL``, ``MOODWIRE_REGISTRY``, …;
+nested blocks with ``__``: ``MOODWIRE_KAFKA__SECURITY_PROTOCOL``), from a ``.env``
+file in the working directory, and from files in a secrets directory
+(``MOODWIRE_SECRETS_DIR``, default ``/run/secrets`` where it exists: a file named
+``moodwire_kafka__sasl_password`` holds that secret). CLI flags override all of
+them. A ``MOODWIRE_*`` variable that names no setting is an error, not ignored
+(a typo would otherwise leave a cluster unsecured). Components never read
+``os.environ``.
 
 >>> s = Settings(bootstrap_servers="127.0.0.1:1", data_dir="/tmp/mw")
 >>> s.topics.news, s.topics.dlq
@@ -14,16 +20,19 @@ CLI flags override the environment. Components never read ``os.environ``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from learner.config import LearnerConfig
 from stream.alerts import AlertConfig
-from stream.config import KafkaConfig, OperationsConfig, Topics, WorkerConfig
+from stream.config import KafkaConfig, KafkaSecurity, OperationsConfig, Topics, WorkerConfig
 from stream.validate import Limits
 
 
@@ -31,7 +40,14 @@ class Settings(BaseSettings):
     """Everything a Moodwire process needs to know, validated once."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MOODWIRE_", env_nested_delimiter="__", frozen=True, extra="ignore"
+        # Errors never echo their input: it may hold a password.
+        hide_input_in_errors=True,
+        env_prefix="MOODWIRE_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+        env_file=".env",
+        env_file_encoding="utf-8",
     )
 
     # Where state lives by default (SQLite store, registry, index) when not given explicitly.
@@ -39,6 +55,9 @@ class Settings(BaseSettings):
 
     # Kafka
     bootstrap_servers: str = "127.0.0.1:9092"
+    # How every client connects: TLS, SASL, client id, offsets reset, topic creation
+    # (MOODWIRE_KAFKA__SECURITY_PROTOCOL=SASL_SSL, …; see stream/config.py KafkaSecurity).
+    kafka: KafkaSecurity = KafkaSecurity()
     topics: Topics = Topics()
     partitions: int = Field(4, ge=1, description="partitions of topics the broker command creates")
     consumer_group: str = "moodwire-worker"
@@ -52,7 +71,8 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(25, ge=1, le=5000)
 
     # Store and registry
-    store_url: str | None = None
+    # A secret: it holds the database password (postgresql+psycopg://user:PASSWORD@host/db).
+    store_url: SecretStr | None = None
     registry: Path | None = None
     index_dir: Path | None = None
 
@@ -132,9 +152,16 @@ class Settings(BaseSettings):
             return None
         return v
 
+    @field_validator("store_url", mode="before")
+    @classmethod
+    def _store_url_set_or_none(cls, v: object) -> object:
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        return v
+
     def resolved_store_url(self) -> str:
-        if self.store_url:
-            return self.store_url
+        if self.store_url is not None:
+            return self.store_url.get_secret_value()
         return f"sqlite:///{(self.data_dir / 'moodwire.db').resolve()}"
 
     def resolved_registry(self) -> Path:
@@ -158,6 +185,10 @@ class Settings(BaseSettings):
         }
         for name, value in self.topics.model_dump().items():
             env[f"MOODWIRE_TOPICS__{name.upper()}"] = value
+        for name, value in self.kafka:
+            if value is not None:
+                value = value.get_secret_value() if isinstance(value, SecretStr) else value
+                env[f"MOODWIRE_KAFKA__{name.upper()}"] = str(value)
         for name in ("drift_confidence", "drift_label_mix", "drift_embedding"):
             env[f"MOODWIRE_{name.upper()}"] = getattr(self, name)
         env["MOODWIRE_DRIFT_WARMUP"] = str(self.drift_warmup)
@@ -173,10 +204,11 @@ class Settings(BaseSettings):
             env["MOODWIRE_OPERATOR_TOKEN"] = self.operator_token.get_secret_value()
         return env
 
-    def kafka(self) -> KafkaConfig:
+    def kafka_config(self) -> KafkaConfig:
         """What every Kafka client of a process needs."""
         return KafkaConfig(
             bootstrap_servers=self.bootstrap_servers,
+            security=self.kafka,
             max_message_bytes=self.max_message_bytes,
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
@@ -189,7 +221,7 @@ class Settings(BaseSettings):
         return OperationsConfig(
             store_url=self.resolved_store_url(),
             registry=self.resolved_registry(),
-            kafka=self.kafka(),
+            kafka=self.kafka_config(),
             topics=self.topics,
             partitions=self.partitions,
             operator_token=self.operator_token,
@@ -230,4 +262,137 @@ class Settings(BaseSettings):
         given = {k: v for k, v in changes.items() if v is not None}
         if not given:
             return self
-        return type(self)(**{**self.model_dump(), **given})
+        # model_dump keeps SecretStr objects as they are: a copy never reveals a secret.
+        return type(self)(**{**dict(self), **given})
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Arguments, then the environment, then .env, then the secrets directory.
+        from pydantic_settings import NestedSecretsSettingsSource
+
+        secrets_dir = os.environ.get("MOODWIRE_SECRETS_DIR")
+        if secrets_dir:
+            if not Path(secrets_dir).is_dir():
+                raise ValueError(f"MOODWIRE_SECRETS_DIR {secrets_dir}: no such directory")
+        elif Path("/run/secrets").is_dir():
+            secrets_dir = "/run/secrets"
+        sources = [init_settings, env_settings, dotenv_settings]
+        if secrets_dir:
+            sources.append(
+                NestedSecretsSettingsSource(
+                    file_secret_settings,
+                    secrets_dir=secrets_dir,
+                    secrets_nested_delimiter="__",
+                    secrets_case_sensitive=False,
+                )
+            )
+        return tuple(sources)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_variables(cls, data: Any) -> Any:
+        unknown_variables(os.environ)
+        dotenv = Path(".env")
+        if dotenv.is_file():
+            from dotenv import dotenv_values
+
+            unknown_variables(
+                {k: v or "" for k, v in dotenv_values(dotenv).items()}, where=".env: "
+            )
+        return data
+
+
+# Variables that are read outside the settings, not fields: where to find secrets, the
+# credential a CLI action presents, and the tools of the benches and tests.
+_NOT_FIELDS = frozenset(
+    {
+        "MOODWIRE_SECRETS_DIR",
+        "MOODWIRE_CREDENTIAL",
+        "MOODWIRE_CHROMIUM",
+        "MOODWIRE_SCREENSHOTS",
+        "MOODWIRE_TEST_PG",
+    }
+)
+
+
+def setting_names() -> set[str]:
+    """Every ``MOODWIRE_*`` name the settings read (nested blocks with ``__``), upper case.
+
+    >>> names = setting_names()
+    >>> {"MOODWIRE_KAFKA__SASL_PASSWORD", "MOODWIRE_LEARNER__REQUIRE_APPROVAL"} <= names
+    True
+    """
+    names = set(_NOT_FIELDS)
+
+    def walk(prefix: str, model: Any) -> None:
+        fields: dict[str, Any]
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            fields = {n: f.annotation for n, f in model.model_fields.items()}
+        elif dataclasses.is_dataclass(model):
+            hints = typing.get_type_hints(model)
+            fields = {f.name: hints.get(f.name) for f in dataclasses.fields(model)}
+        else:
+            return
+        for name, annotation in fields.items():
+            full = f"{prefix}{name.upper()}"
+            names.add(full)
+            for inner in _classes_in(annotation):
+                walk(f"{full}__", inner)
+
+    walk("MOODWIRE_", Settings)
+    return names
+
+
+def _classes_in(annotation: Any) -> list[type]:
+    if isinstance(annotation, type):
+        return (
+            [annotation]
+            if issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)
+            else []
+        )
+    return [c for arg in typing.get_args(annotation) for c in _classes_in(arg)]
+
+
+def unknown_variables(environ: typing.Mapping[str, str], where: str = "") -> None:
+    """Refuse a ``MOODWIRE_*`` variable that no setting reads, with the nearest real name.
+
+    >>> unknown_variables({"MOODWIRE_SECURITY_PROTOCOL": "SASL_SSL"})
+    Traceback (most recent call last):
+    ...
+    ValueError: MOODWIRE_SECURITY_PROTOCOL is not a Moodwire setting (did you mean MOODWIRE_KAFKA__SECURITY_PROTOCOL?)
+    >>> unknown_variables({"MOODWIRE_KAFKA__SASL_PASSWORD": "x", "HOME": "/root"})
+    """
+    known = _known_names()
+    wrong = sorted(
+        k for k in environ if k.upper().startswith("MOODWIRE_") and k.upper() not in known
+    )
+    if not wrong:
+        return
+    parts = []
+    for name in wrong:
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
+        if not close:
+            tail = name.upper().removeprefix("MOODWIRE_")
+            close = sorted(k for k in known if k.endswith(f"__{tail}"))[:1]
+        parts.append(
+            f"{where}{name} is not a Moodwire setting"
+            + (f" (did you mean {close[0]}?)" if close else "")
+        )
+    raise ValueError("; ".join(parts))
+
+
+_known: set[str] | None = None
+
+
+def _known_names() -> set[str]:
+    global _known
+    if _known is None:
+        _known = setting_names()
+    return _known

@@ -10,7 +10,6 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -19,9 +18,6 @@ import time
 from pathlib import Path
 
 import structlog
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from stream.errors import BrokerError
 
@@ -132,34 +128,3 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def ensure_topics(
-    bootstrap_servers: str, topics: list[str], partitions: int, timeout_s: float = 15.0
-) -> None:
-    """Create the topics that do not exist yet (never rely on auto-creation)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap_servers,
-                client_id="moodwire-admin",
-                request_timeout_ms=5000,
-            )
-            break
-        except KafkaError as exc:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
-            time.sleep(0.2)
-    try:
-        existing = set(admin.list_topics())
-        missing = [t for t in topics if t not in existing]
-        if missing:
-            # A concurrent creator may win the race; that is fine.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics(
-                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
-                )
-            log.info("topics_created", topics=missing, partitions=partitions)
-    finally:
-        admin.close()

@@ -165,6 +165,10 @@ class BrokerError(RuntimeError):
     """The broker could not be started or reached."""
 
 
+class KafkaSecurityError(RuntimeError):
+    """The TLS handshake or the authentication with Kafka failed: fix the settings, not a wait."""
+
+
 class NotAllowed(PermissionError):
     """A state-changing action without a valid operator credential."""
 

@@ -67,10 +67,9 @@ def _actor(actor: str) -> str:
 @contextmanager
 def _producer(config: OperationsConfig, topic: str) -> Iterator[Any]:
     """A producer for ``topic``, connected before any transaction is opened around its send."""
-    from stream.broker import ensure_topics
-    from stream.clients import make_producer
+    from stream.clients import ensure_topics, make_producer
 
-    ensure_topics(config.kafka.bootstrap_servers, [topic], config.partitions)
+    ensure_topics(config.kafka, [topic], config.partitions)
     producer = make_producer(config.kafka, client_id="moodwire-operator")
     try:
         yield producer

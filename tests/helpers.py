@@ -15,31 +15,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import TopicPartition
 
 from moodwire.settings import Settings
 from state.registry import Registry
 from state.store import Store, encode_embedding
-from stream.broker import ensure_topics
+from stream.clients import as_kafka, ensure_topics, make_producer, make_reader
+from stream.config import KafkaConfig
 from stream.synthetic import demo_feed
 
 
 def produce(
-    bootstrap: str,
+    bootstrap: KafkaConfig | str,
     topic: str,
     values: list[bytes],
     keys: list[bytes | None] | None = None,
     partitions: int = 4,
 ) -> None:
+    """Send ``values`` (plaintext ``host:port``, or a secured cluster's config)."""
     ensure_topics(bootstrap, [topic], partitions)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = make_producer(as_kafka(bootstrap), client_id="moodwire-test")
     for i, value in enumerate(values):
         producer.send(topic, key=keys[i] if keys else None, value=value)
     producer.flush()
     producer.close()
 
 
-def produce_items(bootstrap: str, topic: str, items: list[dict]) -> None:
+def produce_items(bootstrap: KafkaConfig | str, topic: str, items: list[dict]) -> None:
     produce(
         bootstrap,
         topic,
@@ -48,9 +50,9 @@ def produce_items(bootstrap: str, topic: str, items: list[dict]) -> None:
     )
 
 
-def read_all(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list:
+def read_all(bootstrap: KafkaConfig | str, topic: str, timeout_s: float = 20.0) -> list:
     """Every record currently on ``topic`` (all partitions, from the start)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = make_reader(as_kafka(bootstrap), client_id="moodwire-test")
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from moodwire.settings import Settings, Topics
+from stream.config import KafkaConfig
 
 PARTS = ("fuzz", "worker_kills", "learner_kills", "broker_restart", "db_outage", "tampered")
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -191,11 +192,14 @@ def _events(log: Path, *names: str) -> list[dict[str, Any]]:
 
 
 def _produce(
-    bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None] | None = None
+    kafka: KafkaConfig | str,
+    topic: str,
+    values: list[bytes],
+    keys: list[bytes | None] | None = None,
 ) -> None:
-    from kafka import KafkaProducer
+    from stream.clients import as_kafka, make_producer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = make_producer(as_kafka(kafka), client_id="moodwire-bench-faults")
     try:
         futures = [
             producer.send(topic, key=keys[i] if keys else None, value=value)
@@ -210,18 +214,20 @@ def _produce(
 
 def _produce_items(settings: Settings, items: list[dict[str, Any]]) -> None:
     _produce(
-        settings.bootstrap_servers,
+        settings.kafka_config(),
         settings.topics.news,
         [json.dumps(i).encode() for i in items],
         [i["id"].encode() for i in items],
     )
 
 
-def _read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Any]:
+def _read_topic(kafka: KafkaConfig | str, topic: str, timeout_s: float = 60.0) -> list[Any]:
     """Every record on ``topic`` now (all partitions, from the start)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    from stream.clients import as_kafka, make_reader
+
+    consumer = make_reader(as_kafka(kafka), client_id="moodwire-bench-faults")
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not tps:
@@ -244,7 +250,7 @@ def _read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Any
 def _scored_ids(settings: Settings) -> list[str]:
     return [
         json.loads(r.value)["id"]
-        for r in _read_topic(settings.bootstrap_servers, settings.topics.scored)
+        for r in _read_topic(settings.kafka_config(), settings.topics.scored)
     ]
 
 
@@ -519,12 +525,12 @@ def _worker_run(
     before_count: Callable[[Any], None] | None,
 ) -> dict[str, Any]:
     from state.store import Store
-    from stream.broker import ensure_topics
+    from stream.clients import ensure_topics
 
     tag = f"worker-kills-{number}"
     with bench.store_url(backend, tag) as url:
         settings = bench.run_settings(tag, store_url=url)
-        ensure_topics(settings.bootstrap_servers, settings.topics.all(), settings.partitions)
+        ensure_topics(settings.kafka_config(), settings.topics.all(), settings.partitions)
         items = _items(n, f"k{number}-", seed=bench.seed * 1000 + number)
         _produce_items(settings, items)
         store = Store(url)
@@ -636,7 +642,7 @@ class _LearnerRig:
         from moodwire.processes.learner import seed_memory
         from state.registry import Registry
         from state.store import Store
-        from stream.broker import ensure_topics
+        from stream.clients import ensure_topics
         from stream.synthetic import demo_feed, labelled_headlines
 
         self.bench = bench
@@ -656,7 +662,7 @@ class _LearnerRig:
         )
         self.settings = bench.run_settings(tag, registry=root, learner=config)
         s = self.settings
-        ensure_topics(s.bootstrap_servers, s.topics.all(), s.partitions)
+        ensure_topics(s.kafka_config(), s.topics.all(), s.partitions)
         old = [LabelledText(r["text"], r["label"]) for r in labelled_headlines(300, seed=11)]
         seed_memory(s, old[:200], old[200:])  # what the bootstrapped model knows
         feed = demo_feed(4 * LABELS_PER_TRIAL * (kills + 1), seed=21, drift_at=0.0)
@@ -692,7 +698,7 @@ class _LearnerRig:
             ).encode()
             self.produced.append(label_id(LabelMessage.model_validate_json(value)))
             values.append(value)
-        _produce(self.settings.bootstrap_servers, self.settings.topics.labels, values)
+        _produce(self.settings.kafka_config(), self.settings.topics.labels, values)
 
     def start(self, trial: _LearnerTrial | None, problems: dict[str, str]) -> None:
         """Start a learner; wait until it is active and has decided a retrain it resumed."""
@@ -921,7 +927,7 @@ def broker_restart(bench: Bench, restarts: int) -> dict[str, Any]:
     """A worker through a proxied broker that is SIGKILLed and comes back empty."""
     from moodwire.bench.proxy import ProxiedBroker
     from state.store import Store
-    from stream.broker import ensure_topics
+    from stream.clients import ensure_topics
 
     rng = bench.rng("broker_restart")
     tag = "broker-restart"
@@ -930,7 +936,7 @@ def broker_restart(bench: Bench, restarts: int) -> dict[str, Any]:
     problems: list[str] = []
     with ProxiedBroker(log_path=bench.work / tag / "broker.log") as broker:
         settings = bench.run_settings(tag, bootstrap=broker.bootstrap_servers)
-        ensure_topics(settings.bootstrap_servers, settings.topics.all(), settings.partitions)
+        ensure_topics(settings.kafka_config(), settings.topics.all(), settings.partitions)
         store = Store(settings.resolved_store_url())
         before = _items(80, "br-before-", seed=bench.seed + 14)
         _produce_items(settings, before)
@@ -943,9 +949,7 @@ def broker_restart(bench: Bench, restarts: int) -> dict[str, Any]:
                 time.sleep(rng.uniform(1.0, 5.0))
                 broker.restart()  # empty: no topics, no committed offsets
                 back = time.monotonic()
-                ensure_topics(
-                    settings.bootstrap_servers, settings.topics.all(), settings.partitions
-                )
+                ensure_topics(settings.kafka_config(), settings.topics.all(), settings.partitions)
                 after = _items(120, f"br-{number}-", seed=bench.seed + 15 + number)
                 _produce_items(settings, after)
                 ids = [i["id"] for i in after]
@@ -1008,7 +1012,7 @@ def db_outage(bench: Bench, outage_s: float, items: int) -> dict[str, Any]:
 
     from moodwire.bench.proxy import TcpProxy
     from state.store import Store
-    from stream.broker import ensure_topics
+    from stream.clients import ensure_topics
 
     if bench.pg_admin is None:
         return {"trials": 0, "skipped": "PostgreSQL is not reachable"}
@@ -1021,7 +1025,7 @@ def db_outage(bench: Bench, outage_s: float, items: int) -> dict[str, Any]:
             host, port = proxy.address.rsplit(":", 1)
             cut = server.set(host=host, port=int(port)).render_as_string(hide_password=False)
             settings = bench.run_settings(tag, store_url=cut)
-            ensure_topics(settings.bootstrap_servers, settings.topics.all(), settings.partitions)
+            ensure_topics(settings.kafka_config(), settings.topics.all(), settings.partitions)
             feed = _items(items, "db-", seed=bench.seed + 13)
             log = bench.work / tag / "worker.log"
             proc = bench.procs.start(["worker"], bench.env(settings), log)
@@ -1178,7 +1182,7 @@ def _refused_at_start(bench: Bench, tag: str, variant: str) -> dict[str, Any]:
     non-zero with one line on stderr, and score nothing (items wait on its topic)."""
     from state.registry import Registry
     from state.store import Store
-    from stream.broker import ensure_topics
+    from stream.clients import ensure_topics
 
     home = bench.work / tag / f"start-{variant}"
     root = home / "registry"
@@ -1186,7 +1190,7 @@ def _refused_at_start(bench: Bench, tag: str, variant: str) -> dict[str, Any]:
     registry = Registry(root)
     version = make_tampered(registry, variant, good)
     settings = bench.run_settings(f"{tag}/start-{variant}", registry=root)
-    ensure_topics(settings.bootstrap_servers, settings.topics.all(), settings.partitions)
+    ensure_topics(settings.kafka_config(), settings.topics.all(), settings.partitions)
     _produce_items(settings, _items(10, f"t-{variant}-", seed=bench.seed + 16))
     began = time.monotonic()
     try:
@@ -1230,7 +1234,7 @@ def _refused_at_swap(bench: Bench, tag: str, variants: tuple[str, ...]) -> dict[
     (then the pointer is put back): refused, logged, and the old version scores on."""
     from state.registry import Registry
     from state.store import Store
-    from stream.broker import ensure_topics
+    from stream.clients import ensure_topics
 
     home = bench.work / tag / "swap"
     root = home / "registry"
@@ -1238,7 +1242,7 @@ def _refused_at_swap(bench: Bench, tag: str, variants: tuple[str, ...]) -> dict[
     registry = Registry(root)
     saved = registry.pointer_state()
     settings = bench.run_settings(f"{tag}/swap", registry=root)
-    ensure_topics(settings.bootstrap_servers, settings.topics.all(), settings.partitions)
+    ensure_topics(settings.kafka_config(), settings.topics.all(), settings.partitions)
     store = Store(settings.resolved_store_url())
     log = home / "worker.log"
     proc = bench.procs.start(["worker"], bench.env(settings), log)

@@ -126,10 +126,10 @@ def throughput(
             classifier_items_per_s=round(clf_only, 1),
         )
 
-        producer = make_producer(cfg.kafka(), client_id="moodwire-bench")
-        from stream.broker import ensure_topics
+        producer = make_producer(cfg.kafka_config(), client_id="moodwire-bench")
+        from stream.clients import ensure_topics
 
-        ensure_topics(cfg.bootstrap_servers, cfg.topics.all(), cfg.partitions)
+        ensure_topics(cfg.kafka_config(), cfg.topics.all(), cfg.partitions)
         for i, text in enumerate(texts[:items]):
             producer.send(
                 cfg.topics.news,

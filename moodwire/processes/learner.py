@@ -627,8 +627,7 @@ def build_learner(
 ) -> tuple[LearnerProcess, Callable[[], None]]:
     """A ready learner process and the function that closes what it opened."""
     from moodwire.processes.worker import wait_for
-    from stream.broker import ensure_topics
-    from stream.clients import make_consumer, make_producer
+    from stream.clients import ensure_topics, make_consumer, make_producer
 
     health = Health("learner")
     registry = Registry(settings.resolved_registry())
@@ -638,7 +637,7 @@ def build_learner(
     wait_for(
         "kafka",
         lambda: ensure_topics(
-            settings.bootstrap_servers, [topics.labels, topics.control], settings.partitions
+            settings.kafka_config(), [topics.labels, topics.control], settings.partitions
         ),
         health,
         stop,
@@ -651,13 +650,15 @@ def build_learner(
         )
 
     consumer = make_consumer(
-        settings.kafka(),
+        settings.kafka_config(),
         topics.labels,
         topics.control,
         group_id=f"{settings.consumer_group}-learner",
         client_id="moodwire-learner",
     )
-    publisher = Publisher(lambda: make_producer(settings.kafka(), client_id="moodwire-learner"))
+    publisher = Publisher(
+        lambda: make_producer(settings.kafka_config(), client_id="moodwire-learner")
+    )
     try:
         proc = LearnerProcess(
             settings, store, registry, consumer, publisher, load, progress=progress, health=health

@@ -16,8 +16,7 @@ from retrieval.past_items import PastItems
 from state.registry import Registry
 from state.store import Store
 from stream.alerting import Alerter
-from stream.broker import ensure_topics
-from stream.clients import make_consumer, make_producer, make_reader
+from stream.clients import ensure_topics, make_consumer, make_producer, make_reader
 from stream.entities import EntityTagger, WatchList
 from stream.errors import BrokerError
 from stream.health import HealthServer, Readiness
@@ -164,7 +163,7 @@ def build_worker(
     wait_for(
         "kafka",
         lambda: ensure_topics(
-            settings.bootstrap_servers,
+            settings.kafka_config(),
             [topics.news, topics.scored, topics.dlq, topics.control, topics.alerts],
             settings.partitions,
         ),
@@ -173,11 +172,14 @@ def build_worker(
         settings,
     )
     publisher = Publisher(
-        lambda: make_producer(settings.kafka(), client_id="moodwire-worker"),
-        make_reader=lambda: make_reader(settings.kafka(), client_id="moodwire-replay-check"),
+        lambda: make_producer(settings.kafka_config(), client_id="moodwire-worker"),
+        make_reader=lambda: make_reader(settings.kafka_config(), client_id="moodwire-replay-check"),
     )
     consumer = make_consumer(
-        settings.kafka(), topics.news, group_id=settings.consumer_group, client_id="moodwire-worker"
+        settings.kafka_config(),
+        topics.news,
+        group_id=settings.consumer_group,
+        client_id="moodwire-worker",
     )
     webhook = (
         WebhookSink(

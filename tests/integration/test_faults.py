@@ -38,7 +38,8 @@ from moodwire.bench.proxy import ProxiedBroker, TcpProxy
 from moodwire.settings import Settings
 from state.registry import Registry
 from state.store import Store
-from stream.broker import ensure_topics, free_port
+from stream.broker import free_port
+from stream.clients import ensure_topics
 from stream.synthetic import demo_feed
 
 pytestmark = pytest.mark.integration

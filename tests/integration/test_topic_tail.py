@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from stream.broker import ensure_topics
+from stream.clients import ensure_topics
 from stream.publish import keys_on_topic
 
 pytestmark = pytest.mark.integration

@@ -393,7 +393,7 @@ def _read(consumer, n: int, timeout_s: float = 20.0) -> list[bytes]:  # type: ig
 def test_every_kafka_connection_goes_through_the_proxy(proxied_broker: ProxiedBroker) -> None:
     from kafka import KafkaConsumer, TopicPartition
 
-    from stream.broker import ensure_topics
+    from stream.clients import ensure_topics
 
     topic = _topic("via-proxy")
     boot = proxied_broker.bootstrap_servers
@@ -426,7 +426,7 @@ def test_refused_produce_fails_the_send_while_a_group_consumer_goes_on(
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
-    from stream.broker import ensure_topics
+    from stream.clients import ensure_topics
 
     topic = _topic("refuse")
     boot = proxied_broker.bootstrap_servers
@@ -487,7 +487,7 @@ def test_a_killed_broker_restarts_empty_on_the_same_address() -> None:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    from stream.broker import ensure_topics
+    from stream.clients import ensure_topics
 
     with ProxiedBroker() as broker:
         boot = broker.bootstrap_servers
