@@ -11,7 +11,7 @@ first meaning search, not before.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -32,7 +32,7 @@ class QueryEncoder(Protocol):
 class DashboardContext:
     """Where the pages read from, and where an operator's actions land."""
 
-    store_url: str
+    store_url: str = field(repr=False)  # it may hold the database password
     registry: str
     index_dir: str
     operations: OperationsConfig

@@ -22,6 +22,7 @@ not answer at all is an outage (``ConnectionError``), waited out by the caller.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import socket
 import ssl
@@ -41,6 +42,17 @@ from stream.config import KafkaConfig, KafkaSecurity
 from stream.errors import BrokerError, KafkaSecurityError
 
 log = structlog.get_logger(__name__)
+
+
+class _NoConfigDump(logging.Filter):
+    """kafka-python's admin client logs its whole configuration, SASL password included, at
+    DEBUG: that record is dropped wherever the logs go."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "with configuration" not in str(record.msg)
+
+
+logging.getLogger("kafka.admin.client").addFilter(_NoConfigDump())
 
 
 class _LogRebalance(ConsumerRebalanceListener):

@@ -197,7 +197,7 @@ class WorkerConfig:
 class OperationsConfig:
     """Where an operator's actions land: the store, the registry, the control and label topics."""
 
-    store_url: str
+    store_url: str = field(repr=False)  # it may hold the database password
     registry: Path
     kafka: KafkaConfig
     topics: Topics = Topics()

@@ -36,7 +36,7 @@ def _requirement(req: str) -> str:
 
 def _imports(base: str) -> dict[str, set[str]]:
     """Third-party top-level modules imported under ``base`` -> the files importing them."""
-    ours = set(PACKAGES) | {"tests", "helpers", "doubles", "conftest"}
+    ours = set(PACKAGES) | {"tests", "helpers", "doubles", "conftest", "secure"}
     found: dict[str, set[str]] = {}
     for path in sorted((ROOT / base).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
