@@ -20,6 +20,7 @@ from state.store.schema import (
 # pg_advisory_xact_lock's key for "appending to the audit chain" (a fixed bigint, apart
 # from state.migrations.MIGRATION_LOCK).
 AUDIT_CHAIN_LOCK = 0x5A3C0F1E9B2D4471
+SEQUENCE = "pg_get_serial_sequence('audit_log', 'seq')"
 
 
 class AuditStore(StoreBase):
@@ -101,9 +102,10 @@ class AuditStore(StoreBase):
         ).first()
         # seq is drawn before the insert, under the lock, so the hash can cover it.
         if self.dialect == "postgresql":  # from the column's own sequence (others use it too)
-            seq = conn.execute(
-                sa.text("SELECT nextval(pg_get_serial_sequence('audit_log', 'seq'))")
-            ).scalar_one()
+            seq = conn.execute(sa.text(f"SELECT nextval({SEQUENCE})")).scalar_one()
+            if last is not None and seq <= last.seq:  # rows restored with their seq, say
+                seq = last.seq + 1
+                conn.execute(sa.text(f"SELECT setval({SEQUENCE}, :seq)"), {"seq": seq})
         else:  # what SQLite's rowid would give: one past the end
             seq = (last.seq if last else 0) + 1
         row = {
