@@ -491,3 +491,31 @@ def test_drop_all_clears_a_store_whole_and_the_next_open_rebuilds_it(url: str) -
     again = Store(url)
     assert migrations.current(again.engine) == migrations.head()
     assert again.verify_audit().count == 0
+
+
+def test_store_commands_report_and_upgrade_a_pre_migration_store(tmp_path: Path) -> None:
+    from helpers import clean_env, last_json, moodwire_cli
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    rows = _make_legacy_store(url)
+    env = clean_env(tmp_path, store_url=url)
+    res = moodwire_cli(["store", "current"], env)
+    assert res.returncode == 1  # behind
+    assert last_json(res.stdout) == {
+        "current": None,
+        "head": migrations.head(),
+        "up_to_date": False,
+    }
+    res = moodwire_cli(["store", "upgrade"], env)
+    assert res.returncode == 0, res.stderr
+    assert last_json(res.stdout) == {"before": None, "after": migrations.head(), "adopted": True}
+    res = moodwire_cli(["store", "current"], env)
+    assert res.returncode == 0 and last_json(res.stdout)["up_to_date"] is True
+    res = moodwire_cli(["audit", "list"], env)
+    assert res.returncode == 0
+    assert [line.split()[0] for line in res.stdout.splitlines()] == [
+        str(r["seq"]) for r in rows["audit_log"]
+    ]
+    listed = json.loads(moodwire_cli(["audit", "list", "--json"], env).stdout)
+    assert [r["actor"] for r in listed] == ["ann", "bob", "learner"]
+    assert moodwire_cli(["audit", "verify"], env).stdout.startswith("audit log intact: 3 entries")
