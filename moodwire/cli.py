@@ -34,6 +34,8 @@ getting started:
   moodwire alerts --since 24h         alerts with their evidence (--json for all of it)
   moodwire dashboard --port 8501      the dashboard over the store, index and registry
   moodwire backtest FILE              replay a timestamped file through the alert rules
+  moodwire store upgrade              migrate the store's schema (every process does on open)
+  moodwire audit verify               check the audit log's hash chain (exit 1 if broken)
 
 settings (environment, overridden by flags):
   MOODWIRE_BOOTSTRAP_SERVERS  Kafka bootstrap servers        (127.0.0.1:9092)
@@ -317,6 +319,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _operator_args(p)
 
+    # -- the store's schema and the audit log (issue 15: state-migrations) --------------
+    p = add("store", "the store's schema: its migration, and upgrading it")
+    store = p.add_subparsers(dest="store", metavar="ACTION", required=True)
+    s = store.add_parser(
+        "current",
+        help="the store's schema revision and the newest one, as JSON (changes nothing)",
+        description="Print the store's schema revision (null: empty, or written before "
+        "migrations) and the newest this release knows. Exits 1 when the store is behind.",
+    )
+    _common(s)
+    s = store.add_parser(
+        "upgrade",
+        help="migrate the store to the newest schema revision now",
+        description="Run the store's migrations under a lock (every process also does this "
+        "when it opens the store). A store written before migrations is adopted in place, "
+        "nothing lost. Prints the revisions before and after, as JSON.",
+    )
+    _common(s)
+
+    p = add("audit", "the audit log: list it, or verify its hash chain")
+    audit = p.add_subparsers(dest="audit", metavar="ACTION", required=True)
+    s = audit.add_parser(
+        "verify",
+        help="check the audit log's hash chain: exit 0 if intact, 1 naming the first broken entry",
+        description="Recompute every audit row's hash and its link to the row before, from "
+        "the first. Intact: prints the count and the head (SEQ:HASH; note it, and pass it "
+        "as --expect later to also catch rows cut off the end). Broken: exits 1 naming the "
+        "first broken entry's seq and whether it was changed or a row before it is missing.",
+    )
+    _common(s)
+    s.add_argument(
+        "--expect",
+        metavar="SEQ:HASH",
+        help="a head printed by an earlier verify: it must still be in the log, unchanged",
+    )
+    s.add_argument("--json", action="store_true", help="one JSON object instead of a line")
+    s = audit.add_parser("list", help="the audit log's newest rows, oldest first")
+    _common(s)
+    s.add_argument("--action", help="only this action (promote, rollback, acknowledge, …)")
+    s.add_argument("--limit", type=int, default=50, help="at most this many rows (50)")
+    s.add_argument("--json", action="store_true", help="one JSON array of the rows")
+
     p = add("bench", "benchmarks, printed as JSON")
     bench = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
     t = bench.add_parser("throughput", help="items/s and latency through a real broker and worker")
@@ -575,7 +619,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # every full collection and once more at exit (a tenth of a second of `moodwire stats`).
     gc.freeze()
 
-    key = args.command if args.command != "bench" else f"bench {args.bench}"
+    # A command with actions of its own (bench, store, audit) keeps the action under its name.
+    action = getattr(args, args.command, None)
+    key = f"{args.command} {action}" if isinstance(action, str) else args.command
     try:
         return COMMANDS[key](args, settings)
     except KeyboardInterrupt:

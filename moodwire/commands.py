@@ -629,3 +629,100 @@ def demo_cmd(args: argparse.Namespace, settings: Settings) -> int:
         settings,
         explicit_broker=_given(args, "bootstrap_servers"),
     )
+
+
+# -- store schema / audit log (issue 15: state-migrations) ------------------------------
+
+
+@command("store current")
+@guard
+def store_current_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from state import migrations
+    from state.store.schema import make_engine
+
+    now = migrations.current(make_engine(settings.resolved_store_url()))
+    newest = migrations.head()
+    print_json({"current": now, "head": newest, "up_to_date": now == newest})
+    return 0 if now == newest else 1
+
+
+@command("store upgrade")
+@guard
+def store_upgrade_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from state import migrations
+    from state.store.schema import make_engine
+
+    done = migrations.upgrade(make_engine(settings.resolved_store_url()))
+    log.info("store_upgraded", before=done.before, after=done.after, adopted=done.adopted)
+    print_json({"before": done.before, "after": done.after, "adopted": done.adopted})
+    return 0
+
+
+@command("audit verify")
+@guard
+def audit_verify_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from state import migrations
+    from state.store import Store
+
+    expect = _head_arg(args.expect) if args.expect else None
+    # Read only: a store behind the newest schema is not migrated (and chained) by a check.
+    store = Store(settings.resolved_store_url(), create=False)
+    now, newest = migrations.current(store.engine), migrations.head()
+    if now != newest:
+        raise UserError(
+            f"the store's schema is at {now or 'a release before migrations'}, not {newest}: "
+            "run `moodwire store upgrade` first"
+        )
+    check = store.verify_audit(expect)
+    head = f"{check.head_seq}:{check.head_hash}" if check.head_seq is not None else None
+    if args.json:
+        broken = check.broken
+        print_json(
+            {
+                "intact": check.intact,
+                "count": check.count,
+                "head": head,
+                "broken": None
+                if broken is None
+                else {
+                    "seq": broken.seq,
+                    "kind": broken.kind,
+                    "after_seq": broken.after_seq,
+                    "detail": broken.describe(),
+                },
+            }
+        )
+    elif check.broken is None:
+        print(f"audit log intact: {check.count} entries, head {head or '(empty)'}")
+    else:
+        print(f"audit log BROKEN: {check.broken.describe()}")
+    return 0 if check.intact else 1
+
+
+def _head_arg(text: str) -> tuple[int, str]:
+    seq, _, digest = text.partition(":")
+    if not seq.strip().isdigit() or len(digest.strip()) != 64:
+        raise UserError(
+            f"--expect wants SEQ:HASH as verify prints it (e.g. 12:3fa9…), not {text!r}"
+        )
+    return int(seq), digest.strip().lower()
+
+
+@command("audit list")
+@guard
+def audit_list_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from state.store import Store
+
+    rows = Store(settings.resolved_store_url()).audit_rows(action=args.action, limit=args.limit)
+    if args.json:
+        print_json(rows)
+        return 0
+    for r in rows:
+        target = f" {r['target']}" if r["target"] else ""
+        reason = f"  ({r['reason']})" if r["reason"] else ""
+        print(
+            f"{r['seq']:>6}  {r['ts'].isoformat()[:19]}  {r['actor']:<16} {r['action']}{target}{reason}"
+        )
+    if not rows:
+        print("no audit rows")
+    return 0

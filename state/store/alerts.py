@@ -41,24 +41,16 @@ class AlertsStore(StoreBase):
             "payload": alert,
             "updated_at": now,
         }
-        try:
-            with self.engine.begin() as conn:
-                have = conn.execute(
-                    sa.select(alerts.c.revision).where(alerts.c.id == row["id"])
-                ).scalar_one_or_none()
-                if have is None:
-                    conn.execute(alerts.insert().values(**row, created_at=now))
-                    return True
-                if have >= row["revision"]:
-                    return False
-                conn.execute(
-                    alerts.update()
-                    .where(alerts.c.id == row["id"], alerts.c.revision < row["revision"])
-                    .values(**row)
-                )
-                return True
-        except sa.exc.IntegrityError:  # another worker stored it in the same instant
-            return False
+        insert = self._upsert(alerts).values(**row, created_at=now)
+        # A newer revision replaces the stored one (not its acknowledgement or mute); an
+        # equal or older one changes nothing, and RETURNING then gives no row.
+        stmt = insert.on_conflict_do_update(
+            index_elements=[alerts.c.id],
+            set_={k: insert.excluded[k] for k in row if k != "id"},
+            where=alerts.c.revision < insert.excluded.revision,
+        ).returning(alerts.c.seq)
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).first() is not None
 
     def alert_rows(
         self,

@@ -16,6 +16,7 @@ from state.store.schema import (
     as_utc,
     chunks,
     decode_embeddings,
+    first_of_each,
     item_entities,
     items,
     partition_marks,
@@ -39,17 +40,19 @@ class ItemsStore(StoreBase):
         now = datetime.now(UTC)
         ids = [row["id"] for row in scored]
         with self.engine.begin() as conn:
+            # Insert what is new (ON CONFLICT DO NOTHING): the ids RETURNING gives are the
+            # rows this call wrote, even with another worker writing the same ones now.
+            batch = [dict(row, stored_at=now, published=False) for row in first_of_each(scored)]
+            written: set[str] = set()
+            if batch:
+                stmt = self._insert(items).returning(items.c.id)
+                written = set(conn.execute(stmt, batch).scalars())
+            fresh = [row for row in batch if row["id"] in written]
             before: dict[str, bool] = {}
-            for chunk in chunks(ids, 500):
+            for chunk in chunks([i for i in dict.fromkeys(ids) if i not in written], 500):
                 q = sa.select(items.c.id, items.c.published).where(items.c.id.in_(chunk))
                 before.update({r.id: bool(r.published) for r in conn.execute(q)})
-            fresh = [
-                dict(row, stored_at=now, published=False)
-                for row in scored
-                if row["id"] not in before
-            ]
             if fresh:
-                conn.execute(self._insert(items), fresh)
                 tags = [
                     {
                         "item_id": row["id"],
@@ -115,27 +118,30 @@ class ItemsStore(StoreBase):
         if not marks:
             return
         now = datetime.now(UTC)
+        insert = self._upsert(partition_marks)
+        old, new = partition_marks.c.max_ts, insert.excluded.max_ts
+        # The newer of the stored and the given event time (either may be missing).
+        newest = sa.case((new.is_(None), old), (old.is_(None), new), (new > old, new), else_=old)
+        stmt = insert.on_conflict_do_update(
+            index_elements=[partition_marks.c.topic, partition_marks.c.partition],
+            set_={
+                "max_ts": newest,
+                "caught_up": insert.excluded.caught_up,
+                "updated_at": insert.excluded.updated_at,
+            },
+        )
         with self.engine.begin() as conn:
-            for m in marks:
-                key = (partition_marks.c.topic == m["topic"]) & (
-                    partition_marks.c.partition == m["partition"]
+            for m in marks:  # one statement each: a batch may name a partition twice
+                conn.execute(
+                    stmt,
+                    {
+                        "topic": m["topic"],
+                        "partition": m["partition"],
+                        "max_ts": m.get("max_ts"),
+                        "caught_up": bool(m["caught_up"]),
+                        "updated_at": now,
+                    },
                 )
-                old = conn.execute(sa.select(partition_marks.c.max_ts).where(key)).scalar()
-                old = as_utc(old)
-                new = m.get("max_ts")
-                max_ts = max(x for x in (old, new) if x is not None) if (old or new) else None
-                values = {"max_ts": max_ts, "caught_up": bool(m["caught_up"]), "updated_at": now}
-                if conn.execute(partition_marks.update().where(key).values(**values)).rowcount:
-                    continue
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            partition_marks.insert().values(
-                                topic=m["topic"], partition=m["partition"], **values
-                            )
-                        )
-                except sa.exc.IntegrityError:  # another worker inserted it just now
-                    conn.execute(partition_marks.update().where(key).values(**values))
 
     def partition_mark_rows(self, topic: str) -> list[dict[str, Any]]:
         q = sa.select(partition_marks).where(partition_marks.c.topic == topic)

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 
 from state.store.base import StoreBase
 from state.store.schema import (
-    chunks,
+    first_of_each,
     items,
     labels,
 )
@@ -29,20 +29,13 @@ class LabelsStore(StoreBase):
     def add_labels_in(self, conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """:meth:`add_labels` inside the caller's transaction (e.g. :meth:`audited`'s)."""
         now = datetime.now(UTC)
-        known: set[str] = set()
-        for chunk in chunks([r["id"] for r in rows], 500):
-            known.update(
-                conn.execute(sa.select(labels.c.id).where(labels.c.id.in_(chunk))).scalars()
-            )
-        fresh, seen = [], set()
-        for r in rows:
-            if r["id"] in known or r["id"] in seen:
-                continue
-            seen.add(r["id"])
-            fresh.append(dict(r, received_at=now))
-        if fresh:
-            conn.execute(self._insert(labels), fresh)
-        return fresh
+        # The first of each id in this batch; RETURNING names those the store did not have.
+        batch = [dict(r, received_at=now) for r in first_of_each(rows)]
+        if not batch:
+            return []
+        stmt = self._insert(labels).returning(labels.c.id)
+        written = set(conn.execute(stmt, batch).scalars())
+        return [r for r in batch if r["id"] in written]
 
     def topic_corrections(self, after_seq: int = 0) -> list[dict[str, Any]]:
         """Analysts' topic corrections by item id, in arrival order (``seq, item_id, topic``)."""

@@ -1,8 +1,12 @@
-"""The store's tables, one schema for SQLite and PostgreSQL, and the engine that opens it."""
+"""The store's tables, one schema for SQLite and PostgreSQL, and the engine that opens it.
+
+These are the tables at the newest migration (state/migrations/versions): a change here
+needs a migration, and tests/moodwire/test_migrations.py checks that the two agree.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +108,11 @@ audit_log = sa.Table(
     sa.Column("target", sa.String(256)),
     sa.Column("reason", sa.Text),
     sa.Column("details", sa.JSON, nullable=False),
+    # The hash chain (state.audit_chain): the row before's hash, and this row's. A unique
+    # prev_hash means the chain cannot fork even if two writers slipped past the lock.
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.UniqueConstraint("prev_hash", name="uq_audit_log_prev_hash"),
 )
 
 
@@ -177,6 +186,15 @@ drift_events = sa.Table(
 )
 
 
+# Alembic's own table (state.migrations writes it): declared here so that
+# ``metadata.drop_all`` clears a store whole, and the next open builds it afresh.
+alembic_version = sa.Table(
+    "alembic_version",
+    metadata,
+    sa.Column("version_num", sa.String(32), primary_key=True),
+)
+
+
 def as_utc(dt: datetime | None) -> datetime | None:
     # SQLite hands datetimes back naive; everything in the store is UTC.
     if dt is None:
@@ -196,6 +214,18 @@ def decode_embeddings(blobs: Sequence[bytes], dim: int) -> np.ndarray:
     return (
         np.frombuffer(b"".join(blobs), dtype=np.float16).reshape(len(blobs), dim).astype(np.float32)
     )
+
+
+def first_of_each(rows: Iterable[dict[str, Any]], key: str = "id") -> list[dict[str, Any]]:
+    """The first row of each ``key``, in their order (a batch may repeat one).
+
+    >>> first_of_each([{"id": 1, "v": "a"}, {"id": 2}, {"id": 1, "v": "b"}])
+    [{'id': 1, 'v': 'a'}, {'id': 2}]
+    """
+    seen: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        seen.setdefault(row[key], row)
+    return list(seen.values())
 
 
 def chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

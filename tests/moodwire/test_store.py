@@ -130,22 +130,3 @@ def test_alerts_are_acknowledged_and_muted_by_id(store: Store) -> None:
     assert store.alert_rows()[0]["muted_until"] is not None
     store.mute_alert("al-1", None)
     assert not store.alert_muted("al-1")
-
-
-def test_a_store_made_before_new_indexes_gains_them_on_open(store: Store) -> None:
-    import sqlalchemy as sa
-
-    added = ["ix_items_ts_scores", "ix_item_entities_ts_scores"]
-    store.write_batch([_row(1)], [])
-    with store.engine.begin() as conn:
-        for name in added:
-            conn.execute(sa.text(f"DROP INDEX {name}"))
-
-    def names() -> set[str]:
-        inspector = sa.inspect(store.engine)
-        return {ix["name"] for t in ("items", "item_entities") for ix in inspector.get_indexes(t)}
-
-    assert not set(added) & names()
-    again = Store(store.url)
-    assert set(added) <= names()
-    assert again.count_items() == 1
