@@ -1,5 +1,6 @@
 """A learner's /healthz and /readyz: a standby answers and says so; the active one is ready
-once its model is loaded. Real HTTP on loopback, a real registry and a real lock file."""
+once its model is loaded (and a worker once it has a model and partitions). Real HTTP on
+loopback, a real registry and a real lock file."""
 
 from __future__ import annotations
 
@@ -157,3 +158,18 @@ def _answers(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_worker_is_ready_only_with_a_model_and_partitions() -> None:
+    from types import SimpleNamespace
+
+    from moodwire.processes.worker import worker_readiness
+
+    worker = SimpleNamespace(assigned_partitions=0, scorer=SimpleNamespace(version="v1"))
+    ready = worker_readiness(worker)
+    # One worker more than partitions: alive, but nothing to do.
+    assert ready() == (False, {"model_version": "v1", "partitions": 0})
+    worker.assigned_partitions = 2
+    assert ready() == (True, {"model_version": "v1", "partitions": 2})
+    worker.scorer.version = None
+    assert ready()[0] is False
