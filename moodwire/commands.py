@@ -72,23 +72,46 @@ def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
 @command("learner")
 @guard
 def learner_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from moodwire.processes.learner import SingleActive, build_learner
+    from moodwire.processes.learner import (
+        LearnerStatus,
+        SingleActive,
+        build_learner,
+        liveness_s,
+    )
+    from stream.health import serve_health
+    from stream.outage import Health
 
-    with stop_on_signals() as stop:
-        lock = SingleActive(settings.resolved_registry() / ".learner.lock")
-        if not lock.acquire(stop):
-            return 0
-        try:
+    health = Health("learner")
+    status = LearnerStatus(Registry(settings.resolved_registry()))
+    # Served from the start: a standby answers /healthz and /readyz (role "standby") too.
+    server = serve_health(
+        health,
+        status,
+        port=settings.metrics_port,
+        host=settings.metrics_host,
+        stale_s=liveness_s(settings),
+    )
+    try:
+        with stop_on_signals() as stop:
+            lock = SingleActive(settings.resolved_registry() / ".learner.lock")
+            if not lock.acquire(stop, on_wait=health.beat):
+                return 0
             try:
-                proc, close = build_learner(settings, progress=args.progress, stop=stop)
-            except Stopping:
-                return 0  # asked to stop while waiting for the store or the broker
-            try:
-                proc.run(stop)
+                try:
+                    proc, close = build_learner(
+                        settings, progress=args.progress, stop=stop, health=health, status=status
+                    )
+                except Stopping:
+                    return 0  # asked to stop while waiting for the store or the broker
+                try:
+                    proc.run(stop)
+                finally:
+                    close()
             finally:
-                close()
-        finally:
-            lock.release()
+                lock.release()
+    finally:
+        if server is not None:
+            server.close()
     return 0
 
 

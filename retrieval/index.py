@@ -24,9 +24,20 @@ import math
 import os
 from pathlib import Path
 
-import faiss
 import numpy as np
 import structlog
+
+try:
+    import faiss
+except ModuleNotFoundError as exc:  # neither FAISS build is installed
+    if exc.name != "faiss":
+        raise
+    raise ModuleNotFoundError(
+        "faiss is not installed: install Moodwire with one of its FAISS extras, "
+        "`pip install 'moodwire[cpu]'` (any machine) or `pip install 'moodwire[gpu]'` "
+        "(a CUDA 12 host), never both: they provide the same `faiss` module",
+        name="faiss",
+    ) from exc
 
 log = structlog.get_logger(__name__)
 

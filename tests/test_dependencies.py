@@ -21,9 +21,9 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # module, the benchmark-only libraries by the benchmarks (tests may import any of them).
 EXTRA_PLACES = {"broker": ("stream/broker.py",), "bench": ("moodwire/bench/",)}
 # Declared but reached through another library, not imported: psycopg is SQLAlchemy's
-# PostgreSQL driver, faiss-gpu provides the same `faiss` module as faiss-cpu; and the
+# PostgreSQL driver, faiss-gpu-cu12 provides the same `faiss` module as faiss-cpu; and the
 # development tools that scripts/test.sh runs as commands or pytest loads as a plugin.
-NOT_IMPORTED = {"psycopg", "faiss-gpu", "ruff", "import-linter", "pytest-timeout"}
+NOT_IMPORTED = {"psycopg", "faiss-gpu-cu12", "ruff", "import-linter", "pytest-timeout"}
 
 
 def _norm(name: str) -> str:

@@ -108,11 +108,19 @@ class SingleActive:
         self.path = path
         self._fd: int | None = None
 
-    def acquire(self, stop: threading.Event, poll_s: float = 1.0) -> bool:
+    def acquire(
+        self,
+        stop: threading.Event,
+        poll_s: float = 1.0,
+        on_wait: Callable[[], None] | None = None,
+    ) -> bool:
+        """Wait for the lock until ``stop``; ``on_wait`` runs at every try (a standby's beat)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         waiting_logged = False
         while not stop.is_set():
+            if on_wait is not None:
+                on_wait()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -133,6 +141,38 @@ class SingleActive:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+class LearnerStatus:
+    """What a learner's ``/readyz`` says, from before it holds the lock to when it learns.
+
+    * ``standby`` — another learner holds the lock; ready while a version serves in the
+      registry (it can take over: nothing to bootstrap first).
+    * ``starting`` — it holds the lock and waits for the store, the broker or its model:
+      not ready.
+    * ``active`` — it holds the lock and its model is loaded: ready (while every
+      dependency answers, which the health server adds).
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.role = "standby"
+        self.proc: LearnerProcess | None = None
+
+    def __call__(self) -> tuple[bool, dict[str, Any]]:
+        if self.proc is not None:
+            return True, {"role": "active", "model_version": self.proc.learner.version}
+        if self.role == "standby":
+            serving = self.registry.serving()
+            return serving is not None, {"role": "standby", "serving": serving}
+        return False, {"role": self.role}
+
+
+def liveness_s(settings: Settings) -> float:
+    """How long ``/healthz`` may go without a beat: the loop does not beat while a candidate
+    trains, so the training budget (an hour when unbounded) comes on top of two minutes."""
+    budget = settings.learner.time_budget_s
+    return 120.0 + (budget if budget is not None else 3600.0)
 
 
 class LearnerProcess:
@@ -623,14 +663,27 @@ def _gate_log(outcome: Outcome) -> dict[str, Any]:
 
 
 def build_learner(
-    settings: Settings, *, progress: bool = False, stop: threading.Event | None = None
+    settings: Settings,
+    *,
+    progress: bool = False,
+    stop: threading.Event | None = None,
+    health: Health | None = None,
+    status: LearnerStatus | None = None,
 ) -> tuple[LearnerProcess, Callable[[], None]]:
-    """A ready learner process and the function that closes what it opened."""
+    """A ready learner process and the function that closes what it opened.
+
+    Given ``health`` and ``status`` (``moodwire learner`` serves them from before it
+    holds the lock), the learner reports through them and opens no health server of
+    its own; without them it serves one on ``MOODWIRE_METRICS_PORT`` once it is built.
+    """
     from moodwire.processes.worker import wait_for
     from stream.clients import ensure_topics, make_consumer, make_producer
 
-    health = Health("learner")
+    own_server = status is None
+    health = health or Health("learner")
     registry = Registry(settings.resolved_registry())
+    status = status or LearnerStatus(registry)
+    status.role = "starting"
     registry.reap_incoming()  # what a learner killed mid-write left (this one holds the lock)
     store = wait_for("store", lambda: Store(settings.resolved_store_url()), health, stop, settings)
     topics = settings.topics
@@ -668,10 +721,18 @@ def build_learner(
         publisher.close()
         raise
 
-    def ready() -> tuple[bool, dict]:
-        return True, {"model_version": proc.learner.version}
-
-    server = serve_health(health, ready, port=settings.metrics_port, host=settings.metrics_host)
+    status.proc, status.role = proc, "active"
+    server = (
+        serve_health(
+            health,
+            status,
+            port=settings.metrics_port,
+            host=settings.metrics_host,
+            stale_s=liveness_s(settings),
+        )
+        if own_server
+        else None
+    )
 
     def close() -> None:
         consumer.close(autocommit=False)
