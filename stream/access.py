@@ -33,15 +33,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import structlog
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from state.store import Store
 from stream.config import ROLES, SignInPolicy
 from stream.errors import NotAllowed
-
-log = structlog.get_logger(__name__)
 
 # Each action and the least role that may do it.
 ACTIONS: dict[str, str] = {
@@ -285,7 +282,6 @@ def sign_in(
             {"client": client, "known_user": user is not None},
         ) as conn:
             store.add_sign_in_failure_in(conn, user_name, client)
-        log.warning("sign_in_failed", user=user_name, client=client)
         raise NotAllowed("wrong user name or password")
     if _hasher.check_needs_rehash(user["password_hash"]):
         with store.engine.begin() as conn:
