@@ -329,7 +329,7 @@ def add_user(
     hashed = hash_password(password) if password is not None else None
     email = email.strip().lower() if email else None
     if store.user(name) is not None:
-        raise InvalidCredential(f"there is already a user {name!r}")
+        raise InvalidCredential(f"a user {name!r} exists already")
     if email and store.user_by_email(email) is not None:
         raise InvalidCredential(f"another user has the e-mail {email}")
     with store.audited(by.actor, "user_add", name, None, {"role": role, "email": email}) as conn:
@@ -344,7 +344,7 @@ def remove_user(store: Store, by: Principal, name: str) -> dict[str, Any]:
         raise InvalidCredential(f"{name} is the last admin: make another admin first")
     with store.audited(by.actor, "user_remove", name, None, {}) as conn:
         if not store.remove_user_in(conn, name):
-            raise InvalidCredential(f"no user {name!r}")  # rolls the audit row back
+            raise InvalidCredential(f"no user {name!r} in the store")  # rolls the audit row back
     return {"removed": name}
 
 
@@ -355,7 +355,7 @@ def set_role(store: Store, by: Principal, name: str, role: str) -> dict[str, Any
         raise InvalidCredential(f"{name} is the last admin: make another admin first")
     with store.audited(by.actor, "user_set_role", name, None, {"role": role}) as conn:
         if not store.update_user_in(conn, name, role=role):
-            raise InvalidCredential(f"no user {name!r}")
+            raise InvalidCredential(f"no user {name!r} in the store")
     return {"user": name, "role": role}
 
 
@@ -365,6 +365,6 @@ def set_password(store: Store, by: Principal, name: str, password: str) -> dict[
     hashed = hash_password(password)
     with store.audited(by.actor, "user_set_password", name, None, {}) as conn:
         if not store.update_user_in(conn, name, password_hash=hashed):
-            raise InvalidCredential(f"no user {name!r}")
+            raise InvalidCredential(f"no user {name!r} in the store")
     store.clear_sign_in_failures(name)
     return {"user": name, "password": "changed"}
