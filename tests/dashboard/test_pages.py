@@ -147,6 +147,16 @@ def test_without_sign_in_the_password_form_shows_and_no_action_does(env: Setting
     assert not {"Roll back", "Approve / promote", "Retrain now"} & set(_labels(at))
 
 
+def test_a_required_sign_in_hides_every_page_until_then(
+    env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOODWIRE_ACCESS__REQUIRE_SIGN_IN", "true")
+    at = _open(PAGES[0])
+    assert not at.title and any("Sign in (sidebar)" in i.value for i in at.info)
+    _sign_in(at, "vera")
+    assert [t.value for t in at.title] == ["Overview"]
+
+
 def test_a_wrong_password_is_refused_and_audited(env: Settings) -> None:
     store = Store(env.resolved_store_url())
     at = _sign_in(_open(PAGES[0]), "dana", "not-the-password")
