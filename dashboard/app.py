@@ -51,4 +51,5 @@ def main(ctx: context.DashboardContext) -> None:
     ]
     page = st.navigation(pages)
     ui.sign_in()
+    ui.require_sign_in()
     ui.survive_outages(page.run)()

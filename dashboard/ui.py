@@ -1,4 +1,4 @@
-"""Pieces every page shares: the sidebar's time range and the operator sign-in."""
+"""Pieces every page shares: the sidebar's time range and the sign-in."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from dashboard import context, data
-from stream import operations
+from stream import access
+from stream.access import Principal
 from stream.errors import NotAllowed
 from stream.outage import is_outage
 
@@ -86,31 +87,122 @@ def live_toggle() -> int | None:
     return 10 if on else None
 
 
-def sign_in() -> None:
-    """Name and credential for state-changing actions (viewing needs neither)."""
+PRINCIPAL = "moodwire_principal"  # session state only: never a widget's key
+
+
+def principal() -> Principal | None:
+    """Who signed in to this session, or None."""
+    who = st.session_state.get(PRINCIPAL)
+    return who if isinstance(who, Principal) else None
+
+
+def can(action: str) -> bool:
+    """Whether to show ``action``'s controls (the action checks the role again itself)."""
+    who = principal()
+    return who is not None and who.can(action)
+
+
+def _client() -> str:
+    """Who is asking, for the lock-out: the connection's address (a proxy's, behind one)."""
+    try:
+        ip = st.context.ip_address
+    except Exception:  # noqa: BLE001 - no request context (bare mode, tests)
+        ip = None
+    return f"ip:{ip}" if ip else "ip:unknown"
+
+
+def oidc_configured() -> bool:
+    """Whether Streamlit's ``[auth]`` secrets are set, so ``st.login`` can be offered."""
+    try:
+        return "auth" in st.secrets
+    except Exception:  # noqa: BLE001 - no secrets file at all
+        return False
+
+
+def _oidc_sign_in() -> None:
+    """Offer the OIDC provider; once it has answered, map its e-mail to a Moodwire user."""
+    user = st.user
+    if not user.is_logged_in:
+        st.button("Sign in with your organisation", key="oidc_login", on_click=st.login)
+        return
+    store = data.get_store(store_url())
+    try:
+        who = access.oidc_principal(
+            store, user.get("email"), verified=user.get("email_verified", True)
+        )
+    except NotAllowed as exc:
+        st.error(f"Refused: {exc}")
+        st.button("Sign out of the provider", key="oidc_logout", on_click=st.logout)
+        return
+    store.audit(who.name, "sign_in", who.name, None, {"client": _client(), "via": "oidc"})
+    st.session_state[PRINCIPAL] = who
+
+
+def sign_in() -> Principal | None:
+    """The sidebar's sign-in (user name and password; OIDC where configured) or who is in."""
     with st.sidebar:
-        st.subheader("Operator")
-        st.text_input("Your name (for the audit log)", key="actor")
-        st.text_input("Operator credential", type="password", key="token")
-        if context.current().operations.operator_token is None:
-            st.caption("Actions are disabled: no MOODWIRE_OPERATOR_TOKEN is configured.")
-        else:
-            st.caption("Viewing needs nothing; every action asks for the credential.")
+        who = principal()
+        if who is not None:
+            st.subheader("Signed in")
+            st.caption(f"{md(who.name)} · {who.role}")
+            if st.button("Sign out", key="sign_out"):
+                del st.session_state[PRINCIPAL]
+                if who.via == "oidc":
+                    st.logout()
+                st.rerun()
+            return who
+        st.subheader("Sign in")
+        if oidc_configured():
+            _oidc_sign_in()
+            if principal() is not None:
+                st.rerun()
+        with st.form("sign_in_form", clear_on_submit=True):
+            name = st.text_input("User name", key="sign_in_name")
+            password = st.text_input("Password", type="password", key="sign_in_password")
+            submitted = st.form_submit_button("Sign in")
+        if submitted:
+            ctx = context.current()
+            try:
+                who = access.sign_in(
+                    data.get_store(ctx.store_url),
+                    name,
+                    password,
+                    client=_client(),
+                    policy=ctx.operations.sign_in,
+                )
+            except NotAllowed as exc:
+                st.error(f"Refused: {exc}.")
+                return None
+            st.session_state[PRINCIPAL] = who
+            st.rerun()
+        st.caption("Viewing needs no role; each action needs one (ask an admin).")
+    return None
+
+
+def require_sign_in() -> None:
+    """Stop the page here unless someone signed in (``MOODWIRE_ACCESS__REQUIRE_SIGN_IN``)."""
+    if context.current().operations.sign_in.required and principal() is None:
+        st.info("Sign in (sidebar) to see Moodwire.", icon=":material/lock:")
+        st.stop()
 
 
 def act(action: Any, *args: Any, success: str, **kwargs: Any) -> Any:
-    """Run a state-changing ``action`` if the credential checks out; report either way.
+    """Run a state-changing ``action`` as the signed-in user; report either way.
 
+    The action itself checks the user's role in the store before it writes
+    anything (``stream.operations``); the audit log names the signed-in user.
     Returns the action's result, or None when it was refused or failed.
     """
     config = context.current().operations
+    who = principal()
     try:
-        operations.check_credential(config, st.session_state.get("token"))
-        result = action(config, *args, actor=st.session_state.get("actor") or "", **kwargs)
+        if who is None:
+            raise NotAllowed("sign in first")
+        result = action(config, *args, by=who, **kwargs)
     except NotAllowed as exc:
-        st.error(f"Refused: {exc}. Enter the operator credential in the sidebar.")
+        st.error(f"Refused: {exc}.")
         return None
-    except Exception as exc:  # noqa: BLE001 - shown to the operator, nothing else to do
+    except Exception as exc:  # noqa: BLE001 - shown to the user, nothing else to do
         st.error(f"Failed: {exc}")
         return None
     st.cache_data.clear()  # what the action changed shows at once

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from moodwire import __version__
+from moodwire import __version__, usercommands
 from moodwire.cmdkit import COMMANDS, UserError
 from moodwire.logs import configure_logging
 from moodwire.settings import Settings
@@ -43,10 +43,9 @@ settings (environment, overridden by flags):
   MOODWIRE_REGISTRY           model registry directory        (DATA_DIR/registry)
   MOODWIRE_DATA_DIR           where state lives by default    (./moodwire-data)
   MOODWIRE_DEVICE             auto | cpu | cuda[:N]           (auto)
-  MOODWIRE_OPERATOR_TOKEN     the operator credential for dashboard and CLI actions
-                              (unset: actions disabled)
-  MOODWIRE_CREDENTIAL         the credential a CLI action presents (else --credential-file,
-                              else a prompt on a terminal)
+  MOODWIRE_USER               the Moodwire user a CLI action runs as (default: your login)
+  MOODWIRE_CREDENTIAL         that user's password (else --credential-file, else a prompt
+                              on a terminal); users: `moodwire users add NAME --role ROLE`
 """
 
 
@@ -77,15 +76,20 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _operator_args(p: argparse.ArgumentParser) -> None:
-    """Flags of an operator action: why, who, and the credential it presents."""
+    """Flags of an operator action: why, and the user (with its password) it runs as."""
     p.add_argument("--reason", default="", help="why: written to the audit log")
-    p.add_argument("--actor", default=None, help="who, for the audit log (default: your login)")
+    p.add_argument(
+        "--user",
+        default=None,
+        help="the Moodwire user to act as, written to the audit log (default: MOODWIRE_USER, "
+        "else your login name); needs the operator role",
+    )
     p.add_argument(
         "--credential-file",
         type=Path,
         metavar="PATH",
-        help="file holding the operator credential (MOODWIRE_OPERATOR_TOKEN); default: "
-        "MOODWIRE_CREDENTIAL, else a prompt when stdin is a terminal",
+        help="file holding that user's password; default: MOODWIRE_CREDENTIAL, else a prompt "
+        "when stdin is a terminal",
     )
 
 
@@ -192,9 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
         "dashboard",
         "serve the Streamlit dashboard: trends, alerts, drift & models, explore",
         "Serve the dashboard over the store (MOODWIRE_STORE_URL), the index and the registry. "
-        "Viewing needs nothing; retrain, promote, roll back, acknowledge, mute and label "
-        "corrections ask for the operator credential (MOODWIRE_OPERATOR_TOKEN) and are "
-        "written to the audit log with who and why. Ctrl-C stops it.",
+        "Users sign in with their name and password (`moodwire users add`; or OIDC where "
+        "Streamlit's [auth] secrets are set); their role decides the actions shown and each "
+        "action checks it again: analysts correct labels, operators retrain, promote, roll "
+        "back, acknowledge and mute. Every action is written to the audit log with who and "
+        "why. Ctrl-C stops it.",
     )
     p.add_argument("--port", type=int, default=8501, help="port to listen on (8501)")
     p.add_argument(
@@ -206,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ask the active learner to train a candidate now (operator action)",
         "Publish a retrain command on `moodwire.control` and write it to the audit log. The "
         "learner trains as soon as it has MOODWIRE_LEARNER__MIN_NEW_LABELS fresh labels. "
-        "Needs the operator credential.",
+        "Needs a user with the operator role.",
     )
     _operator_args(p)
 
@@ -307,15 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
         "serve a version (operator action)",
         "Verify the version's checksums, write the promotion to the audit log and switch the "
         "serving pointer in one step (if the audit row cannot be written, nothing changes). "
-        "Needs the operator credential.",
+        "Needs a user with the operator role.",
     )
     p.add_argument("version", help="the version to serve, e.g. v3 (see `moodwire models`)")
     _operator_args(p)
     p = add(
         "rollback",
         "serve the previously serving version (operator action)",
-        "Like promote, for the version that served before the current one. Needs the "
-        "operator credential.",
+        "Like promote, for the version that served before the current one. Needs a user "
+        "with the operator role.",
     )
     _operator_args(p)
 
@@ -360,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--action", help="only this action (promote, rollback, acknowledge, …)")
     s.add_argument("--limit", type=int, default=50, help="at most this many rows (50)")
     s.add_argument("--json", action="store_true", help="one JSON array of the rows")
+    usercommands.add_parsers(sub, _common)
 
     p = add("bench", "benchmarks, printed as JSON")
     bench = p.add_subparsers(dest="bench", metavar="BENCH", required=True)

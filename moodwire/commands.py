@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -20,6 +21,9 @@ from moodwire.cmdkit import UserError, command, guard, print_json, stop_on_signa
 from moodwire.settings import Settings
 from state.registry import Registry, RegistryError
 from stream.errors import BrokerError, Stopping
+
+if TYPE_CHECKING:  # stream.access (argon2, the store) is imported by the commands that sign in
+    from stream.access import Principal
 
 log = structlog.get_logger("moodwire")
 
@@ -120,12 +124,9 @@ def learner_cmd(args: argparse.Namespace, settings: Settings) -> int:
 def retrain_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from stream import operations
 
-    _require_operator(args, settings)
-    actor = args.actor or getpass.getuser()
+    by = _signed_in(args, settings)
     with _audit_log_errors():
-        print_json(
-            operations.request_retrain(settings.operations(), actor=actor, reason=args.reason)
-        )
+        print_json(operations.request_retrain(settings.operations(), by=by, reason=args.reason))
     return 0
 
 
@@ -354,11 +355,10 @@ def _proof_problem(registry: Registry, version: str, settings: Settings) -> str 
 def promote_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from stream import operations
 
-    _require_operator(args, settings)
-    actor = args.actor or getpass.getuser()
+    by = _signed_in(args, settings)
     with _audit_log_errors(" (the serving version is unchanged)"):
         print_json(
-            operations.promote(settings.operations(), args.version, actor=actor, reason=args.reason)
+            operations.promote(settings.operations(), args.version, by=by, reason=args.reason)
         )
     return 0
 
@@ -368,39 +368,53 @@ def promote_cmd(args: argparse.Namespace, settings: Settings) -> int:
 def rollback_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from stream import operations
 
-    _require_operator(args, settings)
-    actor = args.actor or getpass.getuser()
+    by = _signed_in(args, settings)
     with _audit_log_errors(" (the serving version is unchanged)"):
-        print_json(operations.rollback(settings.operations(), actor=actor, reason=args.reason))
+        print_json(operations.rollback(settings.operations(), by=by, reason=args.reason))
     return 0
 
 
-def _require_operator(args: argparse.Namespace, settings: Settings) -> None:
-    """Refuse an operator action without the operator credential, as the dashboard does.
+def _signed_in(args: argparse.Namespace, settings: Settings) -> Principal:
+    """The Moodwire user an operator action runs as, signed in as the dashboard does.
 
-    The credential presented is the file ``--credential-file`` names, else
-    ``MOODWIRE_CREDENTIAL``, else a prompt when stdin is a terminal.
+    The user is ``--user``, else ``MOODWIRE_USER``, else your login name; the
+    password is the file ``--credential-file`` names, else ``MOODWIRE_CREDENTIAL``,
+    else a prompt when stdin is a terminal. Failures count towards the same
+    lock-out as the dashboard's. The action then checks the user's role.
     """
-    from stream.operations import check_credential
+    from state.store import Store
+    from stream.access import sign_in
 
+    # Read here, at the entry point: a credential is presented per command, not a setting.
+    name = args.user or os.environ.get("MOODWIRE_USER") or getpass.getuser()
+    password = _presented_credential(args, name)
+    if password is None:
+        raise UserError(
+            f"this action needs {name}'s password: --credential-file, MOODWIRE_CREDENTIAL, "
+            "or run it on a terminal to be asked"
+        )
     config = settings.operations()
-    if config.operator_token is None:
-        check_credential(config, None)  # refused, with the dashboard's message
-    check_credential(config, _presented_credential(args))
+    with _audit_log_errors():
+        return sign_in(
+            Store(config.store_url),
+            name,
+            password,
+            client=f"cli:{getpass.getuser()}",
+            policy=config.sign_in,
+        )
 
 
-def _presented_credential(args: argparse.Namespace) -> str | None:
+def _presented_credential(args: argparse.Namespace, name: str) -> str | None:
     if args.credential_file is not None:
         try:
-            return args.credential_file.read_text(encoding="utf-8").strip()
+            return args.credential_file.read_text(encoding="utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"--credential-file {args.credential_file}: {exc}") from None
-    # Read here, at the entry point: a credential is presented per command, not a setting.
     presented = os.environ.get("MOODWIRE_CREDENTIAL")
     if presented:
         return presented
     if sys.stdin is not None and sys.stdin.isatty():
-        return getpass.getpass("operator credential: ")
+        return getpass.getpass(f"{name}'s Moodwire password: ")
     return None
 
 

@@ -122,6 +122,25 @@ def bootstrap_demo_model(settings: Settings, n: int = 600, progress: bool = True
     return version
 
 
+DEMO_OPERATOR = "operator"
+
+
+def demo_operator(settings: Settings) -> tuple[str, str]:
+    """The demo's operator user, with a new generated password each run (printed once)."""
+    from state.store import Store
+    from stream import access
+
+    store = Store(settings.resolved_store_url())
+    password = secrets.token_urlsafe(12)  # 16 characters
+    by = access.os_principal()
+    if store.user(DEMO_OPERATOR) is None:
+        access.add_user(store, by, DEMO_OPERATOR, "operator", password)
+    else:
+        access.set_role(store, by, DEMO_OPERATOR, "operator")
+        access.set_password(store, by, DEMO_OPERATOR, password)
+    return DEMO_OPERATOR, password
+
+
 def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: bool) -> int:
     from moodwire.cmdkit import stop_on_signals
     from state.store import Store
@@ -154,12 +173,11 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
                 _say(f"broker      {settings.bootstrap_servers} (embedded Tansu, in memory)")
 
             # 2. The dashboard first: it shows the set-up's progress and then the live stream.
-            if settings.operator_token is None:
-                settings = settings.with_overrides(operator_token=secrets.token_urlsafe(12))
-                _say(
-                    f"operator    token {settings.operator_token.get_secret_value()} "
-                    "(this run's credential for the dashboard's actions)"
-                )
+            name, password = demo_operator(settings)
+            _say(
+                f"operator    user {name}, password {password} "
+                "(this run's sign-in for the dashboard's actions)"
+            )
             if not args.headless:
                 from moodwire.serve_dashboard import dashboard_argv
 

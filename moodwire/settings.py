@@ -27,13 +27,37 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from learner.config import LearnerConfig
 from stream.alerts import AlertConfig
-from stream.config import KafkaConfig, KafkaSecurity, OperationsConfig, Topics, WorkerConfig
+from stream.config import (
+    KafkaConfig,
+    KafkaSecurity,
+    OperationsConfig,
+    SignInPolicy,
+    Topics,
+    WorkerConfig,
+)
 from stream.validate import Limits
+
+
+# -- access control: named users and roles (users live in the store: `moodwire users`) --
+class AccessSettings(BaseModel):
+    """The lock-out of failed sign-ins (MOODWIRE_ACCESS__MAX_FAILURES, …)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_failures: int = Field(5, ge=1, description="failed sign-ins per user name in the window")
+    max_client_failures: int = Field(20, ge=1, description="failed sign-ins per client")
+    window_s: float = Field(900.0, gt=0, le=86_400, description="seconds the failures count")
+    require_sign_in: bool = False  # true: the dashboard shows nothing before a sign-in
+
+    def policy(self) -> SignInPolicy:
+        return SignInPolicy(
+            self.max_failures, self.max_client_failures, self.window_s, self.require_sign_in
+        )
 
 
 class Settings(BaseSettings):
@@ -122,7 +146,7 @@ class Settings(BaseSettings):
     retry_max_s: float = Field(30.0, gt=0, le=600)
 
     # Operations
-    operator_token: SecretStr | None = None
+    access: AccessSettings = AccessSettings()  # access control (see AccessSettings)
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -143,14 +167,6 @@ class Settings(BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"webhook_url must start with http:// or https://, got {v[:40]!r}")
         return v.strip()
-
-    @field_validator("operator_token", mode="before")
-    @classmethod
-    def _token_set_or_none(cls, v: object) -> object:
-        # Set empty (compose's ${VAR:-}) means unset: the dashboard is view-only.
-        if v is None or (isinstance(v, str) and not v.strip()):
-            return None
-        return v
 
     @field_validator("store_url", mode="before")
     @classmethod
@@ -200,8 +216,8 @@ class Settings(BaseSettings):
         for name, value in dataclasses.asdict(self.learner).items():
             if value is not None:
                 env[f"MOODWIRE_LEARNER__{name.upper()}"] = str(value)
-        if self.operator_token is not None:
-            env["MOODWIRE_OPERATOR_TOKEN"] = self.operator_token.get_secret_value()
+        for name, value in self.access.model_dump().items():
+            env[f"MOODWIRE_ACCESS__{name.upper()}"] = str(value)
         return env
 
     def kafka_config(self) -> KafkaConfig:
@@ -224,7 +240,7 @@ class Settings(BaseSettings):
             kafka=self.kafka_config(),
             topics=self.topics,
             partitions=self.partitions,
-            operator_token=self.operator_token,
+            sign_in=self.access.policy(),
         )
 
     def limits(self) -> Limits:

@@ -193,6 +193,26 @@ class WorkerConfig:
     retry_max_s: float = 30.0
 
 
+# Access control's roles, each with the rights of those before it (see stream/access.py).
+ROLES = ("viewer", "analyst", "operator", "admin")
+
+
+@dataclass(frozen=True)
+class SignInPolicy:
+    """The lock-out of failed sign-ins (``stream.access``), counted in the store.
+
+    ``max_failures`` failures for one user name, or ``max_client_failures`` from
+    one client, within ``window_s`` seconds refuse further sign-ins (the right
+    password too) until the oldest of them is ``window_s`` old. ``required``:
+    the dashboard shows nothing until someone signs in (else viewing needs none).
+    """
+
+    max_failures: int = 5
+    max_client_failures: int = 20
+    window_s: float = 900.0
+    required: bool = False
+
+
 @dataclass(frozen=True)
 class OperationsConfig:
     """Where an operator's actions land: the store, the registry, the control and label topics."""
@@ -202,4 +222,4 @@ class OperationsConfig:
     kafka: KafkaConfig
     topics: Topics = Topics()
     partitions: int = 4
-    operator_token: SecretStr | None = None
+    sign_in: SignInPolicy = SignInPolicy()

@@ -5,13 +5,14 @@ in the same step as its effect (audit first): the audit row is inserted in a
 transaction, the effect happens inside it, then it commits. A failed audit
 write means no effect; a serving-pointer switch whose audit row cannot be
 committed is put back (:func:`audited_switch`). Both the dashboard and the
-command line ask for the operator credential first (:func:`check_credential`).
+command line name a :class:`~stream.access.Principal`: each action re-reads its role
+from the store and refuses, before anything is written, unless that role may do it
+(``stream.access``: viewer, analyst, operator, admin).
 Nothing here imports training code: the dashboard must stay light.
 """
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,46 +23,19 @@ import structlog
 
 from state.registry import Registry
 from state.store import Store
+from stream.access import Principal, authorise
 from stream.config import OperationsConfig
 from stream.errors import NotAllowed
 
 log = structlog.get_logger(__name__)
 
 
-def check_credential(config: OperationsConfig, token: str | None) -> None:
-    """Refuse unless ``token`` is the configured ``MOODWIRE_OPERATOR_TOKEN``.
-
-    >>> from pathlib import Path
-    >>> from pydantic import SecretStr
-    >>> from stream.config import KafkaConfig
-    >>> kafka = KafkaConfig("127.0.0.1:9092")
-    >>> c = OperationsConfig("sqlite://", Path("reg"), kafka, operator_token=SecretStr("s3cret"))
-    >>> check_credential(c, "s3cret")
-    >>> check_credential(c, "guess")
-    Traceback (most recent call last):
-    ...
-    stream.errors.NotAllowed: wrong operator credential
-    >>> check_credential(OperationsConfig("sqlite://", Path("reg"), kafka), "anything")
-    Traceback (most recent call last):
-    ...
-    stream.errors.NotAllowed: no operator credential is configured (set MOODWIRE_OPERATOR_TOKEN): actions are disabled
-    """
-    if config.operator_token is None:
-        raise NotAllowed(
-            "no operator credential is configured (set MOODWIRE_OPERATOR_TOKEN): actions are disabled"
-        )
-    if not token:
-        raise NotAllowed("this action needs the operator credential")
-    expected = config.operator_token.get_secret_value().encode()
-    if not hmac.compare_digest(expected, token.encode()):
-        raise NotAllowed("wrong operator credential")
-
-
-def _actor(actor: str) -> str:
-    actor = (actor or "").strip()
-    if not actor:
-        raise ValueError("say who you are: the audit log records every action's actor")
-    return actor[:256]
+def _authorised(config: OperationsConfig, by: Principal, action: str) -> tuple[Store, str]:
+    """The store, and ``by``'s audit actor once the store says its role may do ``action``."""
+    if not isinstance(by, Principal):
+        raise NotAllowed(f"{action} needs a signed-in user")
+    store = Store(config.store_url)
+    return store, authorise(store, by, action).actor
 
 
 @contextmanager
@@ -179,13 +153,12 @@ def _announce(config: OperationsConfig, action: str, version: str, actor: str, r
 
 
 def promote(
-    config: OperationsConfig, version: str, *, actor: str, reason: str = ""
+    config: OperationsConfig, version: str, *, by: Principal, reason: str = ""
 ) -> dict[str, Any]:
     """Serve ``version``; audited in the same step, then announced on ``moodwire.control``."""
-    actor = _actor(actor)
+    store, actor = _authorised(config, by, "promote")
     registry = Registry(config.registry)
     registry.verify(version)  # refused before anything is written
-    store = Store(config.store_url)
     reconcile_serving(store, registry)  # never build on a switch that was not audited
     previous = registry.serving()
     with audited_switch(
@@ -202,11 +175,10 @@ def promote(
     return {"serving": version, "previous": previous}
 
 
-def rollback(config: OperationsConfig, *, actor: str, reason: str = "") -> dict[str, Any]:
+def rollback(config: OperationsConfig, *, by: Principal, reason: str = "") -> dict[str, Any]:
     """Serve the previously serving version; audited in the same step, then announced."""
-    actor = _actor(actor)
+    store, actor = _authorised(config, by, "rollback")
     registry = Registry(config.registry)
-    store = Store(config.store_url)
     reconcile_serving(store, registry)  # never build on a switch that was not audited
     current, target = registry.rollback_target()
     registry.verify(target)
@@ -224,7 +196,7 @@ def rollback(config: OperationsConfig, *, actor: str, reason: str = "") -> dict[
     return {"serving": target, "previous": current}
 
 
-def request_retrain(config: OperationsConfig, *, actor: str, reason: str = "") -> dict[str, Any]:
+def request_retrain(config: OperationsConfig, *, by: Principal, reason: str = "") -> dict[str, Any]:
     """Ask the active learner to train a candidate now.
 
     The audit row is inserted, the command published and acknowledged by the
@@ -233,9 +205,8 @@ def request_retrain(config: OperationsConfig, *, actor: str, reason: str = "") -
     """
     from stream.schemas import ControlMessage
 
-    actor = _actor(actor)
+    store, actor = _authorised(config, by, "retrain")
     msg = ControlMessage(action="retrain", actor=actor, reason=reason or None)
-    store = Store(config.store_url)
     topic = config.topics.control
     with _producer(config, topic) as producer:
         sent = False
@@ -261,7 +232,7 @@ def correct(
     config: OperationsConfig,
     item_id: str,
     *,
-    actor: str,
+    by: Principal,
     label: str | None = None,
     topic: str | None = None,
     reason: str = "",
@@ -277,10 +248,9 @@ def correct(
     """
     from stream.schemas import LabelMessage, label_row
 
-    actor = _actor(actor)
+    store, actor = _authorised(config, by, "correct")
     if label is None and topic is None:
         raise ValueError("a correction needs a label or a topic")
-    store = Store(config.store_url)
     if store.get_item(item_id) is None:
         raise ValueError(f"no item {item_id!r} in the store")
     msg = LabelMessage(item_id=item_id, label=label, topic=topic, source="analyst", annotator=actor)
@@ -307,24 +277,24 @@ def correct(
     return {"item_id": item_id, "label": label, "topic": topic, "label_id": row["id"]}
 
 
-def acknowledge(config: OperationsConfig, alert_id: str, *, actor: str, reason: str = "") -> None:
+def acknowledge(
+    config: OperationsConfig, alert_id: str, *, by: Principal, reason: str = ""
+) -> None:
     """Mark an alert seen; the mark and its audit row are one transaction."""
-    actor = _actor(actor)
-    store = Store(config.store_url)
+    store, actor = _authorised(config, by, "acknowledge")
     with store.audited(actor, "acknowledge", alert_id, reason or None, {}) as conn:
         if not store.acknowledge_alert_in(conn, alert_id, actor):
             raise ValueError(f"no alert {alert_id!r}")  # rolls the audit row back
 
 
 def mute(
-    config: OperationsConfig, alert_id: str, *, hours: float, actor: str, reason: str = ""
+    config: OperationsConfig, alert_id: str, *, hours: float, by: Principal, reason: str = ""
 ) -> datetime:
     """Hide an alert's episode for ``hours``; the mute and its audit row are one transaction."""
-    actor = _actor(actor)
+    store, actor = _authorised(config, by, "mute")
     if not 0 < hours <= 24 * 30:
         raise ValueError("mute for between a minute and 30 days")
     until = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=hours)
-    store = Store(config.store_url)
     with store.audited(
         actor, "mute", alert_id, reason or None, {"until": until.isoformat()}
     ) as conn:

@@ -323,3 +323,17 @@ def clean_env(data_dir: Path, **moodwire: str) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         **{f"MOODWIRE_{k.upper()}": v for k, v in moodwire.items()},
     }
+
+
+OPERATOR_PASSWORD = "integration-operator-password"
+
+
+def operator_env(store_url: str, name: str = "alice") -> dict[str, str]:
+    """An operator user in the store (made once) and the environment a CLI action runs
+    as it with, as an operator's shell would."""
+    from stream import access
+
+    store = Store(store_url)
+    if store.user(name) is None:
+        access.add_user(store, access.os_principal(), name, "operator", OPERATOR_PASSWORD)
+    return {"MOODWIRE_USER": name, "MOODWIRE_CREDENTIAL": OPERATOR_PASSWORD}

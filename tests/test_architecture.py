@@ -137,9 +137,10 @@ LIGHT = [
     ["stats"],
     ["alerts"],
     ["models"],
-    ["promote", "v404", "--actor", "ann"],
-    ["rollback", "--actor", "ann"],
-    ["retrain", "--actor", "ann"],
+    ["promote", "v404", "--user", "ann"],
+    ["rollback", "--user", "ann"],
+    ["retrain", "--user", "ann"],
+    ["users", "list"],
 ]
 
 _PROBE = """
@@ -163,8 +164,7 @@ def test_light_commands_import_neither_torch_nor_transformers(
     env = {
         **os.environ,
         "MOODWIRE_DATA_DIR": str(tmp_path),
-        "MOODWIRE_OPERATOR_TOKEN": "op",
-        "MOODWIRE_CREDENTIAL": "op",
+        "MOODWIRE_CREDENTIAL": "op-password-long",
         "MOODWIRE_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # nothing listens: fail, do not wait
     }
     done = subprocess.run(

@@ -67,6 +67,9 @@ def _alert(a: dict, expanded: bool) -> None:
                     f"(similarity {s['similarity']:.2f})"
                     + (f" · e.g. {ui.md(ex[:120])}" if ex else "")
                 )
+        if not ui.can("acknowledge"):  # shown to operators; each action checks again
+            st.caption("Operators acknowledge and mute alerts (sign in as one).")
+            return
         a1, a2, a3 = st.columns([1, 1, 2])
         reason = a3.text_input("Why (for the audit log)", key=f"why-{a['id']}")
         if a1.button("Acknowledge", key=f"ack-{a['id']}"):

@@ -89,6 +89,9 @@ with left:
         )
 with right:
     st.markdown("**Correct it** (sent to `news.labels`; the learner learns from it)")
+    if not ui.can("correct"):  # shown to analysts; the correction checks again
+        st.caption("Analysts and operators correct labels and topics (sign in as one).")
+        st.stop()
     with st.form(f"fix-{item_id}"):
         new_label = st.selectbox("Label", [""] + LABELS, key="fix_label")
         taxonomy = ctx.taxonomy

@@ -107,8 +107,14 @@ def live() -> None:
 
 live()
 
+with st.expander("Audit log"):
+    st.dataframe(data.audit(url), hide_index=True, width="stretch")
+
 st.subheader("Controls")
-st.caption("Each asks for the operator credential (sidebar) and is written to the audit log.")
+if not ui.can("promote"):  # shown to operators; each action checks the role again
+    st.caption("Operators retrain, approve, promote and roll back (sign in as one).")
+    st.stop()
+st.caption("Each runs as you, and is written to the audit log with why.")
 serving, cards = data.models(registry)
 versions = [c["version"] for c in cards]
 why = st.text_input("Why (for the audit log)", key="ops_why")
@@ -127,6 +133,3 @@ with c2:
 with c3:
     if st.button("Roll back", help="serve the version that served before the current one"):
         ui.act(operations.rollback, reason=why, success="Rolled back.")
-
-with st.expander("Audit log"):
-    st.dataframe(data.audit(url), hide_index=True, width="stretch")

@@ -1,6 +1,6 @@
 """The store: items, labels, alerts, drift events and the audit log, in SQL (SQLAlchemy Core).
 
-One class per concern (``items``, ``labels``, ``alerts``, ``drift``, ``audit``; the tables
+One class per concern (``items``, ``labels``, ``alerts``, ``drift``, ``audit``, ``users``; the tables
 in ``schema``), composed into the one ``Store`` every process opens.
 
 SQLite (WAL) is the embedded default; PostgreSQL by URL for production. Writes
@@ -37,7 +37,10 @@ from state.store.schema import (
     metadata,
     partition_marks,
     rejected,
+    sign_in_failures,
+    users,
 )
+from state.store.users import UsersStore
 
 __all__ = [
     "Store",
@@ -52,11 +55,13 @@ __all__ = [
     "metadata",
     "partition_marks",
     "rejected",
+    "sign_in_failures",
+    "users",
 ]
 
 
-class Store(ItemsStore, LabelsStore, AlertsStore, DriftStore, AuditStore):
-    """Scored items and rejections, with idempotent writes; labels, alerts, drift, audit."""
+class Store(ItemsStore, LabelsStore, AlertsStore, DriftStore, AuditStore, UsersStore):
+    """Scored items and rejections, with idempotent writes; labels, alerts, drift, audit, users."""
 
     def stats(self) -> dict[str, Any]:
         """Counts for ``moodwire stats``."""

@@ -116,6 +116,36 @@ audit_log = sa.Table(
 )
 
 
+# -- access control: named users with roles, and failed sign-ins (rate limit) ------------
+# Migration: state/migrations/versions/0003_users.py creates the same two tables.
+users = sa.Table(
+    "users",
+    metadata,
+    _seq(),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),  # viewer | analyst | operator | admin
+    sa.Column("password_hash", sa.String(512)),  # Argon2id (PHC string); None: OIDC sign-in only
+    sa.Column("email", sa.String(320)),  # the OIDC e-mail that maps to this user
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("name", name="uq_users_name"),
+    sa.UniqueConstraint("email", name="uq_users_email"),
+)
+
+# One row per failed sign-in, shared by every dashboard replica: the lock-out counts them
+# per user name and per client over a window. The password is never stored.
+sign_in_failures = sa.Table(
+    "sign_in_failures",
+    metadata,
+    _seq(),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("user_name", sa.String(64), nullable=False),
+    sa.Column("client", sa.String(128), nullable=False),
+    sa.Index("ix_sign_in_failures_user_ts", "user_name", "ts"),
+    sa.Index("ix_sign_in_failures_client_ts", "client", "ts"),
+)
+
+
 labels = sa.Table(
     "labels",
     metadata,

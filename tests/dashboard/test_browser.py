@@ -34,7 +34,7 @@ from stream.broker import free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "browser-test-credential"
+PASSWORD = "browser-test-password"
 TIMEOUT_MS = 90_000
 
 
@@ -95,9 +95,13 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory, model_registry: Path) -> 
 
 @pytest.fixture(scope="module")
 def dashboard(demo_dir: Path) -> Iterator[str]:
-    env = clean_env(demo_dir, registry=str(demo_dir / "registry")) | {
-        "MOODWIRE_OPERATOR_TOKEN": TOKEN
-    }
+    from stream import access
+
+    access.add_user(
+        Store(f"sqlite:///{demo_dir / 'moodwire.db'}"), access.os_principal(), "vera", "viewer",
+        PASSWORD,
+    )  # fmt: skip
+    env = clean_env(demo_dir, registry=str(demo_dir / "registry"))
     with serve_dashboard(env, free_port(), demo_dir / "dashboard.log") as base:
         yield base
 
@@ -276,7 +280,7 @@ def test_explore_searches_the_items(dashboard: str, page: Any, shots: Path) -> N
         assert row["label"] in {"negative", "neutral", "positive"}, row
 
 
-def test_an_operator_action_without_the_credential_is_refused(
+def test_operator_actions_are_not_offered_to_a_viewer(
     dashboard: str, demo_dir: Path, page: Any, shots: Path
 ) -> None:
     from state.registry import Registry
@@ -284,18 +288,16 @@ def test_an_operator_action_without_the_credential_is_refused(
     registry = Registry(demo_dir / "registry")
     serving = registry.serving()
     _open(page, dashboard, "models", "Drift & models")
-    page.get_by_role("button", name="Roll back").click()
-    refusal = page.locator('[data-testid="stAlertContentError"]', has_text="credential")
-    refusal.wait_for(timeout=TIMEOUT_MS)
-    assert "Refused" in refusal.inner_text()
-    # A wrong credential is refused too.
-    page.get_by_label("Operator credential").fill("guess")
-    page.get_by_label("Operator credential").press("Enter")
-    page.get_by_role("button", name="Roll back").click()
-    page.locator(
-        '[data-testid="stAlertContentError"]', has_text="wrong operator credential"
-    ).wait_for(timeout=TIMEOUT_MS)
-    _shot(page, shots, "refused")
+    assert page.get_by_role("button", name="Roll back").count() == 0  # nobody signed in
+    page.get_by_label("User name").fill("vera")
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("vera · viewer").wait_for(timeout=TIMEOUT_MS)
+    page.get_by_text("Operators retrain, approve, promote and roll back").wait_for(
+        timeout=TIMEOUT_MS
+    )
+    _shot(page, shots, "viewer")
+    assert page.get_by_role("button", name="Roll back").count() == 0
     assert registry.serving() == serving
     store = Store(f"sqlite:///{demo_dir / 'moodwire.db'}", create=False)
     with store.engine.connect() as conn:

@@ -2,7 +2,8 @@
 
 Empty and populated stores render without exception; filters change what is
 shown; every state-changing action refuses without the operator credential
-and works, audited, with it.
+and works, audited, with it: each role sees and can do what it should, and an
+action refused (hidden, or re-checked after a demotion) never reaches the store.
 """
 
 from __future__ import annotations
@@ -17,20 +18,27 @@ from streamlit.testing.v1 import AppTest
 from moodwire.settings import Settings
 from state.registry import Registry
 from state.store import Store
+from stream.access import hash_password, os_principal, set_role
 
 APP = str(Path(__file__).resolve().parents[2] / "moodwire" / "dashboard_app.py")
 PAGES = [f"../dashboard/views/{name}.py" for name in ("overview", "alerts", "models", "explore")]
 TITLES = ["Overview", "Alerts", "Drift & models", "Explore"]
-TOKEN = "op-s3cret"
+PASSWORD = "dashboard-test-password"
+_HASH = hash_password(PASSWORD)  # once: Argon2 is slow on purpose
+USERS = {"vera": "viewer", "ann": "analyst", "dana": "operator", "ada": "admin"}
 
 
 @pytest.fixture
 def env(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The dashboard's settings: a fresh store and registry, the test's own topics."""
-    s = settings.with_overrides(registry=tmp_path / "registry", operator_token=TOKEN)
+    """The dashboard's settings: a fresh store (one user of each role) and registry, the
+    test's own topics."""
+    s = settings.with_overrides(registry=tmp_path / "registry")
     for key, value in settings_env(s).items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("MOODWIRE_OPERATOR_TOKEN", TOKEN)
+    store = Store(s.resolved_store_url())
+    with store.engine.begin() as conn:
+        for name, role in USERS.items():
+            store.add_user_in(conn, name, role, _HASH, None)
     return s
 
 
@@ -50,10 +58,15 @@ def _descriptions(at: AppTest) -> list[str]:
     return [json.loads(c.proto.spec).get("description", "") for c in at.get("vega_lite_chart")]
 
 
-def _sign_in(at: AppTest, token: str | None, actor: str = "dana") -> None:
-    at.sidebar.text_input(key="actor").set_value(actor)
-    if token is not None:
-        at.sidebar.text_input(key="token").set_value(token)
+def _sign_in(at: AppTest, name: str, password: str = PASSWORD) -> AppTest:
+    at.sidebar.text_input(key="sign_in_name").set_value(name)
+    at.sidebar.text_input(key="sign_in_password").set_value(password)
+    next(b for b in at.sidebar.button if b.label == "Sign in").click().run()
+    return at
+
+
+def _labels(at: AppTest) -> list[str]:
+    return [b.label for b in at.button]
 
 
 @pytest.mark.parametrize(("page", "title"), list(zip(PAGES, TITLES, strict=True)))
@@ -126,36 +139,70 @@ def test_alert_and_explore_filters_change_what_is_shown(populated: Settings) -> 
     assert not ex.dataframe and any("Nothing matches" in i.value for i in ex.info)
 
 
-def test_model_actions_refuse_without_the_credential_and_work_with_it(
-    populated: Settings,
+def test_without_sign_in_the_password_form_shows_and_no_action_does(env: Settings) -> None:
+    at = _open(PAGES[2])
+    assert {t.label for t in at.sidebar.text_input} == {"User name", "Password"}
+    assert "Sign in" in [b.label for b in at.sidebar.button]  # no OIDC: no [auth] secrets
+    assert "oidc_login" not in [b.key for b in at.button]
+    assert not {"Roll back", "Approve / promote", "Retrain now"} & set(_labels(at))
+
+
+def test_a_required_sign_in_hides_every_page_until_then(
+    env: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("MOODWIRE_ACCESS__REQUIRE_SIGN_IN", "true")
+    at = _open(PAGES[0])
+    assert not at.title and any("Sign in (sidebar)" in i.value for i in at.info)
+    _sign_in(at, "vera")
+    assert [t.value for t in at.title] == ["Overview"]
+
+
+def test_a_wrong_password_is_refused_and_audited(env: Settings) -> None:
+    store = Store(env.resolved_store_url())
+    at = _sign_in(_open(PAGES[0]), "dana", "not-the-password")
+    assert any("wrong user name or password" in e.value for e in at.error)
+    assert "Sign out" not in _labels(at)
+    (row,) = store.audit_rows("sign_in_failed")
+    assert row["target"] == "dana" and "not-the-password" not in str(store.audit_rows())
+
+
+@pytest.mark.parametrize(
+    ("user", "page", "shown"),
+    [
+        ("vera", 2, set()),
+        ("ann", 2, set()),
+        ("dana", 2, {"Roll back", "Approve / promote", "Retrain now"}),
+        ("ada", 2, {"Roll back", "Approve / promote", "Retrain now"}),
+        ("vera", 1, set()),
+        ("ann", 1, set()),
+        ("dana", 1, {"Acknowledge", "Mute"}),
+    ],
+)
+def test_each_role_sees_its_actions(populated: Settings, user: str, page: int, shown: set) -> None:
+    at = _sign_in(_open(PAGES[page]), user)
+    assert not at.exception, at.exception
+    assert f"{user} · {USERS[user]}" in [c.value for c in at.sidebar.caption]
+    everything = {"Roll back", "Approve / promote", "Retrain now", "Acknowledge", "Mute"}
+    assert set(_labels(at)) & everything == shown
+
+
+def test_model_actions_run_as_the_signed_in_operator(populated: Settings) -> None:
     store = Store(populated.resolved_store_url())
     registry = Registry(populated.resolved_registry())
-    at = _open(PAGES[2])
-    _sign_in(at, None)
+    at = _sign_in(_open(PAGES[2]), "dana")
     at.text_input(key="ops_why").set_value("v2 misreads chatter")
-    at.button[[b.label for b in at.button].index("Roll back")].click().run()
-    assert any("Refused" in e.value and "credential" in e.value for e in at.error)
-    assert registry.serving() == "v2" and not store.audit_rows("rollback")
-
-    _sign_in(at, "wrong")
-    at.button[[b.label for b in at.button].index("Roll back")].click().run()
-    assert any("wrong operator credential" in e.value for e in at.error)
-    assert registry.serving() == "v2"
-
-    _sign_in(at, TOKEN)
-    at.button[[b.label for b in at.button].index("Roll back")].click().run()
+    at.button[_labels(at).index("Roll back")].click().run()
     assert not at.exception and any("Rolled back" in s.value for s in at.success)
     assert registry.serving() == "v1"
     (row,) = store.audit_rows("rollback")
     assert (row["actor"], row["target"], row["reason"]) == ("dana", "v1", "v2 misreads chatter")
 
     at.selectbox(key="ops_version").set_value("v2")
-    at.button[[b.label for b in at.button].index("Approve / promote")].click().run()
+    at.button[_labels(at).index("Approve / promote")].click().run()
     assert registry.serving() == "v2" and store.audit_rows("promote")[-1]["actor"] == "dana"
 
     # A retrain request reaches the learner's control topic on the real broker.
-    at.button[[b.label for b in at.button].index("Retrain now")].click().run()
+    at.button[_labels(at).index("Retrain now")].click().run()
     assert any("Retrain requested" in s.value for s in at.success), [e.value for e in at.error]
     sent = [
         json.loads(r.value) for r in read_all(populated.bootstrap_servers, populated.topics.control)
@@ -164,17 +211,32 @@ def test_model_actions_refuse_without_the_credential_and_work_with_it(
     assert store.audit_rows("retrain")[-1]["reason"] == "v2 misreads chatter"
 
 
-def test_alert_actions_need_the_credential(populated: Settings) -> None:
+def test_an_operator_demoted_after_sign_in_is_refused_and_nothing_changes(
+    populated: Settings,
+) -> None:
+    """The page still shows the buttons (the session signed in as operator); the action
+    reads the role from the store again and refuses before it writes anything."""
     store = Store(populated.resolved_store_url())
-    at = _open(PAGES[1])
-    _sign_in(at, None)
-    at.button(key="ack-al-init").click().run()
-    assert any("Refused" in e.value for e in at.error)
+    registry = Registry(populated.resolved_registry())
+    at = _sign_in(_open(PAGES[2]), "dana")
+    set_role(store, os_principal(), "dana", "viewer")
+    before = len(store.audit_rows())
+    at.button[_labels(at).index("Roll back")].click().run()
+    assert any("rollback needs the operator role; dana is viewer" in e.value for e in at.error)
+    assert registry.serving() == "v2" and not store.audit_rows("rollback")
+    assert len(store.audit_rows()) == before
+
+
+def test_alert_actions_run_as_the_signed_in_operator(populated: Settings) -> None:
+    store = Store(populated.resolved_store_url())
+    at = _sign_in(_open(PAGES[1]), "vera")
+    assert "ack-al-init" not in [b.key for b in at.button]
     assert store.alert_rows(kind="negative_surge")[0]["acknowledged_by"] is None
 
-    _sign_in(at, TOKEN, actor="risk-desk")
+    next(b for b in at.sidebar.button if b.label == "Sign out").click().run()
+    _sign_in(at, "dana")
     at.button(key="ack-al-init").click().run()
-    assert store.alert_rows(kind="negative_surge")[0]["acknowledged_by"] == "risk-desk"
+    assert store.alert_rows(kind="negative_surge")[0]["acknowledged_by"] == "dana"
     at.button(key="mute-al-init").click().run()
     assert store.alert_rows(kind="negative_surge")[0]["muted_until"] is not None
     # Muted alerts leave the list unless asked for.
@@ -183,9 +245,9 @@ def test_alert_actions_need_the_credential(populated: Settings) -> None:
     assert {r["action"] for r in store.audit_rows()} >= {"acknowledge", "mute"}
 
 
-def test_a_correction_needs_the_credential_and_shows_at_once(populated: Settings) -> None:
+def test_a_correction_needs_the_analyst_role_and_shows_at_once(populated: Settings) -> None:
     store = Store(populated.resolved_store_url())
-    at = _open(PAGES[3])
+    at = _sign_in(_open(PAGES[3]), "vera")
     at.text_input(key="ex_query").set_value("shares move on results 7").run()
     texts = list(at.dataframe[0].value["text"])
     assert len(texts) == 11  # results 7 and 70-79
@@ -195,22 +257,21 @@ def test_a_correction_needs_the_credential_and_shows_at_once(populated: Settings
     at.run()
     assert any("Correct it" in m.value for m in at.markdown), [m.value for m in at.markdown]
     before = len(store.labels_after(0))
-    at.selectbox(key="fix_label").set_value("negative")
-    at.selectbox(key="fix_topic").set_value("legal_regulatory")
-    at.button[0].click().run()  # the form's submit button, no credential
-    assert any("Refused" in e.value for e in at.error)
+    assert "Send correction" not in _labels(at)  # a viewer has no correction form
+    assert any("Analysts and operators correct" in c.value for c in at.caption)
     assert len(store.labels_after(0)) == before
 
-    _sign_in(at, TOKEN, actor="analyst-ann")
+    next(b for b in at.sidebar.button if b.label == "Sign out").click().run()
+    _sign_in(at, "ann")
     at.selectbox(key="fix_label").set_value("negative")
     at.selectbox(key="fix_topic").set_value("legal_regulatory")
-    at.button[0].click().run()
+    at.button[_labels(at).index("Send correction")].click().run()
     assert any("Correction sent" in s.value for s in at.success), [e.value for e in at.error]
     labels = store.labels_after(0)
     assert len(labels) == before + 1
     new = labels[-1]
     assert (new["item_id"], new["label"], new["topic"], new["annotator"]) == (
-        "it-7", "negative", "legal_regulatory", "analyst-ann"
+        "it-7", "negative", "legal_regulatory", "ann"
     )  # fmt: skip
     sent = [
         json.loads(r.value) for r in read_all(populated.bootstrap_servers, populated.topics.labels)

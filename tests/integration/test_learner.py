@@ -17,6 +17,7 @@ from helpers import (
     last_json,
     log_events,
     moodwire_cli,
+    operator_env,
     produce,
     settings_env,
     start_process,
@@ -32,8 +33,6 @@ from state.store import Store
 from stream.synthetic import demo_feed, labelled_headlines
 
 pytestmark = pytest.mark.integration
-# The operator credential, configured and presented, as an operator's shell would.
-OPERATOR = {"MOODWIRE_OPERATOR_TOKEN": "t0ken", "MOODWIRE_CREDENTIAL": "t0ken"}
 
 
 def _own_registry(settings: Settings, tmp_path: Path, **learner: object) -> Settings:
@@ -89,7 +88,8 @@ def test_labels_and_a_retrain_command_give_a_promoted_version(
         store = Store(s.resolved_store_url())
         wait_until(lambda: store.stats()["labels"]["total"] == 250, 60, "labels stored")
         done = moodwire_cli(
-            ["retrain", "--reason", "test", "--actor", "alice"], env={**env, **OPERATOR}
+            ["retrain", "--reason", "test"],
+            env={**env, **operator_env(s.resolved_store_url(), "alice")},
         )
         assert done.returncode == 0, done.stderr
         wait_until(
@@ -131,7 +131,9 @@ def test_learner_killed_mid_training_leaves_serving_untouched_and_resumes(
         # All 120 learned (and persisted) before the retrain: otherwise the command can
         # come in a poll with only some of them, and the rest wait in Kafka for a later one.
         wait_until(lambda: _fresh_in_state(s) == 120, 90, "the labels to be learned")
-        done = moodwire_cli(["retrain", "--reason", "test"], env={**env, **OPERATOR})
+        done = moodwire_cli(
+            ["retrain", "--reason", "test"], env={**env, **operator_env(s.resolved_store_url())}
+        )
         assert done.returncode == 0, done.stderr
         wait_until(lambda: log_events(log, "retrain_started"), 60, "training to start")
     finally:
@@ -199,7 +201,9 @@ def test_a_full_registry_disk_is_waited_out_and_the_candidate_written_after(
             wait_until(lambda: log_events(log, "learner_active"), 90, "the learner to start")
             produce(s.bootstrap_servers, s.topics.labels, _chatter_labels(120))
             wait_until(lambda: _fresh_in_state(s) == 120, 90, "the labels to be learned")
-            done = moodwire_cli(["retrain", "--reason", "disk"], env={**env, **OPERATOR})
+            done = moodwire_cli(
+                ["retrain", "--reason", "disk"], env={**env, **operator_env(s.resolved_store_url())}
+            )
             assert done.returncode == 0, done.stderr
             wait_until(
                 lambda: any(

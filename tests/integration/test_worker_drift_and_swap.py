@@ -17,6 +17,7 @@ import pytest
 from helpers import (
     log_events,
     moodwire_cli,
+    operator_env,
     produce_items,
     read_all,
     settings_env,
@@ -86,11 +87,8 @@ def test_promote_and_rollback_reach_the_worker_within_one_batch(
         wait_until(lambda: store.count_items() >= 2 * n, 120, "the second lot stored")
         assert _versions(store, lots[1]) == {v2}
 
-        # The operator credential, configured and presented, as an operator's shell would.
-        operator = {"MOODWIRE_OPERATOR_TOKEN": "t0ken", "MOODWIRE_CREDENTIAL": "t0ken"}
-        done = moodwire_cli(
-            ["rollback", "--reason", "test", "--actor", "tester"], env={**env, **operator}
-        )
+        operator = operator_env(settings.resolved_store_url(), "tester")
+        done = moodwire_cli(["rollback", "--reason", "test"], env={**env, **operator})
         assert done.returncode == 0, done.stderr[-2000:]
         assert json.loads(done.stdout.strip().splitlines()[-1])["serving"] == "v1"
         produce_items(settings.bootstrap_servers, settings.topics.news, lots[2])

@@ -22,6 +22,7 @@ from moodwire.settings import Settings, Topics
 from state.registry import Registry
 from state.store import Store, alerts
 from stream import operations
+from stream.access import Principal
 from stream.broker import free_port
 
 pytestmark = pytest.mark.integration
@@ -46,6 +47,16 @@ def registry(tmp_path: Path) -> Registry:
 
 
 def _settings(broker: str, registry: Registry, store_url: str) -> Settings:
+    """The actions' settings, with the operators the tests act as in the store (no password:
+    these tests are about the audit, sign-in is tests/stream/test_access.py's)."""
+    try:
+        store = Store(store_url)
+        with store.engine.begin() as conn:
+            for name in ("ann", "bob", "doomed"):
+                if store.user(name) is None:
+                    store.add_user_in(conn, name, "operator", None, None)
+    except (sa.exc.OperationalError, OSError):
+        pass  # the tests of an unreachable store
     unique = uuid.uuid4().hex[:8]
     topics = Topics(**{k: f"{v}-{unique}" for k, v in Topics().model_dump().items()})
     return Settings(
@@ -103,11 +114,15 @@ def test_promote_and_rollback_are_audited_and_announced(
     broker: str, registry: Registry, tmp_path: Path
 ) -> None:
     settings = _settings(broker, registry, f"sqlite:///{tmp_path / 'm.db'}")
-    assert operations.promote(settings.operations(), "v3", actor="ann", reason="better") == {
+    assert operations.promote(
+        settings.operations(), "v3", by=Principal("ann", "operator"), reason="better"
+    ) == {
         "serving": "v3",
         "previous": "v2",
     }
-    assert operations.rollback(settings.operations(), actor="bob", reason="worse") == {
+    assert operations.rollback(
+        settings.operations(), by=Principal("bob", "operator"), reason="worse"
+    ) == {
         "serving": "v2",
         "previous": "v3",
     }
@@ -138,9 +153,11 @@ def test_promote_with_an_unreachable_store_changes_nothing(
     settings = _settings(broker, registry, url)
     before = registry.pointer_state()
     with pytest.raises((sa.exc.OperationalError, OSError)):
-        operations.promote(settings.operations(), "v3", actor="ann", reason="better")
+        operations.promote(
+            settings.operations(), "v3", by=Principal("ann", "operator"), reason="better"
+        )
     with pytest.raises((sa.exc.OperationalError, OSError)):
-        operations.rollback(settings.operations(), actor="ann", reason="worse")
+        operations.rollback(settings.operations(), by=Principal("ann", "operator"), reason="worse")
     assert registry.pointer_state() == before and registry.serving() == "v2"
     assert _control(settings) == []
 
@@ -187,17 +204,31 @@ def test_no_effect_without_its_audit_row(
     before = registry.pointer_state()
 
     for action in (
-        lambda: operations.promote(settings.operations(), "v3", actor="ann", reason="better"),
-        lambda: operations.rollback(settings.operations(), actor="ann", reason="worse"),
-        lambda: operations.request_retrain(settings.operations(), actor="ann", reason="drift"),
+        lambda: operations.promote(
+            settings.operations(), "v3", by=Principal("ann", "operator"), reason="better"
+        ),
+        lambda: operations.rollback(
+            settings.operations(), by=Principal("ann", "operator"), reason="worse"
+        ),
+        lambda: operations.request_retrain(
+            settings.operations(), by=Principal("ann", "operator"), reason="drift"
+        ),
         lambda: operations.acknowledge(
-            settings.operations(), "al-drift", actor="ann", reason="seen"
+            settings.operations(), "al-drift", by=Principal("ann", "operator"), reason="seen"
         ),
         lambda: operations.mute(
-            settings.operations(), "al-drift", hours=2, actor="ann", reason="noise"
+            settings.operations(),
+            "al-drift",
+            hours=2,
+            by=Principal("ann", "operator"),
+            reason="noise",
         ),
         lambda: operations.correct(
-            settings.operations(), "it-1", actor="ann", label="negative", reason="x"
+            settings.operations(),
+            "it-1",
+            by=Principal("ann", "operator"),
+            label="negative",
+            reason="x",
         ),
     ):
         with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
@@ -252,10 +283,14 @@ def test_a_commit_failure_after_the_switch_puts_the_pointer_back(
     before = registry.pointer_state()
     with capture_logs() as logs:
         with pytest.raises(sa.exc.DatabaseError, match="injected commit failure"):
-            operations.promote(settings.operations(), "v3", actor="doomed", reason="better")
+            operations.promote(
+                settings.operations(), "v3", by=Principal("doomed", "operator"), reason="better"
+            )
         assert registry.pointer_state() == before
         with pytest.raises(sa.exc.DatabaseError, match="injected commit failure"):
-            operations.rollback(settings.operations(), actor="doomed", reason="worse")
+            operations.rollback(
+                settings.operations(), by=Principal("doomed", "operator"), reason="worse"
+            )
     assert registry.pointer_state() == before and registry.serving() == "v2"
     assert registry.history() == ["v1", "v2"]
     assert store.audit_rows() == audited_before
@@ -263,7 +298,9 @@ def test_a_commit_failure_after_the_switch_puts_the_pointer_back(
     assert [(e["action"], e["target"]) for e in undone] == [("promote", "v3"), ("rollback", "v1")]
     assert _control(settings) == []
     # The same store commits anyone else's actions.
-    operations.promote(settings.operations(), "v3", actor="ann", reason="better")
+    operations.promote(
+        settings.operations(), "v3", by=Principal("ann", "operator"), reason="better"
+    )
     assert registry.serving() == "v3" and store.audit_rows()[-1]["actor"] == "ann"
 
 
@@ -291,7 +328,9 @@ def test_a_sqlite_commit_failure_after_the_switch_puts_the_pointer_back(
     sa.event.listen(sa.engine.Engine, "commit", fail_commit)
     try:
         with pytest.raises(sa.exc.OperationalError, match="disk I/O error"):
-            operations.promote(settings.operations(), "v3", actor="ann", reason="better")
+            operations.promote(
+                settings.operations(), "v3", by=Principal("ann", "operator"), reason="better"
+            )
     finally:
         sa.event.remove(sa.engine.Engine, "commit", fail_commit)
         sa.event.remove(sa.engine.Engine, "before_cursor_execute", note_audit_rows)
@@ -331,13 +370,23 @@ def test_acknowledge_mute_and_correct_write_effect_and_row_together(
     populate_dashboard_store(store, tmp_path / "dash-registry")
     settings = _settings(broker, registry, url)
     before = len(store.audit_rows())
-    operations.acknowledge(settings.operations(), "al-init", actor="ann", reason="seen")
-    operations.mute(settings.operations(), "al-drift", hours=1, actor="ann", reason="noise")
+    operations.acknowledge(
+        settings.operations(), "al-init", by=Principal("ann", "operator"), reason="seen"
+    )
+    operations.mute(
+        settings.operations(), "al-drift", hours=1, by=Principal("ann", "operator"), reason="noise"
+    )
     out = operations.correct(
-        settings.operations(), "it-1", actor="ann", label="negative", reason="sarcasm"
+        settings.operations(),
+        "it-1",
+        by=Principal("ann", "operator"),
+        label="negative",
+        reason="sarcasm",
     )
     with pytest.raises(ValueError, match="no alert"):
-        operations.acknowledge(settings.operations(), "al-none", actor="ann", reason="seen")
+        operations.acknowledge(
+            settings.operations(), "al-none", by=Principal("ann", "operator"), reason="seen"
+        )
     rows = store.audit_rows()[before:]
     assert [(r["action"], r["target"]) for r in rows] == [
         ("acknowledge", "al-init"),

@@ -22,6 +22,7 @@ from helpers import last_json, moodwire_cli, read_all, settings_env, wait_until
 from moodwire.settings import Settings
 from state.registry import Registry
 from state.store import Store
+from stream.access import hash_password
 from stream.broker import free_port
 from stream.synthetic import labelled_headlines
 
@@ -162,9 +163,9 @@ def test_user_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert res.returncode == 2 and "Traceback" not in res.stderr
     res = moodwire_cli(
         ["promote", "v7", "--registry", str(tmp_path / "r"), "--data-dir", str(tmp_path)],
-        env={**os.environ, "MOODWIRE_OPERATOR_TOKEN": "t0ken", "MOODWIRE_CREDENTIAL": "t0ken"},
+        env={**os.environ, "MOODWIRE_USER": "nobody", "MOODWIRE_CREDENTIAL": "t0ken"},
     )
-    assert res.returncode == 2 and "unknown model version 'v7'" in res.stderr
+    assert res.returncode == 2 and "wrong user name or password" in res.stderr
     res = moodwire_cli(
         ["bench", "continual", "--phases", str(bad), str(bad), "--label-map", "0=negative,1=positive",
          "--reserve", "1.5", "--out", str(tmp_path / "c.json"), "--data-dir", str(tmp_path)]
@@ -230,8 +231,14 @@ def operator_env(
     reg.promote("v1")
     reg.promote("v2")
     url = f"sqlite:///{tmp_path / 'ops.db'}"
-    for name in ("MOODWIRE_OPERATOR_TOKEN", "MOODWIRE_CREDENTIAL"):
+    for name in ("MOODWIRE_USER", "MOODWIRE_CREDENTIAL"):
         monkeypatch.delenv(name, raising=False)
+    store = Store(url)
+    with store.engine.begin() as conn:  # one hash for all: Argon2 is slow on purpose
+        hashed = hash_password(TOKEN)
+        for name, role in (("ann", "operator"), ("bob", "operator"), ("cy", "operator"),
+                           ("vic", "viewer")):  # fmt: skip
+            store.add_user_in(conn, name, role, hashed, None)
     monkeypatch.setenv("MOODWIRE_REGISTRY", str(reg.root))
     monkeypatch.setenv("MOODWIRE_STORE_URL", url)
     monkeypatch.setenv("MOODWIRE_DATA_DIR", str(tmp_path))
@@ -260,21 +267,22 @@ def test_promote_rollback_and_retrain_are_refused_without_the_right_credential(
     reg, store = operator_env
     before = reg.pointer_state()
     actions = (["promote", "v3"], ["rollback"], ["retrain"])
-    # No operator credential configured: refused as the dashboard refuses.
     for argv in actions:
-        _refused(argv, capsys, "no operator credential is configured (set MOODWIRE_OPERATOR_TOKEN)")
-    monkeypatch.setenv("MOODWIRE_OPERATOR_TOKEN", TOKEN)
-    for argv in actions:
-        _refused(argv, capsys, f"moodwire {argv[0]}: this action needs the operator credential")
+        _refused([*argv, "--user", "ann"], capsys, "this action needs ann's password")
     wrong = tmp_path / "wrong.txt"
     wrong.write_text("guess\n")
     for argv in actions:
-        _refused([*argv, "--credential-file", str(wrong)], capsys, "wrong operator credential")
+        _refused(
+            [*argv, "--user", "ann", "--credential-file", str(wrong)],
+            capsys,
+            "wrong user name or password",
+        )
     _refused(["promote", "v3", "--credential-file", str(tmp_path / "none.txt")], capsys, "none.txt")
-    monkeypatch.setenv("MOODWIRE_CREDENTIAL", "guess")
-    for argv in actions:
-        _refused(argv, capsys, "wrong operator credential")
-    assert reg.pointer_state() == before and store.audit_rows() == []
+    monkeypatch.setenv("MOODWIRE_CREDENTIAL", TOKEN)
+    for argv in actions:  # the right password of a viewer
+        _refused([*argv, "--user", "vic"], capsys, "needs the operator role; vic is viewer")
+    assert reg.pointer_state() == before
+    assert {r["action"] for r in store.audit_rows()} == {"sign_in", "sign_in_failed"}
 
 
 @pytest.mark.integration
@@ -290,15 +298,15 @@ def test_the_right_credential_from_env_file_or_prompt_is_accepted(
     reg, store = operator_env
     monkeypatch.setenv("MOODWIRE_BOOTSTRAP_SERVERS", broker)
     monkeypatch.setenv("MOODWIRE_TOPICS__CONTROL", f"moodwire.control-{tmp_path.name}")
-    monkeypatch.setenv("MOODWIRE_OPERATOR_TOKEN", TOKEN)
     monkeypatch.setenv("MOODWIRE_CREDENTIAL", TOKEN)
-    assert main(["promote", "v3", "--actor", "ann", "--reason", "better"]) == 0
+    assert main(["promote", "v3", "--user", "ann", "--reason", "better"]) == 0
     assert last_json(capsys.readouterr().out) == {"serving": "v3", "previous": "v2"}
 
     monkeypatch.delenv("MOODWIRE_CREDENTIAL")
     right = tmp_path / "token.txt"
     right.write_text(TOKEN + "\n")
-    assert main(["rollback", "--actor", "bob", "--credential-file", str(right)]) == 0
+    monkeypatch.setenv("MOODWIRE_USER", "bob")
+    assert main(["rollback", "--credential-file", str(right)]) == 0
     assert last_json(capsys.readouterr().out)["serving"] == "v2"
 
     class Terminal(io.StringIO):
@@ -308,10 +316,10 @@ def test_the_right_credential_from_env_file_or_prompt_is_accepted(
     prompts: list[str] = []
     monkeypatch.setattr(sys, "stdin", Terminal(""))
     monkeypatch.setattr(getpass, "getpass", lambda prompt: prompts.append(prompt) or TOKEN)
-    assert main(["retrain", "--actor", "cy", "--reason", "drift"]) == 0
-    assert prompts == ["operator credential: "]
+    assert main(["retrain", "--user", "cy", "--reason", "drift"]) == 0
+    assert prompts == ["cy's Moodwire password: "]
     assert reg.serving() == "v2"
-    assert [(r["actor"], r["action"]) for r in store.audit_rows()] == [
+    assert [(r["actor"], r["action"]) for r in store.audit_rows() if r["action"] != "sign_in"] == [
         ("ann", "promote"),
         ("bob", "rollback"),
         ("cy", "retrain"),
@@ -324,11 +332,11 @@ def test_the_command_line_refuses_a_promotion_without_a_credential(tmp_path: Pat
         reg.write_version(lambda d, p=payload: (d / "weights.txt").write_text(p), {})
     reg.promote("v1")
     env = {k: v for k, v in os.environ.items() if k != "MOODWIRE_CREDENTIAL"}
-    env.update(MOODWIRE_OPERATOR_TOKEN=TOKEN, MOODWIRE_REGISTRY=str(reg.root))
+    env.update(MOODWIRE_USER="ann", MOODWIRE_REGISTRY=str(reg.root))
     env["MOODWIRE_DATA_DIR"] = str(tmp_path)
     res = moodwire_cli(["promote", "v2"], env=env, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert res.stderr.strip() == "moodwire promote: this action needs the operator credential"
+    assert res.stderr.strip().startswith("moodwire promote: this action needs ann's password")
     assert reg.serving() == "v1" and not (tmp_path / "moodwire.db").exists()
 
 

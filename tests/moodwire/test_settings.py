@@ -17,10 +17,11 @@ def test_environment_and_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path) ->
     assert t.bootstrap_servers == "127.0.0.1:1" and t.topics.news == "wire"
 
 
-def test_secrets_stay_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MOODWIRE_OPERATOR_TOKEN", "hunter2")
+def test_the_sign_in_lock_out_reaches_the_dashboard(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOODWIRE_ACCESS__MAX_FAILURES", "3")
     s = Settings()
-    assert "hunter2" not in repr(s) and s.operator_token.get_secret_value() == "hunter2"
+    assert s.operations().sign_in.max_failures == 3
+    assert s.to_env()["MOODWIRE_ACCESS__MAX_FAILURES"] == "3"
 
 
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,6 +32,7 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings(batch_size=8, bootstrap_servers=" ")
 
 
-def test_an_empty_operator_token_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MOODWIRE_OPERATOR_TOKEN", "")  # compose's ${MOODWIRE_OPERATOR_TOKEN:-}
-    assert Settings().operator_token is None
+def test_a_lock_out_of_zero_failures_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOODWIRE_ACCESS__MAX_FAILURES", "0")
+    with pytest.raises(ValidationError):
+        Settings()
