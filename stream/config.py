@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from stream.origins import Signer
 from stream.validate import Limits
 
 
@@ -63,6 +64,7 @@ class WorkerConfig:
     neighbors_k: int = 5
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
+    signer: Signer | None = None  # signs its drift announcements as origin "worker"
 
 
 @dataclass(frozen=True)
@@ -75,3 +77,4 @@ class OperationsConfig:
     topics: Topics = Topics()
     partitions: int = 4
     operator_token: SecretStr | None = None
+    signer: Signer | None = None  # signs the commands and labels it sends (stream/origins.py)
