@@ -61,6 +61,7 @@ REASONS = (
     "unknown_origin",  # allowed, but no key is configured for it
     "bad_signature",  # the signature does not match the message
     "stale",  # a command whose ts is outside the replay window (or has none)
+    "replayed",  # a command already taken, sent again (the consumer keeps what it took)
 )
 
 

@@ -185,6 +185,7 @@ class LearnerProcess:
         self.control_trust = settings.control_trust()
         self.signer = settings.signer("learner")
         self.refusals = RefusalLog(log.warning)
+        self._seen: dict[str, float] = {}  # signatures of commands taken (replay window)
         self._known_origins = (
             set(self.label_trust.keys) | self.label_trust.allowed | self.control_trust.allowed
         )
@@ -412,7 +413,9 @@ class LearnerProcess:
             log.warning("control_message_rejected", error=detail[:200])
             return "schema", detail
         try:
-            origin = self.control_trust.verify(rec.value).origin
+            verified = self.control_trust.verify(rec.value)
+            self._not_replayed(verified.payload["signature"], verified.origin)
+            origin = verified.origin
         except Refused as exc:
             self._count_refusal("control", exc, rec)
             claimed = (exc.origin or msg.origin or "?")[:200]
@@ -463,8 +466,8 @@ class LearnerProcess:
         except RegistryError as exc:
             log.warning("control_switch_failed", action=msg.action, error=str(exc)[:300])
             return  # a malformed pointer: sync_serving reports it
-        if msg.version is None or msg.version == current:
-            return  # an announcement: sync_serving follows the registry
+        if msg.version is None or msg.version == current or "expect_serving" not in msg.details:
+            return  # an announcement of a switch made: sync_serving follows the registry
         expect = msg.details.get("expect_serving")
         details = {**said, "via": "control", "previous": current, "expect_serving": expect}
         if expect != current:
@@ -508,11 +511,24 @@ class LearnerProcess:
             ControlMessage(action=msg.action, version=msg.version, actor=origin, reason=msg.reason)
         )
 
+    def _not_replayed(self, signature: str, origin: str) -> None:
+        """Refuse a command already taken (the same signed bytes, sent again within the
+        replay window); older ones are refused as stale by their ts."""
+        now = time.monotonic()
+        window = self.control_trust.max_age_s or 0.0
+        self._seen = {sig: t for sig, t in self._seen.items() if now - t <= 2 * window}
+        if signature in self._seen:
+            raise Refused("replayed", f"this command from {origin!r} was already taken", origin)
+        self._seen[signature] = now
+
     def _count_refusal(self, kind: str, refusal: Refused, rec: Any) -> None:
         """Counted per message, logged once a minute per origin and reason."""
         # Only names this learner knows become metric labels: forged names are unbounded.
-        origin = refusal.origin if refusal.origin in self._known_origins else "other"
-        REFUSED.labels(kind, origin or "none", refusal.reason).inc()
+        if refusal.origin is None:
+            origin = "none"
+        else:
+            origin = refusal.origin if refusal.origin in self._known_origins else "other"
+        REFUSED.labels(kind, origin, refusal.reason).inc()
         self.refusals.refused(kind, refusal, origin=origin, topic=rec.topic)
 
     def _audit(
