@@ -76,9 +76,11 @@ class LearnerConfig:
     # signed with their key in MOODWIRE_ORIGINS; anything else is refused and dead-lettered.
     # MOODWIRE_LEARNER__LABEL_ORIGINS='dashboard,labeller:acme' (or a JSON list)
     label_origins: OriginNames = ("dashboard", "cli")
-    # Commands (retrain, drift, promote, rollback) are acted on only from these, signed,
-    # and sent at most ``control_max_age_s`` ago (the replay window).
-    control_origins: OriginNames = ("dashboard", "cli", "worker", "learner")
+    # Commands (retrain, promote and rollback requests, drift) are acted on only from these
+    # operators' origins, signed, and sent at most ``control_max_age_s`` ago (the replay
+    # window); ``drift_origins`` may only announce drift (a worker's key cannot promote).
+    control_origins: OriginNames = ("dashboard", "cli")
+    drift_origins: OriginNames = ("worker", "learner")
     control_max_age_s: float = 300.0
 
     def __post_init__(self) -> None:

@@ -231,10 +231,11 @@ class Settings(BaseSettings):
         return Trust(self.origin_keys(), frozenset(self.learner.label_origins))
 
     def control_trust(self) -> Trust:
-        """Whose commands the learner acts on (signed, within the replay window)."""
+        """Whose commands the learner takes (signed, within the replay window): operators'
+        and, for drift announcements only, the workers' and its own."""
         return Trust(
             self.origin_keys(),
-            frozenset(self.learner.control_origins),
+            frozenset(self.learner.control_origins) | frozenset(self.learner.drift_origins),
             max_age_s=self.learner.control_max_age_s,
         )
 

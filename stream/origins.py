@@ -62,6 +62,7 @@ REASONS = (
     "bad_signature",  # the signature does not match the message
     "stale",  # a command whose ts is outside the replay window (or has none)
     "replayed",  # a command already taken, sent again (the consumer keeps what it took)
+    "action_not_allowed",  # a verified origin asking for what it may not (a worker's retrain)
 )
 
 

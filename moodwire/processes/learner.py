@@ -416,11 +416,21 @@ class LearnerProcess:
             verified = self.control_trust.verify(rec.value)
             self._not_replayed(verified.payload["signature"], verified.origin)
             origin = verified.origin
+            operator = origin in self.settings.learner.control_origins
+            acts = msg.action == "retrain" or (
+                msg.action in ("promote", "rollback") and "expect_serving" in msg.details
+            )
+            if acts and not operator:  # drift origins announce; only operators command
+                raise Refused(
+                    "action_not_allowed", f"origin {origin!r} may only announce drift", origin
+                )
         except Refused as exc:
             self._count_refusal("control", exc, rec)
             claimed = (exc.origin or msg.origin or "?")[:200]
+            # Signed by its origin, asking for what it may not; anything else: who it claims.
+            verified_actor = exc.reason == "action_not_allowed"
             self._audit(
-                f"unverified:{claimed}",
+                claimed if verified_actor else f"unverified:{claimed}",
                 "control_refused",
                 msg.action,
                 str(exc)[:300],

@@ -119,10 +119,11 @@ def test_forged_labels_and_commands_change_nothing_and_signed_ones_work(
             + [json.dumps(_command("rollback", "v1", "v1")).encode()]
             + signed([_command("promote", v2, "v1", ago_s=3600)], origin="dashboard")
             + signed([{**_command("retrain", v2, "v1")}], origin=TEST_LABELLER)
+            + signed([_command("promote", v2, "v1")], origin="worker")  # its own key
         )
         produce(s.bootstrap_servers, s.topics.control, forged)
         wait_until(
-            lambda: len(store.audit_rows("control_refused")) == 4, 60, "the forgeries audited"
+            lambda: len(store.audit_rows("control_refused")) == 5, 60, "the forgeries audited"
         )
         rows = store.audit_rows("control_refused")
         assert sorted((r["actor"], r["target"], r["details"]["refusal"]) for r in rows) == [
@@ -130,13 +131,15 @@ def test_forged_labels_and_commands_change_nothing_and_signed_ones_work(
             ("unverified:dashboard", "promote", "bad_signature"),
             ("unverified:dashboard", "promote", "stale"),
             (f"unverified:{TEST_LABELLER}", "retrain", "origin_not_allowed"),
+            ("worker", "promote", "action_not_allowed"),  # signed, but a worker may not
         ]
         assert registry.serving() == "v1" and not store.audit_rows("promote")
         assert not store.audit_rows("control_retrain")
         refused = _refused_metrics(port)
         assert refused[("control", "dashboard", "bad_signature")] == 1
         assert refused[("control", "dashboard", "stale")] == 1
-        assert store.stats()["rejected_by_reason"]["origin"] == 34  # dead-lettered too
+        assert refused[("control", "worker", "action_not_allowed")] == 1
+        assert store.stats()["rejected_by_reason"]["origin"] == 35  # dead-lettered too
 
         # Signed, from allowed origins: the dashboard promotes v2, the CLI rolls back.
         def command(values: list[bytes]) -> None:  # one partition: taken in this order
@@ -156,7 +159,7 @@ def test_forged_labels_and_commands_change_nothing_and_signed_ones_work(
         wait_until(lambda: registry.serving() == "v1", 60, "the signed rollback")
         # The first promotion's bytes sent again (a replay) are refused, and change nothing.
         command(promote)
-        wait_until(lambda: len(store.audit_rows("control_refused")) == 5, 60, "the replay audited")
+        wait_until(lambda: len(store.audit_rows("control_refused")) == 6, 60, "the replay audited")
         assert store.audit_rows("control_refused")[-1]["details"]["refusal"] == "replayed"
         assert registry.serving() == "v1"
     finally:
