@@ -268,6 +268,8 @@ class LearnerProcess:
                 log.exception("learner_step_failed_retrying", failures=failures)
                 self._rewind()
                 self._reload_state()
+                # The rewound commands come again: not replays (switches are compare-and-swap).
+                self._seen.clear()
                 backoff = self.settings.retry_initial_s * 2 ** min(failures, 8)
                 self.keepalive(min(self.settings.retry_max_s, backoff))
                 self.keepalive.resume()
