@@ -9,10 +9,32 @@ the benchmark overrides a few fields.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import BeforeValidator
 
 STRATEGIES = ("moodwire", "naive", "joint", "frozen")
 REPLAY_KINDS = ("class_balanced", "reservoir", "diverse", "off")
+
+
+def origin_names(value: object) -> object:
+    """Origin names from the environment: a JSON list or comma-separated.
+
+    >>> origin_names('["dashboard", "labeller:acme"]'), origin_names("dashboard, cli")
+    (('dashboard', 'labeller:acme'), ('dashboard', 'cli'))
+    >>> origin_names("")
+    ()
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        names = json.loads(text) if text.startswith("[") else text.split(",")
+        return tuple(str(n).strip() for n in names if str(n).strip())
+    return value
+
+
+OriginNames = Annotated[tuple[str, ...], BeforeValidator(origin_names)]
 
 
 @dataclass(frozen=True)
@@ -49,6 +71,17 @@ class LearnerConfig:
     time_budget_s: float | None = 180.0
     max_fresh: int = 20_000
     seed: int = 0
+    # -- Origins (who may train the model; see stream/origins.py) --
+    # Labels are trained on (and held out for the gates) only from these origins, validly
+    # signed with their key in MOODWIRE_ORIGINS; anything else is refused and dead-lettered.
+    # MOODWIRE_LEARNER__LABEL_ORIGINS='dashboard,labeller:acme' (or a JSON list)
+    label_origins: OriginNames = ("dashboard", "cli")
+    # Commands (retrain, promote and rollback requests, drift) are acted on only from these
+    # operators' origins, signed, and sent at most ``control_max_age_s`` ago (the replay
+    # window); ``drift_origins`` may only announce drift (a worker's key cannot promote).
+    control_origins: OriginNames = ("dashboard", "cli")
+    drift_origins: OriginNames = ("worker", "learner")
+    control_max_age_s: float = 300.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -61,6 +94,7 @@ class LearnerConfig:
             (self.distill >= 0, "distill must be non-negative"),
             (0 <= self.old_tolerance < 1, "old_tolerance must be in [0, 1)"),
             (self.min_holdout >= 1, "min_holdout must be at least 1"),
+            (self.control_max_age_s > 0, "control_max_age_s must be positive"),
         ]
         for ok, message in checks:
             if not ok:

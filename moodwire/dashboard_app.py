@@ -27,7 +27,7 @@ def dashboard_context(settings: Settings) -> DashboardContext:
         store_url=settings.resolved_store_url(),
         registry=str(settings.resolved_registry()),
         index_dir=str(settings.resolved_index_dir()),
-        operations=settings.operations(),
+        operations=settings.operations(origin="dashboard"),  # signs as "dashboard"
         taxonomy=str(settings.taxonomy) if settings.taxonomy else None,
         open_encoder=_query_encoder,
     )

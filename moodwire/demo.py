@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import SecretStr
 
 from moodwire.console import Console, Event, Snapshot
 from moodwire.settings import Settings
@@ -172,6 +173,12 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
                 ensure_topics(settings.kafka_config(), settings.topics.all(), settings.partitions)
                 _say(f"broker      {settings.bootstrap_servers} (embedded Tansu, in memory)")
 
+            # Origin keys for this run (unless given): the parts sign what they send.
+            settings = demo_origins(settings)
+            _say(
+                "origins     signed labels and commands: the learner trains on "
+                f"{', '.join(settings.learner.label_origins)} (keys in MOODWIRE_ORIGINS)"
+            )
             # 2. The dashboard first: it shows the set-up's progress and then the live stream.
             name, password = demo_operator(settings)
             _say(
@@ -251,11 +258,16 @@ def run_demo(args: argparse.Namespace, settings: Settings, *, explicit_broker: b
             started.append(("feed", (feed_stop, feeder, producer)))
             # Simulated analysts label a share of the items, a few seconds after they appear
             # (paced by the labels' own times: item time + delay).
-            labels = iter_annotations(
-                demo_stream(args.items, **script),
-                fraction=args.label_fraction,
-                seed=seed,
-                delay_s=args.label_delay,
+            # They sign as the labelling service would, as origin "labeller:demo".
+            labeller_key = settings.signer(DEMO_LABELLER)
+            labels = (
+                labeller_key.sign(label) if labeller_key else label
+                for label in iter_annotations(
+                    demo_stream(args.items, **script),
+                    fraction=args.label_fraction,
+                    seed=seed,
+                    delay_s=args.label_delay,
+                )
             )
             labeller = Publisher(
                 lambda: make_producer(settings.kafka_config(), client_id="moodwire-demo-labels")
@@ -468,6 +480,30 @@ def demo_learner_settings(settings: Settings) -> Settings:
         shadow_items=200,
     )
     return settings.with_overrides(learner=learner)
+
+
+DEMO_LABELLER = "labeller:demo"  # the origin the demo's simulated analysts sign as
+DEMO_ORIGINS = ("dashboard", "cli", "worker", "learner", DEMO_LABELLER)
+
+
+def demo_origins(settings: Settings) -> Settings:
+    """This run's origin keys: a fresh random one for each part that has none, and the
+    simulated analysts' origin (``labeller:demo``) among those the learner trains on.
+
+    >>> s = demo_origins(Settings())
+    >>> sorted(s.origins) == sorted(DEMO_ORIGINS), "labeller:demo" in s.learner.label_origins
+    (True, True)
+    """
+    keys = settings.origin_keys()
+    origins = dict(settings.origins) | {
+        name: SecretStr(secrets.token_urlsafe(32)) for name in DEMO_ORIGINS if name not in keys
+    }
+    allowed = settings.learner.label_origins
+    learner = dataclasses.replace(
+        settings.learner,
+        label_origins=allowed if DEMO_LABELLER in allowed else (*allowed, DEMO_LABELLER),
+    )
+    return settings.with_overrides(origins=origins, learner=learner)
 
 
 def _annotate(

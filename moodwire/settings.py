@@ -40,6 +40,7 @@ from stream.config import (
     Topics,
     WorkerConfig,
 )
+from stream.origins import Signer, Trust
 from stream.validate import Limits
 
 
@@ -152,6 +153,16 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # -- Origins: who may train the model (stream/origins.py) --------------------------
+    # HMAC-SHA256 keys by origin name: MOODWIRE_ORIGINS='{"dashboard":"…","labeller:acme":"…"}',
+    # and/or a JSON file of the same (MOODWIRE_ORIGINS_FILE, e.g. a mounted secret; its keys
+    # win). A sender needs only its own key (the dashboard "dashboard", the CLI "cli", a
+    # worker "worker", the learner "learner"); the learner needs those of the origins in
+    # MOODWIRE_LEARNER__LABEL_ORIGINS and __CONTROL_ORIGINS. With none, nothing is signed
+    # and the learner trains on no label and obeys no command from Kafka.
+    origins: dict[str, SecretStr] = Field(default_factory=dict)
+    origins_file: Path | None = None
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _servers_not_empty(cls, v: str) -> str:
@@ -173,6 +184,18 @@ class Settings(BaseSettings):
     def _store_url_set_or_none(cls, v: object) -> object:
         if v is None or (isinstance(v, str) and not v.strip()):
             return None
+        return v
+
+    @field_validator("origins")
+    @classmethod
+    def _origin_names(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        from stream.origins import valid_origin_name
+
+        bad = [name for name in v if not valid_origin_name(name)]
+        if bad:
+            raise ValueError(
+                f"origin names are letters, digits and :._@/- (no spaces), got {bad[0][:40]!r}"
+            )
         return v
 
     def resolved_store_url(self) -> str:
@@ -215,10 +238,53 @@ class Settings(BaseSettings):
                 env[f"MOODWIRE_{name.upper()}"] = str(getattr(self, name))
         for name, value in dataclasses.asdict(self.learner).items():
             if value is not None:
-                env[f"MOODWIRE_LEARNER__{name.upper()}"] = str(value)
+                text = ",".join(value) if isinstance(value, tuple) else str(value)
+                env[f"MOODWIRE_LEARNER__{name.upper()}"] = text
+        if self.origins:
+            keys = {k: v.get_secret_value() for k, v in self.origins.items()}
+            env["MOODWIRE_ORIGINS"] = json.dumps(keys)
+        if self.origins_file is not None:
+            env["MOODWIRE_ORIGINS_FILE"] = str(self.origins_file)
         for name, value in self.access.model_dump().items():
             env[f"MOODWIRE_ACCESS__{name.upper()}"] = str(value)
         return env
+
+    def origin_keys(self) -> dict[str, SecretStr]:
+        """Every configured origin key (``origins``, then ``origins_file`` over it)."""
+        keys = dict(self.origins)
+        if self.origins_file is not None:
+            try:
+                loaded = json.loads(self.origins_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ValueError(
+                    f"MOODWIRE_ORIGINS_FILE {self.origins_file}: cannot read a JSON object of "
+                    f"origin keys ({type(exc).__name__})"
+                ) from None
+            if not isinstance(loaded, dict) or not all(isinstance(v, str) for v in loaded.values()):
+                raise ValueError(
+                    f"MOODWIRE_ORIGINS_FILE {self.origins_file}: expected a JSON object of "
+                    'origin names to keys, e.g. {"dashboard": "…"}'
+                )
+            keys |= {str(k): SecretStr(v) for k, v in loaded.items()}
+        return {k: v for k, v in keys.items() if v.get_secret_value()}
+
+    def signer(self, origin: str) -> Signer | None:
+        """What signs this process's labels and commands as ``origin`` (None: no key for it)."""
+        key = self.origin_keys().get(origin)
+        return Signer(origin, key) if key is not None else None
+
+    def label_trust(self) -> Trust:
+        """Whose labels the learner trains on."""
+        return Trust(self.origin_keys(), frozenset(self.learner.label_origins))
+
+    def control_trust(self) -> Trust:
+        """Whose commands the learner takes (signed, within the replay window): operators'
+        and, for drift announcements only, the workers' and its own."""
+        return Trust(
+            self.origin_keys(),
+            frozenset(self.learner.control_origins) | frozenset(self.learner.drift_origins),
+            max_age_s=self.learner.control_max_age_s,
+        )
 
     def kafka_config(self) -> KafkaConfig:
         """What every Kafka client of a process needs."""
@@ -232,8 +298,9 @@ class Settings(BaseSettings):
             max_poll_records=self.batch_size,
         )
 
-    def operations(self) -> OperationsConfig:
-        """Where an operator's actions (promote, rollback, retrain, corrections) land."""
+    def operations(self, origin: str = "cli") -> OperationsConfig:
+        """Where an operator's actions (promote, rollback, retrain, corrections) land;
+        what they send is signed as ``origin`` (the dashboard's: ``"dashboard"``)."""
         return OperationsConfig(
             store_url=self.resolved_store_url(),
             registry=self.resolved_registry(),
@@ -241,6 +308,7 @@ class Settings(BaseSettings):
             topics=self.topics,
             partitions=self.partitions,
             sign_in=self.access.policy(),
+            signer=self.signer(origin),
         )
 
     def limits(self) -> Limits:
@@ -263,6 +331,7 @@ class Settings(BaseSettings):
             neighbors_k=self.neighbors_k,
             retry_initial_s=self.retry_initial_s,
             retry_max_s=self.retry_max_s,
+            signer=self.signer("worker"),
         )
 
     def scorer(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from stream.origins import Signer
 from stream.validate import Limits
 
 
@@ -191,6 +192,7 @@ class WorkerConfig:
     neighbors_k: int = 5
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
+    signer: Signer | None = None  # signs its drift announcements as origin "worker"
 
 
 # Access control's roles, each with the rights of those before it (see stream/access.py).
@@ -223,3 +225,4 @@ class OperationsConfig:
     topics: Topics = Topics()
     partitions: int = 4
     sign_in: SignInPolicy = SignInPolicy()
+    signer: Signer | None = None  # signs the commands and labels it sends (stream/origins.py)

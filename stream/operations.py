@@ -51,15 +51,34 @@ def _producer(config: OperationsConfig, topic: str) -> Iterator[Any]:
         producer.close(timeout=5)
 
 
-def _send(producer: Any, topic: str, msg: Any, key: str | None = None) -> None:
-    """Send one message and wait until the broker has it."""
-    value = msg.model_dump_json().encode()
+def _value(config: OperationsConfig, msg: Any) -> bytes:
+    """The message as sent: signed with this side's origin key when it has one."""
+    if config.signer is None:
+        return msg.model_dump_json().encode()
+    return config.signer.sign_json(msg)
+
+
+def _need_signer(config: OperationsConfig, what: str) -> None:
+    """Refuse, before anything is written, a message the learner would refuse unsigned."""
+    if config.signer is None:
+        raise NotAllowed(
+            f"{what} is signed for the learner, and this side has no origin key: set "
+            'MOODWIRE_ORIGINS=\'{"cli": "…"}\' (the dashboard\'s origin is "dashboard") '
+            "with the key the learner holds for it"
+        )
+
+
+def _send(
+    producer: Any, topic: str, msg: Any, config: OperationsConfig, key: str | None = None
+) -> None:
+    """Send one message (signed when this side has a key) and wait until the broker has it."""
+    value = _value(config, msg)
     producer.send(topic, key=key.encode() if key else None, value=value).get(30)
 
 
 def _publish(config: OperationsConfig, topic: str, msg: Any, key: str | None = None) -> None:
     with _producer(config, topic) as producer:
-        _send(producer, topic, msg, key)
+        _send(producer, topic, msg, config, key)
 
 
 @contextmanager
@@ -206,6 +225,7 @@ def request_retrain(config: OperationsConfig, *, by: Principal, reason: str = ""
     from stream.schemas import ControlMessage
 
     store, actor = _authorised(config, by, "retrain")
+    _need_signer(config, "a retrain command")
     msg = ControlMessage(action="retrain", actor=actor, reason=reason or None)
     topic = config.topics.control
     with _producer(config, topic) as producer:
@@ -214,7 +234,7 @@ def request_retrain(config: OperationsConfig, *, by: Principal, reason: str = ""
             with store.audited(
                 actor, "retrain", None, reason or None, {"requested_at": msg.ts.isoformat()}
             ):
-                _send(producer, topic, msg)
+                _send(producer, topic, msg, config)
                 sent = True
         except Exception as exc:
             if sent:
@@ -251,6 +271,7 @@ def correct(
     store, actor = _authorised(config, by, "correct")
     if label is None and topic is None:
         raise ValueError("a correction needs a label or a topic")
+    _need_signer(config, "a label correction")
     if store.get_item(item_id) is None:
         raise ValueError(f"no item {item_id!r} in the store")
     msg = LabelMessage(item_id=item_id, label=label, topic=topic, source="analyst", annotator=actor)
@@ -263,7 +284,7 @@ def correct(
                 actor, "correct", item_id, reason or None, {"label": label, "topic": topic}
             ) as conn:
                 store.add_labels_in(conn, [row])
-                _send(producer, labels_topic, msg, key=item_id)
+                _send(producer, labels_topic, msg, config, key=item_id)
                 sent = True
         except Exception as exc:
             if sent:

@@ -257,6 +257,10 @@ class LabelMessage(BaseModel):
     source: Short = "analyst"
     annotator: Name | None = None
     ts: Ts = Field(default_factory=lambda: datetime.now(UTC))
+    # Who sent it and the proof (see stream/origins.py): the learner trains only on
+    # labels from an allowed origin with a valid signature.
+    origin: Short | None = None
+    signature: Short | None = None
 
 
 class AlertMessage(BaseModel):
@@ -294,6 +298,10 @@ class ControlMessage(BaseModel):
     reason: Annotated[StorableStr, StringConstraints(max_length=4000)] | None = None
     details: Annotated[dict[str, Any], AfterValidator(_clean_meta)] = Field(default_factory=dict)
     ts: Ts = Field(default_factory=lambda: datetime.now(UTC))
+    # Who sent it and the proof (see stream/origins.py): the learner acts only on commands
+    # from an allowed origin, validly signed, within the replay window of their ts.
+    origin: Short | None = None
+    signature: Short | None = None
 
 
 class Rejection(BaseModel):

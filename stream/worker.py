@@ -839,13 +839,11 @@ class Worker:
                 "details": {**event.as_row(), **details},
             }
         )
-        # Advisory: sent within linger_ms, a failure is logged.
-        self.publisher.send_nowait(
-            self.config.topics.control,
-            None,
-            message.model_dump_json().encode("utf-8"),
-            "drift_announce",
-        )
+        # Advisory: sent within linger_ms, a failure is logged. Signed as origin "worker"
+        # (the learner acts only on signed commands from the origins it allows).
+        signer = self.config.signer
+        value = signer.sign_json(message) if signer else message.model_dump_json().encode()
+        self.publisher.send_nowait(self.config.topics.control, None, value, "drift_announce")
 
     # -- helpers --------------------------------------------------------------------------
 

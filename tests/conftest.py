@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import TEST_LABEL_ORIGINS, TEST_ORIGINS
 
+from learner.config import LearnerConfig
 from moodwire.bench.faults import pg_database, postgresql_reachable
 from moodwire.settings import Settings, Topics
 
@@ -76,6 +78,9 @@ def settings(broker: str, model_registry: Path, tmp_path: Path, unique: str) -> 
         consumer_group=f"workers-{unique}",
         device="cpu",
         batch_size=32,
+        # Every side signs what it sends, and the learner trains on the test labeller's.
+        origins=TEST_ORIGINS,
+        learner=LearnerConfig(label_origins=TEST_LABEL_ORIGINS),
     )
 
 

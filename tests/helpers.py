@@ -41,6 +41,27 @@ def produce(
     producer.close()
 
 
+# -- origins: every side of a test signs with a known key (stream/origins.py) ----------
+
+TEST_LABELLER = "labeller:test"  # the origin test labels are signed as
+TEST_ORIGINS = {
+    name: f"test-key-of-{name}" for name in ("dashboard", "cli", "worker", "learner", TEST_LABELLER)
+}
+TEST_LABEL_ORIGINS = ("dashboard", "cli", TEST_LABELLER)  # the learner trains on these
+
+
+def signed(
+    payloads: list[dict], origin: str = TEST_LABELLER, key: str | None = None
+) -> list[bytes]:
+    """Labels or commands as ``origin`` sends them: signed with its test key (or ``key``)."""
+    from pydantic import SecretStr
+
+    from stream.origins import Signer
+
+    signer = Signer(origin, SecretStr(key if key is not None else TEST_ORIGINS[origin]))
+    return [signer.sign_json(p) for p in payloads]
+
+
 def produce_items(bootstrap: KafkaConfig | str, topic: str, items: list[dict]) -> None:
     produce(
         bootstrap,

@@ -47,6 +47,7 @@ import dataclasses
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import statistics
@@ -63,8 +64,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from moodwire.settings import Settings, Topics
 from stream.config import KafkaConfig
+from stream.origins import Signer
 
 PARTS = ("fuzz", "worker_kills", "learner_kills", "broker_restart", "db_outage", "tampered")
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -77,6 +81,7 @@ STARTUP_KILL_SHARE = 0.2  # kills timed during start-up (model load, group join)
 # the batch in hand (scoring, storing, publishing, committing).
 SCORING_KILL_JITTER_S = 0.5
 STARTUP_KILL_S = (0.3, 6.0)
+BENCH_LABELLER = "labeller:bench"  # the origin the learner trial's labels are signed as
 LABELS_PER_TRIAL = 50  # labels produced before each learner trial: one retrain is then due
 
 
@@ -659,8 +664,12 @@ class _LearnerRig:
             lr=2e-4,
             max_fresh=200,  # a rejected candidate's labels stay fresh: bound each retrain
             require_approval=False,
+            label_origins=(BENCH_LABELLER,),  # the labels below are signed as this origin
         )
-        self.settings = bench.run_settings(tag, registry=root, learner=config)
+        key = SecretStr(secrets.token_urlsafe(32))
+        origins = {**bench.settings.origins, BENCH_LABELLER: key}
+        self.labeller = Signer(BENCH_LABELLER, key)
+        self.settings = bench.run_settings(tag, registry=root, learner=config, origins=origins)
         s = self.settings
         ensure_topics(s.kafka_config(), s.topics.all(), s.partitions)
         old = [LabelledText(r["text"], r["label"]) for r in labelled_headlines(300, seed=11)]
@@ -687,7 +696,7 @@ class _LearnerRig:
         values = []
         chunk = self.chatter[batch * LABELS_PER_TRIAL : (batch + 1) * LABELS_PER_TRIAL]
         for j, item in enumerate(chunk):
-            value = json.dumps(
+            value = self.labeller.sign_json(
                 {
                     "text": item["text"],
                     "label": item["meta"]["true_label"],
@@ -695,7 +704,7 @@ class _LearnerRig:
                     "annotator": "bench",
                     "ts": f"2026-03-02T{9 + batch // 60:02d}:{batch % 60:02d}:{j:02d}+00:00",
                 }
-            ).encode()
+            )
             self.produced.append(label_id(LabelMessage.model_validate_json(value)))
             values.append(value)
         _produce(self.settings.kafka_config(), self.settings.topics.labels, values)

@@ -51,6 +51,7 @@ from state.store import Store
 from stream.deadletter import dlq_message, rejection_row
 from stream.health import serve_health
 from stream.operations import audited_switch, reconcile_serving
+from stream.origins import RefusalLog, Refused
 from stream.outage import ConsumerKeepalive, Health, Stopping, Waiter
 from stream.publish import Outgoing, Publisher
 from stream.schemas import ControlMessage, LabelMessage, label_row
@@ -60,6 +61,12 @@ from stream.worker import commit_offsets, rewind
 log = structlog.get_logger(__name__)
 
 LABELS_IN = Counter("moodwire_labels_total", "Labels stored", ["source"])
+REFUSED = Counter(
+    "moodwire_refused_total",
+    "Labels and commands refused for their origin (unsigned, not allowed, forged, stale)",
+    ["kind", "origin", "reason"],
+)
+CONTROL_IN = Counter("moodwire_control_total", "Commands acted on", ["action", "origin"])
 RETRAINS = Counter("moodwire_retrains_total", "Candidates trained", ["decision"])
 FRESH = Gauge("moodwire_fresh_labels", "Fresh labels waiting to be learned")
 
@@ -213,6 +220,24 @@ class LearnerProcess:
         self._refused: tuple[str | None, str] | None = None  # a serving state it would not load
         self._inflight: list[Any] = []  # records polled but not yet committed
         self._reconciled_at = -1e9
+        # Who may train the model and command the learner (stream/origins.py).
+        self.label_trust = settings.label_trust()
+        self.control_trust = settings.control_trust()
+        self.signer = settings.signer("learner")
+        self.refusals = RefusalLog(log.warning)
+        self._seen: dict[str, float] = {}  # signatures of commands taken (replay window)
+        self._known_origins = (
+            set(self.label_trust.keys) | self.label_trust.allowed | self.control_trust.allowed
+        )
+        trusted = sorted(self.label_trust.allowed & set(self.label_trust.keys))
+        if not trusted:
+            log.warning(
+                "no_trusted_label_origin",
+                allowed=sorted(self.label_trust.allowed),
+                keys=sorted(self.label_trust.keys),
+                hint="every label from Kafka is refused: put an origin in "
+                "MOODWIRE_LEARNER__LABEL_ORIGINS and its key in MOODWIRE_ORIGINS",
+            )
         self._reload_state()
 
     def _reload_state(self) -> None:
@@ -283,6 +308,8 @@ class LearnerProcess:
                 log.exception("learner_step_failed_retrying", failures=failures)
                 self._rewind()
                 self._reload_state()
+                # The rewound commands come again: not replays (switches are compare-and-swap).
+                self._seen.clear()
                 backoff = self.settings.retry_initial_s * 2 ** min(failures, 8)
                 self.keepalive(min(self.settings.retry_max_s, backoff))
                 self.keepalive.resume()
@@ -308,9 +335,9 @@ class LearnerProcess:
         now = datetime.now(UTC)
         for rec in records:
             if rec.topic == topics.control:
-                refused = self._on_control(rec.value)
+                refused = self._on_control(rec)
                 if refused is not None:
-                    letters.append(_letter(rec, refused, now))
+                    letters.append(_letter(rec, *refused, now))
                 continue
             try:
                 msg = parse_message(LabelMessage, rec.value)
@@ -318,6 +345,12 @@ class LearnerProcess:
                     raise ValueError("a label needs an item_id or a text")
                 if msg.label is None and msg.topic is None:
                     raise ValueError("a label needs a label or a topic")
+                # Only an allowed origin's signed labels are trained on or held out.
+                self.label_trust.verify(rec.value)
+            except Refused as exc:
+                self._count_refusal("label", exc, rec)
+                letters.append(_letter(rec, "origin", str(exc)[:300], now))
+                continue
             except ValueError as exc:
                 detail = str(exc)[:300] or type(exc).__name__
                 log.warning(
@@ -327,7 +360,7 @@ class LearnerProcess:
                     partition=rec.partition,
                     offset=rec.offset,
                 )
-                letters.append(_letter(rec, detail, now))
+                letters.append(_letter(rec, "schema", detail, now))
                 continue
             rows.append(label_row(msg))
         fresh = self.waiter.run(lambda: self.store.add_labels(rows), "store") if rows else []
@@ -412,17 +445,59 @@ class LearnerProcess:
         self._save_state(memory=bool(events))  # a drift moved the fresh pool into memory
         return len(ready)
 
-    def _on_control(self, value: bytes | None) -> str | None:
-        """Act on a command; the reason it was refused, if it was."""
+    def _on_control(self, rec: Any) -> tuple[str, str] | None:
+        """Act on a command from an allowed, verified origin, audited under that origin;
+        ``(reason, detail)`` when it was refused (audited too, and dead-lettered)."""
         try:
-            msg = parse_message(ControlMessage, value)
+            msg = parse_message(ControlMessage, rec.value)
         except ValueError as exc:
             detail = str(exc)[:300]
             log.warning("control_message_rejected", error=detail[:200])
-            return detail
+            return "schema", detail
+        try:
+            verified = self.control_trust.verify(rec.value)
+            self._not_replayed(verified.payload["signature"], verified.origin)
+            origin = verified.origin
+            operator = origin in self.settings.learner.control_origins
+            acts = msg.action == "retrain" or (
+                msg.action in ("promote", "rollback") and "expect_serving" in msg.details
+            )
+            if acts and not operator:  # drift origins announce; only operators command
+                raise Refused(
+                    "action_not_allowed", f"origin {origin!r} may only announce drift", origin
+                )
+        except Refused as exc:
+            self._count_refusal("control", exc, rec)
+            claimed = (exc.origin or msg.origin or "?")[:200]
+            # Signed by its origin, asking for what it may not; anything else: who it claims.
+            verified_actor = exc.reason == "action_not_allowed"
+            self._audit(
+                claimed if verified_actor else f"unverified:{claimed}",
+                "control_refused",
+                msg.action,
+                str(exc)[:300],
+                {
+                    "refusal": exc.reason,
+                    "actor": msg.actor,
+                    "version": msg.version,
+                    "ts": msg.ts.isoformat(),
+                    "topic": rec.topic,
+                    "partition": rec.partition,
+                    "offset": rec.offset,
+                },
+            )
+            return "origin", str(exc)[:300]
+        said = {"actor": msg.actor, "ts": msg.ts.isoformat(), "offset": rec.offset}
+        if msg.action in ("promote", "rollback"):
+            self._switch_requested(msg, origin, said)
+            return None
+        if msg.action == "reload":
+            return None  # for the workers; the learner follows the registry itself
+        CONTROL_IN.labels(msg.action, origin).inc()
+        self._audit(origin, f"control_{msg.action}", msg.version, msg.reason, said)
         if msg.action == "retrain":
             self.learner.request(f"operator {msg.actor}: {msg.reason or 'retrain'}")
-            log.info("retrain_requested", actor=msg.actor, reason=msg.reason)
+            log.info("retrain_requested", actor=msg.actor, origin=origin, reason=msg.reason)
             self._save_state()
         elif msg.action == "drift":
             # Seen without labels: the labels must confirm it before a retrain. Labels of
@@ -432,6 +507,86 @@ class LearnerProcess:
             # A drift moves the fresh pool into memory: both files must change together.
             self._save_state(memory=True)
         return None
+
+    def _switch_requested(self, msg: ControlMessage, origin: str, said: dict[str, Any]) -> None:
+        """A verified promote or rollback: an announcement of a switch already made (the
+        registry serves ``version``: nothing to do), or a request to make it, which is done
+        only while the registry still serves ``details.expect_serving`` (compare and swap:
+        a late or repeated request never undoes a later switch)."""
+        try:
+            current = self.registry.serving()
+        except RegistryError as exc:
+            log.warning("control_switch_failed", action=msg.action, error=str(exc)[:300])
+            return  # a malformed pointer: sync_serving reports it
+        if msg.version is None or msg.version == current or "expect_serving" not in msg.details:
+            return  # an announcement of a switch made: sync_serving follows the registry
+        expect = msg.details.get("expect_serving")
+        details = {**said, "via": "control", "previous": current, "expect_serving": expect}
+        if expect != current:
+            reason = f"serving is {current!r}, the request expected {expect!r}"
+            log.info("control_switch_stale", action=msg.action, version=msg.version, reason=reason)
+            self._audit(origin, f"control_{msg.action}_ignored", msg.version, reason, details)
+            return
+        try:
+            if msg.action == "rollback" and self.registry.rollback_target() != (
+                current,
+                msg.version,
+            ):
+                raise RegistryError(f"a rollback from {current} does not serve {msg.version}")
+            self.registry.verify(msg.version)  # refused before anything is written
+
+            def switch() -> None:
+                with audited_switch(
+                    self.store,
+                    self.registry,
+                    actor=origin,
+                    action=msg.action,
+                    target=msg.version,
+                    reason=msg.reason,
+                    details=details,
+                ):
+                    if msg.action == "rollback":
+                        self.registry.rollback()
+                    else:
+                        self.registry.promote(msg.version)
+
+            self.waiter.run(switch, "store", what=msg.action)
+        except RegistryError as exc:
+            log.warning("control_switch_failed", action=msg.action, error=str(exc)[:300])
+            self._audit(
+                origin, f"control_{msg.action}_failed", msg.version, str(exc)[:300], details
+            )
+            return
+        CONTROL_IN.labels(msg.action, origin).inc()
+        log.info("control_switch", action=msg.action, version=msg.version, origin=origin)
+        self._send(
+            ControlMessage(action=msg.action, version=msg.version, actor=origin, reason=msg.reason)
+        )
+
+    def _not_replayed(self, signature: str, origin: str) -> None:
+        """Refuse a command already taken (the same signed bytes, sent again within the
+        replay window); older ones are refused as stale by their ts."""
+        now = time.monotonic()
+        window = self.control_trust.max_age_s or 0.0
+        self._seen = {sig: t for sig, t in self._seen.items() if now - t <= 2 * window}
+        if signature in self._seen:
+            raise Refused("replayed", f"this command from {origin!r} was already taken", origin)
+        self._seen[signature] = now
+
+    def _count_refusal(self, kind: str, refusal: Refused, rec: Any) -> None:
+        """Counted per message, logged once a minute per origin and reason."""
+        # Only names this learner knows become metric labels: forged names are unbounded.
+        if refusal.origin is None:
+            origin = "none"
+        else:
+            origin = refusal.origin if refusal.origin in self._known_origins else "other"
+        REFUSED.labels(kind, origin, refusal.reason).inc()
+        self.refusals.refused(kind, refusal, origin=origin, topic=rec.topic)
+
+    def _audit(
+        self, actor: str, action: str, target: str | None, reason: str | None, details: dict
+    ) -> None:
+        self.waiter.run(lambda: self.store.audit(actor, action, target, reason, details), "store")
 
     def _announce_drift(self, event: DriftEvent) -> None:
         row = {
@@ -605,7 +760,8 @@ class LearnerProcess:
     def _send(self, msg: ControlMessage) -> None:
         """Announce on the control topic, checked and retried (workers follow the registry
         themselves, so this never blocks a promotion that already happened)."""
-        value = msg.model_dump_json().encode()
+        # Signed as origin "learner": its own drift announcements come back to it.
+        value = self.signer.sign_json(msg) if self.signer else msg.model_dump_json().encode()
         out = Outgoing(self.settings.topics.control, None, value, ("control", msg.action))
         self.publisher.deliver([out], self.waiter)
 
@@ -639,8 +795,8 @@ def _when(value: object) -> datetime | None:
         return None
 
 
-def _letter(rec: Any, detail: str, now: datetime) -> dict[str, Any]:
-    return rejection_row(rec.topic, rec.partition, rec.offset, rec.value, "schema", detail, now)
+def _letter(rec: Any, reason: str, detail: str, now: datetime) -> dict[str, Any]:
+    return rejection_row(rec.topic, rec.partition, rec.offset, rec.value, reason, detail, now)
 
 
 def _holdout_metrics(outcome: Outcome) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from helpers import (
     operator_env,
     produce,
     settings_env,
+    signed,
     start_process,
     stop_process,
     wait_until,
@@ -59,17 +60,17 @@ def _fresh_in_state(s: Settings) -> int:
 
 def _chatter_labels(n: int) -> list[bytes]:
     items = [i for i in demo_feed(4 * n, seed=21, drift_at=0.0) if i["meta"]["phase"] == "chatter"]
-    return [
-        json.dumps(
+    return signed(
+        [
             {
                 "text": i["text"],
                 "label": i["meta"]["true_label"],
                 "source": "test",
                 "annotator": "t",
             }
-        ).encode()
-        for i in items[:n]
-    ]
+            for i in items[:n]
+        ]
+    )
 
 
 def test_labels_and_a_retrain_command_give_a_promoted_version(

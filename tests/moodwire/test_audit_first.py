@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import populate_dashboard_store, read_all
+from helpers import TEST_ORIGINS, populate_dashboard_store, read_all
 from structlog.testing import capture_logs
 
 from moodwire.settings import Settings, Topics
@@ -65,6 +65,7 @@ def _settings(broker: str, registry: Registry, store_url: str) -> Settings:
         data_dir=registry.root.parent,
         store_url=store_url,
         topics=topics,
+        origins=TEST_ORIGINS,  # retrain commands and corrections are signed
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from helpers import last_json, moodwire_cli, read_all, settings_env, wait_until
+from helpers import TEST_ORIGINS, last_json, moodwire_cli, read_all, settings_env, wait_until
 
 from moodwire.settings import Settings
 from state.registry import Registry
@@ -299,6 +299,7 @@ def test_the_right_credential_from_env_file_or_prompt_is_accepted(
     monkeypatch.setenv("MOODWIRE_BOOTSTRAP_SERVERS", broker)
     monkeypatch.setenv("MOODWIRE_TOPICS__CONTROL", f"moodwire.control-{tmp_path.name}")
     monkeypatch.setenv("MOODWIRE_CREDENTIAL", TOKEN)
+    monkeypatch.setenv("MOODWIRE_ORIGINS", json.dumps(TEST_ORIGINS))  # the retrain is signed
     assert main(["promote", "v3", "--user", "ann", "--reason", "better"]) == 0
     assert last_json(capsys.readouterr().out) == {"serving": "v3", "previous": "v2"}
 
