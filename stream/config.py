@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from stream.masking import Masker
 from stream.validate import Limits
 
 
@@ -63,6 +64,8 @@ class WorkerConfig:
     neighbors_k: int = 5
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
+    # Personal data masked where each item is parsed (None: kept as it came).
+    masker: Masker | None = None
 
 
 @dataclass(frozen=True)

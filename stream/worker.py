@@ -64,6 +64,7 @@ from state.store import Store, encode_embedding
 from stream.alerting import Alerter
 from stream.config import WorkerConfig
 from stream.deadletter import dlq_message, rejection_row
+from stream.masking import Masker
 from stream.outage import ConsumerKeepalive, Health, Stopping, Waiter, is_outage
 from stream.publish import Outgoing, Publisher
 from stream.schemas import ControlMessage, ScoredItem
@@ -132,11 +133,25 @@ class _Batch:
     rej_seqs: list[int] = field(default_factory=list)
     unstored: list[dict[str, Any]] = field(default_factory=list)  # dead letters the store refused
     result: BatchResult = field(default_factory=BatchResult)
+    mask: Masker | None = None  # personal data masked: no original in a dead letter or log
+
+    def letter(self, rec: ConsumerRecord, reason: str, detail: str) -> dict[str, Any]:
+        """The dead letter of ``rec`` (masked when personal data is)."""
+        return rejection_row(
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            rec.value,
+            reason,
+            detail,
+            self.now,
+            mask=self.mask,
+        )
 
     def reject(self, rec: ConsumerRecord, reason: str, detail: str) -> None:
-        self.rejections.append(
-            rejection_row(rec.topic, rec.partition, rec.offset, rec.value, reason, detail, self.now)
-        )
+        letter = self.letter(rec, reason, detail)
+        self.rejections.append(letter)
+        detail = letter["detail"]
         log.warning(
             "item_rejected",
             reason=reason,
@@ -408,7 +423,7 @@ class Worker:
     # -- one batch: the stages, top to bottom -------------------------------------------
 
     def process(self, records: list[ConsumerRecord]) -> BatchResult:
-        batch = _Batch(records=records, now=datetime.now(UTC))
+        batch = _Batch(records=records, now=datetime.now(UTC), mask=self.config.masker)
         batch.result.records = len(records)
         stages: list[tuple[str, Callable[[_Batch], None]]] = [
             ("validate", self._validate),
@@ -453,7 +468,9 @@ class Worker:
         """Valid items, or dead letters with a reason; the same item twice counts once."""
         seen: set[str] = set()
         for rec in batch.records:
-            outcome = validate(rec.value, kafka_ts_ms=rec.timestamp, limits=self.limits)
+            outcome = validate(
+                rec.value, kafka_ts_ms=rec.timestamp, limits=self.limits, mask=self.config.masker
+            )
             if isinstance(outcome, Rejected):
                 batch.reject(rec, outcome.reason, outcome.detail)
             elif outcome.id in seen:
@@ -647,9 +664,7 @@ class Worker:
         rec = batch.raw_by_id[row["id"]]
         log.error("item_unstorable", item_id=row["id"][:100], detail=detail)
         batch.messages.pop(row["id"], None)
-        letter = rejection_row(
-            rec.topic, rec.partition, rec.offset, rec.value, "unstorable", detail, batch.now
-        )
+        letter = batch.letter(rec, "unstorable", detail)
         batch.rejections.append(letter)
         return self._write([("letter", letter)], batch)
 
@@ -705,11 +720,7 @@ class Worker:
             rec = batch.raw_by_id[ref[1]]
             ids.append(ref[1])
             batch.new_ids.discard(ref[1])
-            letters.append(
-                rejection_row(
-                    rec.topic, rec.partition, rec.offset, rec.value, "unpublishable", why, batch.now
-                )
-            )
+            letters.append(batch.letter(rec, "unpublishable", why))
         if not ids:
             return []
         batch.rejections.extend(letters)

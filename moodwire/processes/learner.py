@@ -50,6 +50,7 @@ from state.registry import Registry, RegistryError
 from state.store import Store
 from stream.deadletter import dlq_message, rejection_row
 from stream.health import serve_health
+from stream.masking import Masker
 from stream.operations import audited_switch, reconcile_serving
 from stream.outage import ConsumerKeepalive, Health, Stopping, Waiter
 from stream.publish import Outgoing, Publisher
@@ -160,6 +161,7 @@ class LearnerProcess:
         self.load = load
         self.progress = progress
         self.health = health or Health("learner")
+        self.masker = settings.masker()  # label texts masked as items are
         self.dir = learner_dir(settings)
         self.set_stop(threading.Event())
         version = registry.serving()
@@ -270,7 +272,7 @@ class LearnerProcess:
             if rec.topic == topics.control:
                 refused = self._on_control(rec.value)
                 if refused is not None:
-                    letters.append(_letter(rec, refused, now))
+                    letters.append(_letter(rec, refused, now, self.masker))
                 continue
             try:
                 msg = parse_message(LabelMessage, rec.value)
@@ -280,6 +282,7 @@ class LearnerProcess:
                     raise ValueError("a label needs a label or a topic")
             except ValueError as exc:
                 detail = str(exc)[:300] or type(exc).__name__
+                detail = self.masker.mask(detail) if self.masker else detail
                 log.warning(
                     "label_rejected",
                     error=detail,
@@ -287,9 +290,9 @@ class LearnerProcess:
                     partition=rec.partition,
                     offset=rec.offset,
                 )
-                letters.append(_letter(rec, detail, now))
+                letters.append(_letter(rec, detail, now, self.masker))
                 continue
-            rows.append(label_row(msg))
+            rows.append(label_row(_masked_label(msg, self.masker)))
         fresh = self.waiter.run(lambda: self.store.add_labels(rows), "store") if rows else []
         for row in fresh:
             LABELS_IN.labels(row["source"]).inc()
@@ -599,8 +602,22 @@ def _when(value: object) -> datetime | None:
         return None
 
 
-def _letter(rec: Any, detail: str, now: datetime) -> dict[str, Any]:
-    return rejection_row(rec.topic, rec.partition, rec.offset, rec.value, "schema", detail, now)
+def _letter(rec: Any, detail: str, now: datetime, mask: Masker | None) -> dict[str, Any]:
+    return rejection_row(
+        rec.topic, rec.partition, rec.offset, rec.value, "schema", detail, now, mask=mask
+    )
+
+
+def _masked_label(msg: LabelMessage, mask: Masker | None) -> LabelMessage:
+    """A label's text and item id masked as the worker masks items (so they still join)."""
+    if mask is None:
+        return msg
+    return msg.model_copy(
+        update={
+            "text": mask.mask(msg.text) if msg.text else msg.text,
+            "item_id": mask.mask_id(msg.item_id) if msg.item_id else msg.item_id,
+        }
+    )
 
 
 def _holdout_metrics(outcome: Outcome) -> dict[str, Any]:
