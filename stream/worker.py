@@ -65,6 +65,7 @@ from stream.alerting import Alerter
 from stream.config import WorkerConfig
 from stream.deadletter import dlq_message, rejection_row
 from stream.masking import Masker
+from stream.observability import WorkerMetrics, batch_context
 from stream.outage import ConsumerKeepalive, Health, Stopping, Waiter, is_outage
 from stream.publish import Outgoing, Publisher
 from stream.schemas import ControlMessage, ScoredItem
@@ -284,6 +285,7 @@ class Worker:
         self.totals = BatchResult()
         self.assigned_partitions = 0  # as of the last poll (for /readyz)
         self._joined = False  # held partitions once: a coordinator lost after that is an outage
+        self.metrics = WorkerMetrics(consumer, lambda: len(self.past))
         self.set_stop(threading.Event())
 
     def set_stop(self, stop: threading.Event) -> None:
@@ -343,6 +345,7 @@ class Worker:
             index_size=len(self.past),
         )
         failures = 0
+        self.metrics.serving(self.scorer.version)
         while not stop.is_set():
             self.health.beat()
             records = self._poll()
@@ -353,7 +356,8 @@ class Worker:
                 self._idle()
                 continue
             try:
-                result = self.process(records)
+                with batch_context(self.origin, records, self.scorer.version):
+                    result = self.process(records)
             except Stopping:
                 break  # not committed: the batch is read again after a restart
             except Exception:
@@ -402,6 +406,7 @@ class Worker:
 
     def _idle(self) -> None:
         self._watch_kafka()
+        self.metrics.lag()
         # Quiet: drift events from the learner still become alerts.
         if time.monotonic() - self._alerts_at >= _IDLE_ALERTS_S:
             self._mark_partitions([])  # read to the end now, maybe
@@ -419,6 +424,7 @@ class Worker:
         if swapped is not None:
             # Confidence and label mix depend on the model: they start a new normal.
             self.monitor.model_changed()
+            self.metrics.serving(self.scorer.version)
 
     # -- one batch: the stages, top to bottom -------------------------------------------
 
@@ -622,6 +628,7 @@ class Worker:
         parts = [("item", r) for r in batch.rows] + [("letter", r) for r in batch.rejections]
         new_ids, replayed, rej_seqs = self._write(parts, batch)
         batch.new_ids, batch.replayed, batch.rej_seqs = new_ids, replayed, rej_seqs
+        self.metrics.stored([batch.raw_by_id[i].timestamp for i in new_ids if i in batch.raw_by_id])
         stored_rows = sum(1 for kind, _ in parts if kind == "item")
         batch.result.duplicates += stored_rows - len(new_ids) - len(replayed)
         batch.result.republished = len(replayed)
@@ -732,6 +739,7 @@ class Worker:
         """Commit the batch's offsets (waiting out outages); a rebalance hands it on."""
         commit_offsets(self.consumer, batch.records, self.waiter)
         LAST_BATCH.set_to_current_time()
+        self.metrics.committed()
 
     def _catch_up(self, batch: _Batch) -> None:
         """The index takes the new items (for the next batch's neighbours); advisory."""

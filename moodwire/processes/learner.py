@@ -51,6 +51,7 @@ from state.store import Store
 from stream.deadletter import dlq_message, rejection_row
 from stream.health import serve_health
 from stream.masking import Masker
+from stream.observability import observe_retrain
 from stream.operations import audited_switch, reconcile_serving
 from stream.outage import ConsumerKeepalive, Health, Stopping, Waiter
 from stream.publish import Outgoing, Publisher
@@ -477,6 +478,19 @@ class LearnerProcess:
             self._save_state()
         if trigger is None:
             return None
+        started = time.monotonic()
+        ended = "failed"
+        try:
+            outcome, ended = self._retrain(trigger, stop)
+            return outcome
+        except Stopping:
+            ended = "abandoned"
+            raise
+        finally:
+            observe_retrain(time.monotonic() - started, ended)
+
+    def _retrain(self, trigger: str, stop: threading.Event | None) -> tuple[Outcome | None, str]:
+        """Train, judge, write and decide on one candidate; returns how it ended too."""
         log.info("retrain_started", trigger=trigger, fresh=len(self.learner.fresh_train))
         shadow = self.waiter.run(
             lambda: self.store.recent_texts(self.settings.learner.shadow_items), "store"
@@ -486,7 +500,7 @@ class LearnerProcess:
             # Shutting down: drop the half-trained candidate. The saved state still asks
             # for this retrain, so the next learner runs it.
             log.info("retrain_abandoned", trigger=trigger, steps=candidate.report.steps)
-            return None
+            return None, "abandoned"
         outcome = self.learner.judge(candidate, shadow)
         self._save_state()
         card = {
@@ -532,7 +546,7 @@ class LearnerProcess:
                     error=f"{type(exc).__name__}: {str(exc)[:300]}",
                 )
                 self._save_state(memory=True)
-                return outcome
+                return outcome, "failed"
             self.learner.adopt(outcome.classifier, version)
             self._send(
                 ControlMessage(action="promote", version=version, actor="learner", reason=trigger)
@@ -557,7 +571,10 @@ class LearnerProcess:
             )
             log.info("candidate_rejected", version=version, reasons=reasons, **_gate_log(outcome))
         self._save_state(memory=True)
-        return outcome
+        ended = {"promote": "promoted", "reject": "rejected"}.get(
+            outcome.decision, outcome.decision
+        )
+        return outcome, ended
 
     # -- plumbing -------------------------------------------------------------------------
 
