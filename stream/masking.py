@@ -77,6 +77,9 @@ _ACCOUNT_WORD = re.compile(
     re.IGNORECASE,
 )
 _DIGITS7 = re.compile(r"(?:\d\D*+){7}")
+# A run that could hold a phone number: 7-17 digits, a few separators between them.
+_PHONE_RUN = re.compile(r"\+?\(?\d(?:[ ().\-/]{0,2}+\d){6,16}+")
+_MAX_RUNS = 8  # more than this in one text: international numbers only (see _phones)
 
 
 def _spans_overlap(span: tuple[int, int], taken: list[tuple[int, int]]) -> bool:
@@ -146,18 +149,36 @@ class Masker:
 
     def _phones(self, text: str) -> list[tuple[int, int]]:
         spans = [m.span("num") for m in _PHONE_WORD.finditer(text)]
-        for region in self.phone_regions:
-            for match in phonenumbers.PhoneNumberMatcher(
-                text, region, leniency=phonenumbers.Leniency.STRICT_GROUPING
-            ):
-                start, end = match.start, match.end
-                before = text[start - 1] if start else " "
-                after = text[end] if end < len(text) else " "
-                digits = sum(c.isdigit() for c in match.raw_string)
-                # Not a piece of a price, a ratio, a range or a longer number.
-                if digits >= 7 and before not in "$€£.,/-:" and not after.isdigit():
-                    spans.append((start, end))
+        runs = list(_PHONE_RUN.finditer(text))
+        if not runs:  # every phone number holds such a run
+            return spans
+        if len(runs) <= _MAX_RUNS:
+            for region in self.phone_regions:
+                spans += self._matches(text, 0, text, region)
+        else:
+            # Many digit runs (a table, or a hostile item): libphonenumber's matcher costs
+            # about a millisecond a run and region, so only international numbers are
+            # looked for, each run on its own.
+            for run in runs:
+                if run.group().startswith("+"):
+                    spans += self._matches(run.group(), run.start(), text, None)
         return spans
+
+    @staticmethod
+    def _matches(chunk: str, at: int, text: str, region: str | None) -> list[tuple[int, int]]:
+        out = []
+        for match in phonenumbers.PhoneNumberMatcher(
+            chunk, region, leniency=phonenumbers.Leniency.STRICT_GROUPING
+        ):
+            start, end = at + match.start, at + match.end
+            before = text[start - 1] if start else " "
+            after = text[end] if end < len(text) else " "
+            digits = sum(c.isdigit() for c in match.raw_string)
+            # Not a piece of a price, a ratio, a range, a word or a longer number.
+            alone = not before.isalnum() and before not in "$€£.,/-:" and not after.isalnum()
+            if digits >= 7 and alone:
+                out.append((start, end))
+        return out
 
     def mask_json(self, value: Any) -> Any:
         """Every string in a JSON value (keys too) masked."""
