@@ -40,6 +40,7 @@ from stream.config import (
     Topics,
     WorkerConfig,
 )
+from stream.masking import DEFAULT_PHONE_REGIONS, Masker, check_regions
 from stream.origins import Signer, Trust
 from stream.validate import Limits
 
@@ -163,12 +164,26 @@ class Settings(BaseSettings):
     origins: dict[str, SecretStr] = Field(default_factory=dict)
     origins_file: Path | None = None
 
+    # -- Privacy (issue 15): personal data masked before anything is stored ------------
+    # Off by default. On: e-mails, phones, IBANs, cards and account numbers in each item
+    # (and label texts) become [EMAIL], [PHONE], ... where the item is parsed, so only the
+    # masked text is scored, embedded, indexed, stored and published; dead letters keep a
+    # masked preview and a sha256 instead of the raw bytes (see stream/masking.py).
+    mask_personal_data: bool = False
+    # Regions whose national phone formats are recognised (international +... always are).
+    mask_phone_regions: str = ",".join(DEFAULT_PHONE_REGIONS)
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _servers_not_empty(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("bootstrap_servers must name at least one host:port")
         return v.strip()
+
+    @field_validator("mask_phone_regions")
+    @classmethod
+    def _known_regions(cls, v: str) -> str:
+        return ",".join(check_regions(v.split(",")))
 
     @field_validator("webhook_url")
     @classmethod
@@ -221,6 +236,8 @@ class Settings(BaseSettings):
             "MOODWIRE_DEVICE": self.device,
             "MOODWIRE_BATCH_SIZE": str(self.batch_size),
             "MOODWIRE_LOG_LEVEL": self.log_level,
+            "MOODWIRE_MASK_PERSONAL_DATA": str(self.mask_personal_data).lower(),
+            "MOODWIRE_MASK_PHONE_REGIONS": self.mask_phone_regions,
         }
         for name, value in self.topics.model_dump().items():
             env[f"MOODWIRE_TOPICS__{name.upper()}"] = value
@@ -332,7 +349,14 @@ class Settings(BaseSettings):
             retry_initial_s=self.retry_initial_s,
             retry_max_s=self.retry_max_s,
             signer=self.signer("worker"),
+            masker=self.masker(),
         )
+
+    def masker(self) -> Masker | None:
+        """The masker of personal data, when ``mask_personal_data`` is on."""
+        if not self.mask_personal_data:
+            return None
+        return Masker(phone_regions=self.mask_phone_regions.split(","))
 
     def scorer(self) -> dict[str, Any]:
         """Keyword arguments of :func:`stream.scorer.load_serving`."""

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from stream.masking import Masker
 from stream.origins import Signer
 from stream.validate import Limits
 
@@ -193,6 +194,8 @@ class WorkerConfig:
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
     signer: Signer | None = None  # signs its drift announcements as origin "worker"
+    # Personal data masked where each item is parsed (None: kept as it came).
+    masker: Masker | None = None
 
 
 # Access control's roles, each with the rights of those before it (see stream/access.py).

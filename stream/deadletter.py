@@ -18,6 +18,7 @@ import base64
 from datetime import UTC, datetime
 from typing import Any
 
+from stream.masking import Masker, raw_digest
 from stream.publish import Outgoing
 from stream.schemas import Rejection, storable_text
 
@@ -35,10 +36,24 @@ def rejection_row(
     now: datetime,
     *,
     keep_bytes: int = KEEP_BYTES,
+    mask: Masker | None = None,
 ) -> dict[str, Any]:
-    """A row for the store's ``rejected`` table."""
+    """A row for the store's ``rejected`` table.
+
+    With ``mask`` the original never reaches the row: the preview and the detail
+    are masked, the exact bytes are not kept, and ``raw_sha256`` identifies it.
+
+    >>> row = rejection_row("news", 0, 1, b'{"t": "jane@example.com"', "malformed_json", "x",
+    ...                     datetime.now(UTC), mask=Masker())
+    >>> row["raw"], row["raw_base64"], row["raw_bytes"]
+    ('{"t": "[EMAIL]"', None, 24)
+    """
     value = bytes(raw or b"")
-    preview = value[: PREVIEW_CHARS * 4].decode("utf-8", errors="replace")[:PREVIEW_CHARS]
+    if mask is not None:
+        preview = mask.preview(value, PREVIEW_CHARS)
+        detail = mask.mask(detail)
+    else:
+        preview = value[: PREVIEW_CHARS * 4].decode("utf-8", errors="replace")[:PREVIEW_CHARS]
     return {
         "topic": topic,
         "partition": partition,
@@ -46,8 +61,9 @@ def rejection_row(
         "reason": reason,
         "detail": storable_text(detail)[:2000],
         "raw": storable_text(preview),
-        "raw_base64": base64.b64encode(value[:keep_bytes]).decode("ascii"),
+        "raw_base64": None if mask else base64.b64encode(value[:keep_bytes]).decode("ascii"),
         "raw_bytes": len(value),
+        "raw_sha256": raw_digest(value),
         "rejected_at": now,
     }
 
@@ -74,6 +90,7 @@ def dlq_message(
         raw_base64=raw_b64,
         raw_bytes=row.get("raw_bytes"),
         raw_truncated=bool(raw_b64 is not None and (row.get("raw_bytes") or 0) > KEEP_BYTES),
+        raw_sha256=row.get("raw_sha256"),
     )
     value = rej.model_dump_json().encode("utf-8")
     return Outgoing(dlq_topic, dlq_key(row), value, ref or ("dlq", row["seq"]))

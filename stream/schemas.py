@@ -309,7 +309,10 @@ class Rejection(BaseModel):
 
     ``raw`` is a readable preview (invalid UTF-8 and NUL shown as U+FFFD);
     ``raw_base64`` is the value itself, byte for byte, up to ``raw_bytes``
-    (``raw_truncated`` when the value was longer than what is kept).
+    (``raw_truncated`` when the value was longer than what is kept). With
+    personal data masked (``MOODWIRE_MASK_PERSONAL_DATA``) the preview is
+    masked and ``raw_base64`` is absent; ``raw_sha256`` (always there) finds the
+    original on its topic for whoever may read it there.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -324,6 +327,7 @@ class Rejection(BaseModel):
     raw_base64: str | None = None
     raw_bytes: int | None = None
     raw_truncated: bool = False
+    raw_sha256: str | None = None
 
 
 def label_id(msg: LabelMessage) -> str:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from stream.masking import Masker
 from stream.schemas import TS_MAX, TS_MIN, NewsItem, storable_text
 
 REASONS = (
@@ -117,12 +118,48 @@ def validate(
     kafka_ts_ms: int | None,
     limits: Limits,
     now: datetime | None = None,
+    mask: Masker | None = None,
 ) -> Accepted | Rejected:
-    """Validate one raw message value; never raises."""
+    """Validate one raw message value; never raises.
+
+    With ``mask``, personal data in the accepted item (its text, source,
+    entities, meta and a given id) and in a rejection's detail is masked here,
+    where the item is parsed: everything after sees the masked item only. The
+    id of an item without one is derived from the original text, so two items
+    that differ only in what was masked stay two items.
+
+    >>> limits = Limits(max_message_bytes=1000, max_text_chars=100, max_entities=4)
+    >>> acc = validate(b'{"text": "mail jane@example.com"}', kafka_ts_ms=0, limits=limits,
+    ...                mask=Masker())
+    >>> acc.item.text, acc.id == validate(b'{"text": "mail jane@example.com"}', kafka_ts_ms=0,
+    ...                                   limits=limits).id
+    ('mail [EMAIL]', True)
+    """
     try:
-        return _validate(raw, kafka_ts_ms, limits, now or datetime.now(UTC))
+        outcome = _validate(raw, kafka_ts_ms, limits, now or datetime.now(UTC))
+        if mask is None:
+            return outcome
+        if isinstance(outcome, Rejected):
+            return Rejected(outcome.reason, mask.mask(outcome.detail))
+        return masked(outcome, mask)
     except Exception as exc:  # noqa: BLE001 - whatever a message holds, it is data, not a crash
-        return Rejected("unexpected", _detail(f"{type(exc).__name__}: {exc}"))
+        detail = _detail(f"{type(exc).__name__}: {exc}")
+        return Rejected("unexpected", mask.mask(detail) if mask is not None else detail)
+
+
+def masked(acc: Accepted, mask: Masker) -> Accepted:
+    """``acc`` with personal data masked in every field of the item that is kept."""
+    item = acc.item
+    update: dict[str, Any] = {
+        "text": mask.mask(item.text),
+        "entities": [mask.mask(e) for e in item.entities],
+        "meta": mask.mask_json(item.meta),
+    }
+    if item.source is not None:
+        update["source"] = mask.mask(item.source)
+    if item.id is not None:
+        update["id"] = mask.mask_id(item.id)
+    return Accepted(item=item.model_copy(update=update), id=mask.mask_id(acc.id))
 
 
 def _detail(text: str) -> str:

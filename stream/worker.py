@@ -64,6 +64,8 @@ from state.store import Store, encode_embedding
 from stream.alerting import Alerter
 from stream.config import WorkerConfig
 from stream.deadletter import dlq_message, rejection_row
+from stream.masking import Masker
+from stream.observability import WorkerMetrics, batch_context
 from stream.outage import ConsumerKeepalive, Health, Stopping, Waiter, is_outage
 from stream.publish import Outgoing, Publisher
 from stream.schemas import ControlMessage, ScoredItem
@@ -132,11 +134,25 @@ class _Batch:
     rej_seqs: list[int] = field(default_factory=list)
     unstored: list[dict[str, Any]] = field(default_factory=list)  # dead letters the store refused
     result: BatchResult = field(default_factory=BatchResult)
+    mask: Masker | None = None  # personal data masked: no original in a dead letter or log
+
+    def letter(self, rec: ConsumerRecord, reason: str, detail: str) -> dict[str, Any]:
+        """The dead letter of ``rec`` (masked when personal data is)."""
+        return rejection_row(
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            rec.value,
+            reason,
+            detail,
+            self.now,
+            mask=self.mask,
+        )
 
     def reject(self, rec: ConsumerRecord, reason: str, detail: str) -> None:
-        self.rejections.append(
-            rejection_row(rec.topic, rec.partition, rec.offset, rec.value, reason, detail, self.now)
-        )
+        letter = self.letter(rec, reason, detail)
+        self.rejections.append(letter)
+        detail = letter["detail"]
         log.warning(
             "item_rejected",
             reason=reason,
@@ -269,6 +285,7 @@ class Worker:
         self.totals = BatchResult()
         self.assigned_partitions = 0  # as of the last poll (for /readyz)
         self._joined = False  # held partitions once: a coordinator lost after that is an outage
+        self.metrics = WorkerMetrics(consumer, lambda: len(self.past))
         self.set_stop(threading.Event())
 
     def set_stop(self, stop: threading.Event) -> None:
@@ -328,6 +345,7 @@ class Worker:
             index_size=len(self.past),
         )
         failures = 0
+        self.metrics.serving(self.scorer.version)
         while not stop.is_set():
             self.health.beat()
             records = self._poll()
@@ -338,7 +356,8 @@ class Worker:
                 self._idle()
                 continue
             try:
-                result = self.process(records)
+                with batch_context(self.origin, records, self.scorer.version):
+                    result = self.process(records)
             except Stopping:
                 break  # not committed: the batch is read again after a restart
             except Exception:
@@ -387,6 +406,7 @@ class Worker:
 
     def _idle(self) -> None:
         self._watch_kafka()
+        self.metrics.lag()
         # Quiet: drift events from the learner still become alerts.
         if time.monotonic() - self._alerts_at >= _IDLE_ALERTS_S:
             self._mark_partitions([])  # read to the end now, maybe
@@ -404,11 +424,12 @@ class Worker:
         if swapped is not None:
             # Confidence and label mix depend on the model: they start a new normal.
             self.monitor.model_changed()
+            self.metrics.serving(self.scorer.version)
 
     # -- one batch: the stages, top to bottom -------------------------------------------
 
     def process(self, records: list[ConsumerRecord]) -> BatchResult:
-        batch = _Batch(records=records, now=datetime.now(UTC))
+        batch = _Batch(records=records, now=datetime.now(UTC), mask=self.config.masker)
         batch.result.records = len(records)
         stages: list[tuple[str, Callable[[_Batch], None]]] = [
             ("validate", self._validate),
@@ -453,7 +474,9 @@ class Worker:
         """Valid items, or dead letters with a reason; the same item twice counts once."""
         seen: set[str] = set()
         for rec in batch.records:
-            outcome = validate(rec.value, kafka_ts_ms=rec.timestamp, limits=self.limits)
+            outcome = validate(
+                rec.value, kafka_ts_ms=rec.timestamp, limits=self.limits, mask=self.config.masker
+            )
             if isinstance(outcome, Rejected):
                 batch.reject(rec, outcome.reason, outcome.detail)
             elif outcome.id in seen:
@@ -605,6 +628,7 @@ class Worker:
         parts = [("item", r) for r in batch.rows] + [("letter", r) for r in batch.rejections]
         new_ids, replayed, rej_seqs = self._write(parts, batch)
         batch.new_ids, batch.replayed, batch.rej_seqs = new_ids, replayed, rej_seqs
+        self.metrics.stored([batch.raw_by_id[i].timestamp for i in new_ids if i in batch.raw_by_id])
         stored_rows = sum(1 for kind, _ in parts if kind == "item")
         batch.result.duplicates += stored_rows - len(new_ids) - len(replayed)
         batch.result.republished = len(replayed)
@@ -647,9 +671,7 @@ class Worker:
         rec = batch.raw_by_id[row["id"]]
         log.error("item_unstorable", item_id=row["id"][:100], detail=detail)
         batch.messages.pop(row["id"], None)
-        letter = rejection_row(
-            rec.topic, rec.partition, rec.offset, rec.value, "unstorable", detail, batch.now
-        )
+        letter = batch.letter(rec, "unstorable", detail)
         batch.rejections.append(letter)
         return self._write([("letter", letter)], batch)
 
@@ -705,11 +727,7 @@ class Worker:
             rec = batch.raw_by_id[ref[1]]
             ids.append(ref[1])
             batch.new_ids.discard(ref[1])
-            letters.append(
-                rejection_row(
-                    rec.topic, rec.partition, rec.offset, rec.value, "unpublishable", why, batch.now
-                )
-            )
+            letters.append(batch.letter(rec, "unpublishable", why))
         if not ids:
             return []
         batch.rejections.extend(letters)
@@ -721,6 +739,7 @@ class Worker:
         """Commit the batch's offsets (waiting out outages); a rebalance hands it on."""
         commit_offsets(self.consumer, batch.records, self.waiter)
         LAST_BATCH.set_to_current_time()
+        self.metrics.committed()
 
     def _catch_up(self, batch: _Batch) -> None:
         """The index takes the new items (for the next batch's neighbours); advisory."""

@@ -50,6 +50,8 @@ from state.registry import Registry, RegistryError
 from state.store import Store
 from stream.deadletter import dlq_message, rejection_row
 from stream.health import serve_health
+from stream.masking import Masker
+from stream.observability import observe_retrain
 from stream.operations import audited_switch, reconcile_serving
 from stream.origins import RefusalLog, Refused
 from stream.outage import ConsumerKeepalive, Health, Stopping, Waiter
@@ -207,6 +209,7 @@ class LearnerProcess:
         self.load = load
         self.progress = progress
         self.health = health or Health("learner")
+        self.masker = settings.masker()  # label texts masked as items are
         self.dir = learner_dir(settings)
         self.set_stop(threading.Event())
         version = registry.serving()
@@ -337,7 +340,7 @@ class LearnerProcess:
             if rec.topic == topics.control:
                 refused = self._on_control(rec)
                 if refused is not None:
-                    letters.append(_letter(rec, *refused, now))
+                    letters.append(_letter(rec, *refused, now, self.masker))
                 continue
             try:
                 msg = parse_message(LabelMessage, rec.value)
@@ -349,10 +352,11 @@ class LearnerProcess:
                 self.label_trust.verify(rec.value)
             except Refused as exc:
                 self._count_refusal("label", exc, rec)
-                letters.append(_letter(rec, "origin", str(exc)[:300], now))
+                letters.append(_letter(rec, "origin", str(exc)[:300], now, self.masker))
                 continue
             except ValueError as exc:
                 detail = str(exc)[:300] or type(exc).__name__
+                detail = self.masker.mask(detail) if self.masker else detail
                 log.warning(
                     "label_rejected",
                     error=detail,
@@ -360,9 +364,9 @@ class LearnerProcess:
                     partition=rec.partition,
                     offset=rec.offset,
                 )
-                letters.append(_letter(rec, "schema", detail, now))
+                letters.append(_letter(rec, "schema", detail, now, self.masker))
                 continue
-            rows.append(label_row(msg))
+            rows.append(label_row(_masked_label(msg, self.masker)))
         fresh = self.waiter.run(lambda: self.store.add_labels(rows), "store") if rows else []
         for row in fresh:
             LABELS_IN.labels(row["source"]).inc()
@@ -669,6 +673,19 @@ class LearnerProcess:
             self._save_state()
         if trigger is None:
             return None
+        started = time.monotonic()
+        ended = "failed"
+        try:
+            outcome, ended = self._retrain(trigger, stop)
+            return outcome
+        except Stopping:
+            ended = "abandoned"
+            raise
+        finally:
+            observe_retrain(time.monotonic() - started, ended)
+
+    def _retrain(self, trigger: str, stop: threading.Event | None) -> tuple[Outcome | None, str]:
+        """Train, judge, write and decide on one candidate; returns how it ended too."""
         log.info("retrain_started", trigger=trigger, fresh=len(self.learner.fresh_train))
         shadow = self.waiter.run(
             lambda: self.store.recent_texts(self.settings.learner.shadow_items), "store"
@@ -678,7 +695,7 @@ class LearnerProcess:
             # Shutting down: drop the half-trained candidate. The saved state still asks
             # for this retrain, so the next learner runs it.
             log.info("retrain_abandoned", trigger=trigger, steps=candidate.report.steps)
-            return None
+            return None, "abandoned"
         outcome = self.learner.judge(candidate, shadow)
         self._save_state()
         card = {
@@ -724,7 +741,7 @@ class LearnerProcess:
                     error=f"{type(exc).__name__}: {str(exc)[:300]}",
                 )
                 self._save_state(memory=True)
-                return outcome
+                return outcome, "failed"
             self.learner.adopt(outcome.classifier, version)
             self._send(
                 ControlMessage(action="promote", version=version, actor="learner", reason=trigger)
@@ -749,7 +766,10 @@ class LearnerProcess:
             )
             log.info("candidate_rejected", version=version, reasons=reasons, **_gate_log(outcome))
         self._save_state(memory=True)
-        return outcome
+        ended = {"promote": "promoted", "reject": "rejected"}.get(
+            outcome.decision, outcome.decision
+        )
+        return outcome, ended
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -795,8 +815,24 @@ def _when(value: object) -> datetime | None:
         return None
 
 
-def _letter(rec: Any, reason: str, detail: str, now: datetime) -> dict[str, Any]:
-    return rejection_row(rec.topic, rec.partition, rec.offset, rec.value, reason, detail, now)
+def _letter(
+    rec: Any, reason: str, detail: str, now: datetime, mask: Masker | None
+) -> dict[str, Any]:
+    return rejection_row(
+        rec.topic, rec.partition, rec.offset, rec.value, reason, detail, now, mask=mask
+    )
+
+
+def _masked_label(msg: LabelMessage, mask: Masker | None) -> LabelMessage:
+    """A label's text and item id masked as the worker masks items (so they still join)."""
+    if mask is None:
+        return msg
+    return msg.model_copy(
+        update={
+            "text": mask.mask(msg.text) if msg.text else msg.text,
+            "item_id": mask.mask_id(msg.item_id) if msg.item_id else msg.item_id,
+        }
+    )
 
 
 def _holdout_metrics(outcome: Outcome) -> dict[str, Any]:

@@ -93,6 +93,8 @@ rejected = sa.Table(
     sa.Column("raw", sa.Text, nullable=False),  # a readable preview
     sa.Column("raw_base64", sa.Text),  # the value itself, byte for byte (up to 64 KiB)
     sa.Column("raw_bytes", sa.Integer),  # its full length
+    # sha256 of the value: finds the original on its topic when it is not kept (masking).
+    sa.Column("raw_sha256", sa.String(64)),
     sa.Column("rejected_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("published", sa.Boolean, nullable=False, default=False),
     sa.UniqueConstraint("topic", "partition", "offset", name="uq_rejected_position"),

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import shutil
 import signal
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from moodwire.processes.learner import learner_dir, seed_memory
 from moodwire.settings import Settings
 from state.registry import Registry
 from state.store import Store
+from stream.broker import free_port
 from stream.synthetic import demo_feed, labelled_headlines
 
 pytestmark = pytest.mark.integration
@@ -78,7 +80,8 @@ def test_labels_and_a_retrain_command_give_a_promoted_version(
 ) -> None:
     # Bounded by epochs, not the clock, so the outcome does not depend on the machine.
     s = _own_registry(settings, tmp_path, time_budget_s=600.0, epochs=2.0, lr=2e-4)
-    env = settings_env(s)
+    port = free_port()
+    env = settings_env(s) | {"MOODWIRE_METRICS_PORT": str(port)}
     log = tmp_path / "learner.log"
     proc = start_process(["learner"], env, log)
     try:
@@ -99,8 +102,19 @@ def test_labels_and_a_retrain_command_give_a_promoted_version(
             "a decision",
         )
         assert len(log_events(log, "label_rejected")) == 2
+        # The retrain's duration and how it ended, on the learner's /metrics (observed
+        # once the decision is saved, just after its log line).
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_until(
+            lambda: b"moodwire_retrain_seconds_count 1.0" in urllib.request.urlopen(url).read(),
+            30,
+            "the retrain observed",
+        )
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
     finally:
         stop_process(proc)
+    outcomes = [ln for ln in text.splitlines() if ln.startswith("moodwire_retrain_outcomes_total")]
+    assert outcomes == ['moodwire_retrain_outcomes_total{outcome="promoted"} 1.0'], outcomes
     promoted = log_events(log, "model_promoted")
     assert promoted, log_events(log, "candidate_rejected")
     registry = Registry(s.resolved_registry())
