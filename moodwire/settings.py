@@ -16,14 +16,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from learner.config import LearnerConfig
 from stream.alerts import AlertConfig
 from stream.config import KafkaConfig, OperationsConfig, Topics, WorkerConfig
+from stream.destinations import Destination, destinations_from, parse_destinations
 from stream.validate import Limits
 
 
@@ -31,7 +32,12 @@ class Settings(BaseSettings):
     """Everything a Moodwire process needs to know, validated once."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MOODWIRE_", env_nested_delimiter="__", frozen=True, extra="ignore"
+        env_prefix="MOODWIRE_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+        # A rejected value is not echoed: destination URLs and tokens are secrets.
+        hide_input_in_errors=True,
     )
 
     # Where state lives by default (SQLite store, registry, index) when not given explicitly.
@@ -96,6 +102,14 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(5.0, gt=0)
     webhook_retries: int = Field(3, ge=0)
 
+    # -- Alert destinations (issue 15: alert channels; see stream/destinations.py) ---------
+    # Slack, Teams, PagerDuty, e-mail (apprise URLs) and https:// webhooks, each with the
+    # least severity it hears of: MOODWIRE_NOTIFY='[{"url": "slack://…",
+    # "min_severity": "critical"}]'. webhook_url above is one more, for every severity.
+    notify: Annotated[tuple[Destination, ...], NoDecode] = ()
+    webhook_secret: SecretStr | None = None  # signs the generic webhook's body (HMAC-SHA256)
+    dashboard_url: str | None = None  # the dashboard's public address: messages link to it
+
     # Outages (broker, store, disk) are waited out: retries back off exponentially with
     # jitter from retry_initial_s to retry_max_s between attempts, for as long as it takes.
     retry_initial_s: float = Field(0.5, gt=0, le=60)
@@ -123,6 +137,29 @@ class Settings(BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"webhook_url must start with http:// or https://, got {v[:40]!r}")
         return v.strip()
+
+    @field_validator("notify", mode="before")
+    @classmethod
+    def _destinations(cls, v: object) -> object:
+        if isinstance(v, str):
+            return parse_destinations(v)
+        return destinations_from(v) if v else ()
+
+    @field_validator("dashboard_url")
+    @classmethod
+    def _dashboard_is_http(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not v.strip().startswith(("http://", "https://")):
+            raise ValueError("dashboard_url must start with http:// or https://")
+        return v.strip().rstrip("/")
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _secret_set_or_none(cls, v: object) -> object:
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        return v
 
     @field_validator("operator_token", mode="before")
     @classmethod
@@ -171,6 +208,15 @@ class Settings(BaseSettings):
                 env[f"MOODWIRE_LEARNER__{name.upper()}"] = str(value)
         if self.operator_token is not None:
             env["MOODWIRE_OPERATOR_TOKEN"] = self.operator_token.get_secret_value()
+        # Alert destinations (secrets: the child needs them to send).
+        if self.notify:
+            env["MOODWIRE_NOTIFY"] = json.dumps(
+                [{**d.model_dump(), "url": d.url.get_secret_value()} for d in self.notify]
+            )
+        if self.webhook_secret is not None:
+            env["MOODWIRE_WEBHOOK_SECRET"] = self.webhook_secret.get_secret_value()
+        if self.dashboard_url is not None:
+            env["MOODWIRE_DASHBOARD_URL"] = self.dashboard_url
         return env
 
     def kafka(self) -> KafkaConfig:
@@ -194,6 +240,19 @@ class Settings(BaseSettings):
             partitions=self.partitions,
             operator_token=self.operator_token,
         )
+
+    def destinations(self) -> tuple[Destination, ...]:
+        """Where alerts go: ``notify``, plus ``webhook_url`` as a webhook for every severity."""
+        out = list(self.notify)
+        if self.webhook_url:
+            url = getattr(self.webhook_url, "get_secret_value", lambda: self.webhook_url)()
+            legacy = Destination(
+                url=url, min_severity="warning", name="webhook",
+                retries=self.webhook_retries, timeout_s=self.webhook_timeout_s,
+            )  # fmt: skip
+            if legacy.key not in {d.key for d in out}:
+                out.append(legacy)
+        return tuple(out)
 
     def limits(self) -> Limits:
         """What an input may be before it is dead-lettered."""

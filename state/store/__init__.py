@@ -1,6 +1,6 @@
 """The store: items, labels, alerts, drift events and the audit log, in SQL (SQLAlchemy Core).
 
-One class per concern (``items``, ``labels``, ``alerts``, ``drift``, ``audit``; the tables
+One class per concern (``items``, ``labels``, ``alerts``, ``notifications``, ``drift``, ``audit``; the tables
 in ``schema``), composed into the one ``Store`` every process opens.
 
 SQLite (WAL) is the embedded default; PostgreSQL by URL for production. Writes
@@ -24,7 +24,9 @@ from state.store.audit import AuditStore
 from state.store.drift import DriftStore
 from state.store.items import ItemsStore
 from state.store.labels import LabelsStore
+from state.store.notifications import NotificationsStore
 from state.store.schema import (
+    alert_notifications,
     alerts,
     as_utc,
     audit_log,
@@ -41,6 +43,7 @@ from state.store.schema import (
 
 __all__ = [
     "Store",
+    "alert_notifications",
     "alerts",
     "audit_log",
     "decode_embeddings",
@@ -55,7 +58,7 @@ __all__ = [
 ]
 
 
-class Store(ItemsStore, LabelsStore, AlertsStore, DriftStore, AuditStore):
+class Store(ItemsStore, LabelsStore, AlertsStore, NotificationsStore, DriftStore, AuditStore):
     """Scored items and rejections, with idempotent writes; labels, alerts, drift, audit."""
 
     def stats(self) -> dict[str, Any]:
