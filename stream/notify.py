@@ -354,12 +354,21 @@ class Channel:
 
     # -- the thread ---------------------------------------------------------------------------
 
+    def wait_idle(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything queued so far was handled; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                return False
+            time.sleep(0.01)
+        return True
+
     def _run(self) -> None:
         while True:
             job = self._queue.get()
-            if job is None or self._abandon.is_set():
-                return
             try:
+                if job is None or self._abandon.is_set():
+                    return
                 if isinstance(job, _Tick):
                     self._closures(job)
                 else:
@@ -371,6 +380,8 @@ class Channel:
                     kind=self.kind,
                     error=type(exc).__name__,
                 )
+            finally:
+                self._queue.task_done()
 
     def _revision(self, alert: dict[str, Any]) -> None:
         d, store = self.destination, self.store
@@ -535,7 +546,13 @@ class Notifier:
         for channel in self.channels:
             channel.offer_tick(watermark, time.time() if now is None else now)
 
+    def wait_idle(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every channel handled what was queued so far; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        return all(c.wait_idle(max(0.0, deadline - time.monotonic())) for c in self.channels)
+
     def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what is queued (within ``timeout_s`` in all), then stop every channel."""
         deadline = time.monotonic() + timeout_s
         for channel in self.channels:
             channel.close(max(0.1, deadline - time.monotonic()))
