@@ -242,7 +242,8 @@ class AppriseSender:
         short = self.destination.kind == "pagerduty"  # the body is the incident's summary
         with apprise_log() as said:
             try:
-                plugin = apprise.Apprise.instantiate(url)
+                asset = apprise.AppriseAsset(app_id="Moodwire", app_desc="Moodwire alerts")
+                plugin = apprise.Apprise.instantiate(url, asset=asset)
                 ok = plugin is not None and plugin.notify(
                     body=message.summary() if short else message.body(),
                     title=message.title,

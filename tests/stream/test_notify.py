@@ -476,6 +476,7 @@ def test_email_threads_updates_on_one_reference_and_subject(
     assert notifier.wait_idle(30)
     assert len(got) == 3
     assert {tuple(e.rcpt_tos) for e in got} == {("risk-desk@example.com",)}
+    assert {e.mail_from for e in got} == {"moodwire@example.com"}
     mails = [message_from_bytes(e.content) for e in got]
     assert {m["Subject"] for m in mails} == {
         "Moodwire alert: negative surge on ACME [al-acme-0001]"
@@ -484,6 +485,7 @@ def test_email_threads_updates_on_one_reference_and_subject(
     thread = "<al-acme-0001@moodwire>"
     assert [m["In-Reply-To"] for m in mails] == [None, thread, thread]  # updates reply
     assert len({m["Message-ID"] for m in mails}) == 3
+    assert {m["From"] for m in mails} == {"Moodwire <moodwire@example.com>"}
     plain = [p.get_payload(decode=True).decode() for m in mails for p in m.walk()
              if p.get_content_type() == "text/plain"]  # fmt: skip
     assert "alerts?alert=al-acme-0001" in plain[0]
