@@ -116,8 +116,11 @@ def tls_receiver(tmp_path: Path) -> Iterator[Receiver]:
     r.server.shutdown()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """The claims are the store's: on both databases it runs on."""
+    if request.param == "postgresql":
+        return Store(request.getfixturevalue("pg_fresh"))
     return Store(f"sqlite:///{tmp_path / 'alerts.db'}")
 
 
