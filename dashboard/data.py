@@ -266,6 +266,16 @@ def alert_list(
 
 
 @st.cache_data(ttl=TTL_S)
+def alert_by_id(url: str, alert_id: str) -> dict[str, Any] | None:
+    """One alert (a notification's link opens it), with ``muted`` as in :func:`alert_list`."""
+    r = get_store(url).alert_row(alert_id)
+    if r is not None:
+        muted = _utc(r.get("muted_until"))
+        r["muted"] = muted is not None and muted > datetime.now(UTC)
+    return r
+
+
+@st.cache_data(ttl=TTL_S)
 def items_by_ids(url: str, ids: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return get_store(url).items_by_ids(list(ids))
 

@@ -25,10 +25,15 @@ import json
 import os
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from learner.config import LearnerConfig
 from stream.alerts import AlertConfig
@@ -40,6 +45,7 @@ from stream.config import (
     Topics,
     WorkerConfig,
 )
+from stream.destinations import Destination, destinations_from, parse_destinations
 from stream.masking import DEFAULT_PHONE_REGIONS, Masker, check_regions
 from stream.origins import Signer, Trust
 from stream.validate import Limits
@@ -138,9 +144,18 @@ class Settings(BaseSettings):
     watchlist: Path | None = None  # YAML/CSV of tickers, names, aliases (None: the shipped one)
     taxonomy: Path | None = None  # YAML of topics with descriptions and examples (None: shipped)
     alerts: AlertConfig = AlertConfig()
-    webhook_url: str | None = None  # alerts are also POSTed here as JSON
+    # Alerts are also POSTed here as JSON. A secret: such URLs carry their token.
+    webhook_url: SecretStr | None = None
     webhook_timeout_s: float = Field(5.0, gt=0)
     webhook_retries: int = Field(3, ge=0)
+
+    # -- Alert destinations (issue 15: alert channels; see stream/destinations.py) ---------
+    # Slack, Teams, PagerDuty, e-mail (apprise URLs) and https:// webhooks, each with the
+    # least severity it hears of: MOODWIRE_NOTIFY='[{"url": "slack://…",
+    # "min_severity": "critical"}]'. webhook_url above is one more, for every severity.
+    notify: Annotated[tuple[Destination, ...], NoDecode] = ()
+    webhook_secret: SecretStr | None = None  # signs the generic webhook's body (HMAC-SHA256)
+    dashboard_url: str | None = None  # the dashboard's public address: messages link to it
 
     # Outages (broker, store, disk) are waited out: retries back off exponentially with
     # jitter from retry_initial_s to retry_max_s between attempts, for as long as it takes.
@@ -185,14 +200,40 @@ class Settings(BaseSettings):
     def _known_regions(cls, v: str) -> str:
         return ",".join(check_regions(v.split(",")))
 
-    @field_validator("webhook_url")
+    @field_validator("webhook_url", mode="before")
     @classmethod
-    def _webhook_is_http(cls, v: str | None) -> str | None:
-        if v is None or not v.strip():
+    def _webhook_is_http(cls, v: object) -> object:
+        if isinstance(v, SecretStr):
+            v = v.get_secret_value()
+        if v is None or (isinstance(v, str) and not v.strip()):
             return None  # unset, or set empty (compose's ${VAR:-})
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"webhook_url must start with http:// or https://, got {v[:40]!r}")
-        return v.strip()
+        if not isinstance(v, str) or not v.strip().startswith(("http://", "https://")):
+            # Not the value: a webhook URL holds its token.
+            raise ValueError("webhook_url must start with http:// or https://")
+        return SecretStr(v.strip())
+
+    @field_validator("notify", mode="before")
+    @classmethod
+    def _destinations(cls, v: object) -> object:
+        if isinstance(v, str):
+            return parse_destinations(v)
+        return destinations_from(v) if v else ()
+
+    @field_validator("dashboard_url")
+    @classmethod
+    def _dashboard_is_http(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not v.strip().startswith(("http://", "https://")):
+            raise ValueError("dashboard_url must start with http:// or https://")
+        return v.strip().rstrip("/")
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _secret_set_or_none(cls, v: object) -> object:
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        return v
 
     @field_validator("store_url", mode="before")
     @classmethod
@@ -250,7 +291,9 @@ class Settings(BaseSettings):
         env["MOODWIRE_DRIFT_WARMUP"] = str(self.drift_warmup)
         env["MOODWIRE_DRIFT_COOLDOWN"] = str(self.drift_cooldown)
         env["MOODWIRE_ALERTS"] = json.dumps(dataclasses.asdict(self.alerts))
-        for name in ("watchlist", "taxonomy", "webhook_url"):
+        if self.webhook_url is not None:
+            env["MOODWIRE_WEBHOOK_URL"] = self.webhook_url.get_secret_value()
+        for name in ("watchlist", "taxonomy"):
             if getattr(self, name) is not None:
                 env[f"MOODWIRE_{name.upper()}"] = str(getattr(self, name))
         for name, value in dataclasses.asdict(self.learner).items():
@@ -264,6 +307,15 @@ class Settings(BaseSettings):
             env["MOODWIRE_ORIGINS_FILE"] = str(self.origins_file)
         for name, value in self.access.model_dump().items():
             env[f"MOODWIRE_ACCESS__{name.upper()}"] = str(value)
+        # Alert destinations (secrets: the child needs them to send).
+        if self.notify:
+            env["MOODWIRE_NOTIFY"] = json.dumps(
+                [{**d.model_dump(), "url": d.url.get_secret_value()} for d in self.notify]
+            )
+        if self.webhook_secret is not None:
+            env["MOODWIRE_WEBHOOK_SECRET"] = self.webhook_secret.get_secret_value()
+        if self.dashboard_url is not None:
+            env["MOODWIRE_DASHBOARD_URL"] = self.dashboard_url
         return env
 
     def origin_keys(self) -> dict[str, SecretStr]:
@@ -327,6 +379,19 @@ class Settings(BaseSettings):
             sign_in=self.access.policy(),
             signer=self.signer(origin),
         )
+
+    def destinations(self) -> tuple[Destination, ...]:
+        """Where alerts go: ``notify``, plus ``webhook_url`` as a webhook for every severity."""
+        out = list(self.notify)
+        if self.webhook_url:
+            url = getattr(self.webhook_url, "get_secret_value", lambda: self.webhook_url)()
+            legacy = Destination(
+                url=url, min_severity="warning", name="webhook",
+                retries=self.webhook_retries, timeout_s=self.webhook_timeout_s,
+            )  # fmt: skip
+            if legacy.key not in {d.key for d in out}:
+                out.append(legacy)
+        return tuple(out)
 
     def limits(self) -> Limits:
         """What an input may be before it is dead-lettered."""

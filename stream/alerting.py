@@ -5,9 +5,10 @@ items stored since its last step from the store (all workers' items, not just
 its own partitions, so per-entity counts are whole), feeds them to the
 :class:`~stream.alerts.AlertEngine`, and for each new or updated alert adds the
 most similar past episodes from the FAISS index, stores it, and, if this worker
-stored that revision first, publishes it on ``moodwire.alerts`` and posts it
-to the webhook. Alert ids are deterministic, so several workers agree, and a
-restarted worker rebuilds its windows from the store without raising an alert
+stored that revision first, publishes it on ``moodwire.alerts`` and hands it
+to the :class:`~stream.notify.Notifier` (Slack, Teams, PagerDuty, e-mail, the
+webhook: one message per episode, then updates). Alert ids are deterministic,
+so several workers agree, and a restarted worker rebuilds its windows from the store without raising an alert
 twice. Alerting is advisory: a failure is logged and never fails a batch.
 """
 
@@ -26,7 +27,7 @@ from prometheus_client import Counter
 
 from state.store import Store
 from stream.alerts import Alert, AlertConfig, AlertEngine, AlertItem
-from stream.webhook import WebhookSink
+from stream.notify import Notifier
 
 log = structlog.get_logger(__name__)
 
@@ -104,7 +105,7 @@ class Alerter:
         *,
         search: Search | None = None,
         publish: Callable[[str, bytes], None] | None = None,
-        webhook: WebhookSink | None = None,
+        notifier: Notifier | None = None,
         source_topic: str | None = None,
         partitions: Iterable[int] = (),
     ) -> None:
@@ -118,7 +119,7 @@ class Alerter:
         self._started = time.monotonic()
         self.search = search
         self.publish = publish
-        self.webhook = webhook
+        self.notifier = notifier
         self.raised = 0
         # Rebuild the windows an alert could still involve: the baseline, the cool-down
         # of an open episode, and the windows not judged yet.
@@ -146,6 +147,7 @@ class Alerter:
             self.seq = int(rows[-1]["seq"])
             if len(rows) < limit:
                 break
+        mark = None
         if final:
             alerts = self.engine.flush()
         elif self.source_topic is not None:
@@ -153,6 +155,7 @@ class Alerter:
             alerts = self.engine.advance(mark) if mark is not None else []
         else:
             alerts = self.engine.advance()
+            mark = self.engine.watermark()
         for event in self.store.drift_events_after(self.drift_seq):
             self.drift_seq = int(event["seq"])
             drift = self.engine.drift_alert(event)
@@ -166,6 +169,8 @@ class Alerter:
             if self.store.upsert_alert(data):
                 announced.append(data)
                 self._announce(data)
+        if self.notifier is not None:
+            self.notifier.tick(mark)  # episodes the watermark has closed
         return announced
 
     def watermark(self) -> float | None:
@@ -217,8 +222,5 @@ class Alerter:
                 self.publish(data["id"], json.dumps(data, default=str).encode("utf-8"))
             except Exception:
                 log.exception("alert_publish_failed", id=data["id"])
-        if self.webhook is not None:
-            if self.store.alert_muted(data["id"]):  # an operator muted the episode: no paging
-                log.info("alert_muted", id=data["id"], revision=data["revision"])
-            else:
-                self.webhook.send(data)
+        if self.notifier is not None:  # it skips an episode an operator muted
+            self.notifier.notify(data)

@@ -1,115 +1,104 @@
-"""Alerts to a webhook: JSON POST from a background thread, retried, never blocking.
+"""The generic webhook: the alert as JSON, POSTed, signed with HMAC-SHA256.
 
-``send`` only puts the alert on a bounded queue and returns; a daemon thread
-posts it with a timeout and retries with exponential backoff. A dead endpoint
-costs the scoring path nothing: failures are logged, and when the queue is
-full the newest alert is dropped (and counted) rather than waiting.
+With a secret (``MOODWIRE_WEBHOOK_SECRET``) every request carries two headers:
+
+* ``X-Moodwire-Timestamp``: the Unix time of the request, in seconds;
+* ``X-Moodwire-Signature``: ``sha256=`` and the hex HMAC-SHA256, keyed with the
+  secret, of ``<timestamp>.`` followed by the exact body bytes.
+
+A receiver recomputes the MAC over the raw body it received (before parsing it),
+compares it in constant time, and refuses a timestamp too far from its clock (a
+replayed request), e.g. in Python::
+
+    ts = request.headers["X-Moodwire-Timestamp"]
+    mac = hmac.new(secret, ts.encode() + b"." + raw_body, hashlib.sha256).hexdigest()
+    ok = hmac.compare_digest(request.headers["X-Moodwire-Signature"], "sha256=" + mac)
+    fresh = abs(time.time() - int(ts)) <= 300
+
+Each retry is signed anew (a new timestamp). Delivery (queue, thread, retries) is
+:mod:`stream.notify`'s; this module sends one request.
+
+>>> headers = signature_headers(b'{"id": "al-1"}', b"s3cret", timestamp=1700000000)
+>>> headers["X-Moodwire-Timestamp"], headers["X-Moodwire-Signature"][:15]
+('1700000000', 'sha256=9491940b')
+>>> verify_signature(b'{"id": "al-1"}', b"s3cret", headers, now=1700000100)
+True
+>>> verify_signature(b'{"id": "al-2"}', b"s3cret", headers, now=1700000100)
+False
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import queue
-import threading
+import hashlib
+import hmac
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import Mapping
 
-import structlog
-from prometheus_client import Counter
-
-log = structlog.get_logger(__name__)
-
-SENT = Counter("moodwire_webhook_sent_total", "Alerts the webhook accepted")
-FAILED = Counter("moodwire_webhook_failed_total", "Alerts given up on after every retry")
-DROPPED = Counter("moodwire_webhook_dropped_total", "Alerts dropped because the queue was full")
+SIGNATURE_HEADER = "X-Moodwire-Signature"
+TIMESTAMP_HEADER = "X-Moodwire-Timestamp"
+DEFAULT_TOLERANCE_S = 300
 
 
-class WebhookSink:
-    """POST each alert as JSON to ``url`` (``send`` returns at once, whatever the endpoint does)."""
+class DeliveryError(Exception):
+    """A destination did not take a message (the text names no URL or secret)."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        timeout_s: float = 5.0,
-        retries: int = 3,
-        backoff_s: float = 0.5,
-        queue_size: int = 1000,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"webhook URL must start with http:// or https://, got {url!r}")
-        self.url = url
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.headers = {"Content-Type": "application/json", **(headers or {})}
-        self.sent = self.failed = self.dropped = 0
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=queue_size)
-        self._closing = threading.Event()
-        self._abandon = threading.Event()  # closing took too long: drop the rest
-        self._thread = threading.Thread(target=self._run, name="moodwire-webhook", daemon=True)
-        self._thread.start()
 
-    def send(self, alert: dict[str, Any]) -> bool:
-        """Queue an alert; False (and logged) when the queue is full."""
-        try:
-            self._queue.put_nowait(alert)
-            return True
-        except queue.Full:
-            self.dropped += 1
-            DROPPED.inc()
-            log.error("webhook_queue_full_alert_dropped", alert_id=alert.get("id"), url=self.url)
-            return False
+def signature(body: bytes, secret: bytes, timestamp: int) -> str:
+    """``sha256=<hex>``: the HMAC-SHA256 of ``<timestamp>.<body>`` keyed with ``secret``."""
+    mac = hmac.new(secret, str(int(timestamp)).encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Deliver what is queued (within ``timeout_s``), then stop."""
-        self._closing.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=timeout_s)
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            self._abandon.set()
-            log.error(
-                "webhook_close_timed_out_undelivered", queued=self._queue.qsize(), url=self.url
-            )
 
-    def _run(self) -> None:
-        while True:
-            alert = self._queue.get()
-            if alert is None or self._abandon.is_set():
-                return
-            self._deliver(alert)
+def signature_headers(
+    body: bytes, secret: bytes, *, timestamp: int | None = None
+) -> dict[str, str]:
+    """The two headers that sign ``body`` now (or at ``timestamp``)."""
+    ts = int(time.time()) if timestamp is None else int(timestamp)
+    return {TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: signature(body, secret, ts)}
 
-    def _deliver(self, alert: dict[str, Any]) -> None:
-        body = json.dumps(alert, default=str).encode("utf-8")
-        error = ""
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=body, headers=self.headers)
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    if 200 <= response.status < 300:
-                        self.sent += 1
-                        SENT.inc()
-                        return
-                    error = f"HTTP {response.status}"
-            except urllib.error.HTTPError as exc:
-                error = f"HTTP {exc.code}"
-            except (OSError, ValueError) as exc:  # refused, timed out, unreachable, …
-                error = f"{type(exc).__name__}: {exc}"[:200]
-            if self._abandon.is_set():
-                break
-            if attempt < self.retries and not self._closing.is_set():
-                time.sleep(self.backoff_s * 2**attempt)
-        self.failed += 1
-        FAILED.inc()
-        log.error(
-            "webhook_failed",
-            alert_id=alert.get("id"),
-            url=self.url,
-            error=error,
-            attempts=self.retries + 1,
-        )
+
+def verify_signature(
+    body: bytes,
+    secret: bytes,
+    headers: Mapping[str, str],
+    *,
+    now: float | None = None,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+) -> bool:
+    """What a receiver does: the MAC matches (constant time) and the timestamp is fresh."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    ts, sig = lowered.get(TIMESTAMP_HEADER.lower()), lowered.get(SIGNATURE_HEADER.lower())
+    if ts is None or sig is None or not ts.isdigit():
+        return False
+    if abs((time.time() if now is None else now) - int(ts)) > tolerance_s:
+        return False
+    return hmac.compare_digest(sig, signature(body, secret, int(ts)))
+
+
+def validate_webhook_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("webhook URL must start with http:// or https://")
+    return url
+
+
+def post(url: str, body: bytes, *, secret: bytes | None, timeout_s: float) -> None:
+    """POST ``body`` (JSON) to ``url``, signed when there is a secret; raises DeliveryError."""
+    headers = {"Content-Type": "application/json", "User-Agent": "moodwire"}
+    if secret:
+        headers.update(signature_headers(body, secret))
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            if not 200 <= response.status < 300:
+                raise DeliveryError(f"HTTP {response.status}")
+    except urllib.error.HTTPError as exc:
+        raise DeliveryError(f"HTTP {exc.code}") from None
+    except (OSError, ValueError) as exc:  # refused, timed out, unreachable, …
+        # The kind of failure only: an exception's text may repeat the URL.
+        reason = getattr(exc, "reason", exc)
+        if not isinstance(reason, BaseException):
+            reason = exc
+        detail = getattr(reason, "strerror", None)
+        raise DeliveryError(type(reason).__name__ + (f": {detail}" if detail else "")) from None

@@ -95,12 +95,23 @@ def live() -> None:
         include_muted=show_muted,
         include_acknowledged=show_acked,
     )
+    # A notification links here with ?alert=<id>: that alert opens first, whatever the filters.
+    linked_id = st.query_params.get("alert")
+    if linked_id:
+        linked = data.alert_by_id(url, linked_id)
+        if linked is None:
+            st.warning(f"No alert {linked_id[:64]!r} in this store.")
+        else:
+            st.subheader("Linked alert")
+            _alert(linked, expanded=True)
+            rows = [a for a in rows if a["id"] != linked_id]
+            st.subheader("All alerts")
     st.caption(f"{len(rows)} alerts, newest window first.")
     if not rows:
         st.info("No alerts match. Alerts appear when a window closes with a surge, a shift, "
                 "a volume spike or drift.")  # fmt: skip
     # The newest alert with items of its own opens, with its chart and evidence.
-    first = next((a["id"] for a in rows if a.get("baseline_windows")), None)
+    first = None if linked_id else next((a["id"] for a in rows if a.get("baseline_windows")), None)
     for a in rows:
         _alert(a, expanded=a["id"] == first)
 

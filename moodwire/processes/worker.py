@@ -21,11 +21,11 @@ from stream.entities import EntityTagger, WatchList
 from stream.errors import BrokerError
 from stream.health import HealthServer, Readiness
 from stream.health import serve_health as health_server
+from stream.notify import Notifier
 from stream.outage import Health, Waiter, is_outage
 from stream.publish import Publisher
 from stream.scorer import Scorer, ServingWatcher, load_serving
 from stream.topics import Taxonomy, TopicModel
-from stream.webhook import WebhookSink
 from stream.worker import Worker
 
 log = structlog.get_logger(__name__)
@@ -181,13 +181,19 @@ def build_worker(
         group_id=settings.consumer_group,
         client_id="moodwire-worker",
     )
-    webhook = (
-        WebhookSink(
-            settings.webhook_url,
-            timeout_s=settings.webhook_timeout_s,
-            retries=settings.webhook_retries,
+    # Alert destinations (Slack, Teams, PagerDuty, e-mail, webhooks): see stream/notify.py.
+    destinations = settings.destinations()
+    secret = settings.webhook_secret
+    notifier = (
+        Notifier.build(
+            destinations,
+            store,
+            webhook_secret=secret.get_secret_value().encode() if secret else None,
+            dashboard_url=settings.dashboard_url,
+            window_s=settings.alerts.window_s,
+            cooldown_s=settings.alerts.cooldown_s,
         )
-        if settings.webhook_url
+        if destinations
         else None
     )
 
@@ -201,7 +207,7 @@ def build_worker(
         settings.alerts,
         search=past.similar,
         publish=publish,
-        webhook=webhook,
+        notifier=notifier,
         source_topic=topics.news,
         partitions=sorted(partitions),
     )
@@ -227,8 +233,8 @@ def build_worker(
         finally:
             consumer.close(autocommit=False)
             publisher.close()
-            if webhook is not None:
-                webhook.close(timeout_s=5)
+            if notifier is not None:
+                notifier.close(timeout_s=5)
             if server is not None:
                 server.close()
 

@@ -1,6 +1,6 @@
 """The store: items, labels, alerts, drift events and the audit log, in SQL (SQLAlchemy Core).
 
-One class per concern (``items``, ``labels``, ``alerts``, ``drift``, ``audit``, ``users``; the tables
+One class per concern (``items``, ``labels``, ``alerts``, ``notifications``, ``drift``, ``audit``, ``users``; the tables
 in ``schema``), composed into the one ``Store`` every process opens.
 
 SQLite (WAL) is the embedded default; PostgreSQL by URL for production. Writes
@@ -24,7 +24,9 @@ from state.store.audit import AuditStore
 from state.store.drift import DriftStore
 from state.store.items import ItemsStore
 from state.store.labels import LabelsStore
+from state.store.notifications import NotificationsStore
 from state.store.schema import (
+    alert_notifications,
     alerts,
     as_utc,
     audit_log,
@@ -44,6 +46,7 @@ from state.store.users import UsersStore
 
 __all__ = [
     "Store",
+    "alert_notifications",
     "alerts",
     "audit_log",
     "decode_embeddings",
@@ -60,8 +63,11 @@ __all__ = [
 ]
 
 
-class Store(ItemsStore, LabelsStore, AlertsStore, DriftStore, AuditStore, UsersStore):
-    """Scored items and rejections, with idempotent writes; labels, alerts, drift, audit, users."""
+class Store(
+    ItemsStore, LabelsStore, AlertsStore, NotificationsStore, DriftStore, AuditStore, UsersStore
+):
+    """Scored items and rejections, with idempotent writes; labels, alerts and what was
+    notified of them, drift, audit, users."""
 
     def stats(self) -> dict[str, Any]:
         """Counts for ``moodwire stats``."""

@@ -70,16 +70,13 @@ class AlertsStore(StoreBase):
             q = q.where(alerts.c.kind == kind)
         with self.engine.connect() as conn:
             rows = conn.execute(q.limit(limit)).mappings().all()
-        out = []
-        for r in rows:
-            payload = dict(r["payload"])
-            payload["acknowledged_by"] = r["acknowledged_by"]
-            ack = as_utc(r["acknowledged_at"])
-            payload["acknowledged_at"] = ack.isoformat() if ack else None
-            muted = as_utc(r["muted_until"])
-            payload["muted_until"] = muted.isoformat() if muted else None
-            out.append(payload)
-        return out
+        return [_with_state(r) for r in rows]
+
+    def alert_row(self, alert_id: str) -> dict[str, Any] | None:
+        """One alert as :meth:`alert_rows` gives it (None: no such alert)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(alerts).where(alerts.c.id == alert_id)).mappings().first()
+        return _with_state(row) if row is not None else None
 
     def acknowledge_alert(self, alert_id: str, actor: str) -> bool:
         """Mark an alert seen by ``actor``; False when no such alert."""
@@ -122,3 +119,14 @@ class AlertsStore(StoreBase):
             alerts.update().where(alerts.c.id == alert_id).values(muted_until=until)
         ).rowcount
         return bool(done)
+
+
+def _with_state(r: Any) -> dict[str, Any]:
+    """An alert's stored payload plus its acknowledgement and mute."""
+    payload = dict(r["payload"])
+    payload["acknowledged_by"] = r["acknowledged_by"]
+    ack = as_utc(r["acknowledged_at"])
+    payload["acknowledged_at"] = ack.isoformat() if ack else None
+    muted = as_utc(r["muted_until"])
+    payload["muted_until"] = muted.isoformat() if muted else None
+    return payload

@@ -202,6 +202,28 @@ alerts = sa.Table(
     sa.Column("muted_until", sa.DateTime(timezone=True)),
 )
 
+# What each alert destination was told of each alert episode, so that an episode notifies
+# once when it opens and then only when its severity changes or it closes, and a restarted
+# (or second) worker does not tell it again. One row per (alert, destination); the
+# destination is named by its configured name or a hash of its URL, never the URL.
+alert_notifications = sa.Table(
+    "alert_notifications",
+    metadata,
+    sa.Column("alert_id", sa.String(64), primary_key=True),
+    sa.Column("destination", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),  # slack, teams, pagerduty, email, webhook, …
+    sa.Column("state", sa.String(16), nullable=False),  # open | closed
+    sa.Column("severity", sa.String(16), nullable=False),  # the severity last announced
+    sa.Column("revision", sa.Integer, nullable=False),  # the alert revision last announced
+    sa.Column("title", sa.Text, nullable=False),  # the first message's title: updates reuse it
+    sa.Column("sent", sa.Integer, nullable=False),  # messages claimed for it so far
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("delivered_at", sa.DateTime(timezone=True)),  # the last message delivered
+    sa.Column("last_error", sa.Text),  # why the last message failed (no URL), None if it did not
+    sa.Index("ix_alert_notifications_open", "destination", "state"),
+)
+
 drift_events = sa.Table(
     "drift_events",
     metadata,

@@ -4,7 +4,8 @@ A worker subprocess scores the demo feed (one item a second of event time, a
 negative surge on INIT half-way); the alert rules run in the worker after each
 batch. The surge must raise exactly one entity alert, for INIT, in the first
 window that holds surge items; the steady entities none. The alert reaches the
-store, `moodwire.alerts` and a local webhook, and every number in it can be
+store, `moodwire.alerts` and a local webhook (signed, once per episode, with
+its dashboard link), and every number in it can be
 recomputed from the stored items it names.
 """
 
@@ -33,10 +34,13 @@ from moodwire.settings import Settings
 from state.store import Store
 from stream.alerts import AlertConfig, negative_share_z
 from stream.synthetic import demo_feed
+from stream.webhook import verify_signature
 
 pytestmark = pytest.mark.integration
 
 START = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
+SECRET = "e2e-webhook-secret"
+DASHBOARD = "http://dashboard.example:8501"
 CFG = AlertConfig(
     window_s=60, baseline_windows=10, min_baseline_windows=3, lateness_s=5, cooldown_s=300
 )
@@ -47,7 +51,9 @@ class _Hook(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append(json.loads(body))
+        data = json.loads(body)
+        data["_signed"] = verify_signature(body, SECRET.encode(), dict(self.headers))
+        type(self).received.append(data)
         self.send_response(204)
         self.end_headers()
 
@@ -69,7 +75,9 @@ def test_a_scripted_surge_raises_one_alert_for_its_entity_with_evidence(
     settings: Settings, tmp_path: Path, webhook
 ) -> None:  # noqa: ANN001
     url, received = webhook
-    settings = settings.with_overrides(alerts=CFG, webhook_url=url)
+    settings = settings.with_overrides(
+        alerts=CFG, webhook_url=url, webhook_secret=SECRET, dashboard_url=DASHBOARD
+    )
     feed = demo_feed(1200, seed=11, start=START, surge_at=0.5, drift_at=1.0)
     surge = [f for f in feed if f["meta"]["phase"] == "surge"]
     first_surge = datetime.fromisoformat(surge[0]["ts"]).timestamp()
@@ -121,7 +129,7 @@ def test_a_scripted_surge_raises_one_alert_for_its_entity_with_evidence(
     assert signal["baseline"] == pytest.approx(p0, abs=1e-5)
     assert signal["value"] == pytest.approx(p, abs=1e-5)
 
-    # Announced once per revision: on the alerts topic and to the webhook.
+    # Announced once per revision on the alerts topic; to the webhook once per episode.
     published = [
         json.loads(r.value) for r in read_all(settings.bootstrap_servers, settings.topics.alerts)
     ]
@@ -130,6 +138,13 @@ def test_a_scripted_surge_raises_one_alert_for_its_entity_with_evidence(
         latest[a["id"]] = max(latest.get(a["id"], 0), a["revision"])
     assert latest == {a["id"]: a["revision"] for a in alerts}
     wait_until(lambda: {a["id"] for a in received} == set(latest), 30, "webhook deliveries")
+    opened = [a["id"] for a in received if a["notification"]["event"] == "opened"]
+    assert sorted(opened) == sorted(latest), received  # each episode opened exactly once
+    updates = [a for a in received if a["notification"]["update"]]
+    assert all(u["notification"]["event"] in ("escalated", "closed") for u in updates), updates
+    assert all(a["_signed"] for a in received), "a webhook body failed its signature"
+    for a in received:
+        assert a["notification"]["dashboard_url"] == f"{DASHBOARD}/alerts?alert={a['id']}"
     assert log_events(log, "alerting_failed") == []
 
     # The command line shows the same alerts.
