@@ -551,6 +551,9 @@ def unknown_variables(environ: typing.Mapping[str, str], where: str = "") -> Non
         return
     parts = []
     for name in wrong:
+        if name.upper() in _REMOVED:
+            parts.append(f"{where}{name} was removed: {_REMOVED[name.upper()]}")
+            continue
         close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
         if not close:
             tail = name.upper().removeprefix("MOODWIRE_")
@@ -561,6 +564,12 @@ def unknown_variables(environ: typing.Mapping[str, str], where: str = "") -> Non
         )
     raise ValueError("; ".join(parts))
 
+
+# Settings that existed once, and what took their place.
+_REMOVED = {
+    "MOODWIRE_OPERATOR_TOKEN": "operators are named users with roles now "
+    "(moodwire users add NAME --role operator); see the README's Users and roles",
+}
 
 _known: set[str] | None = None
 

@@ -8,6 +8,7 @@ rendered DOM, the served HTML and the server's log for any of them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import urllib.request
@@ -25,9 +26,9 @@ from stream.broker import free_port
 pytestmark = pytest.mark.integration
 DB_PASSWORD = "pg-Secret-4c1d"
 SASL_PASSWORD = "sasl-Secret-8e2f"
-TOKEN = "operator-Secret-0b7a"
+ORIGIN_KEY = "origin-Secret-0b7a"
 HOOK_TOKEN = "hook-Secret-9d3e"
-SECRETS = (DB_PASSWORD, SASL_PASSWORD, TOKEN, HOOK_TOKEN)
+SECRETS = (DB_PASSWORD, SASL_PASSWORD, ORIGIN_KEY, HOOK_TOKEN)
 PAGES = {"": "Overview", "alerts": "Alerts", "models": "Drift", "explore": "Explore"}
 
 
@@ -58,7 +59,8 @@ def test_no_secret_in_any_page_source_or_the_dashboard_log(
     shutil.copytree(model_registry, registry)
     populate_dashboard_store(Store(url), registry)
     env = clean_env(tmp_path, registry=str(registry), store_url=url) | {
-        "MOODWIRE_OPERATOR_TOKEN": TOKEN,
+        "MOODWIRE_ORIGINS": json.dumps({"dashboard": ORIGIN_KEY}),
+        "MOODWIRE_NOTIFY": json.dumps([{"url": f"jsons://alerts.example.test/hook/{HOOK_TOKEN}"}]),
         "MOODWIRE_WEBHOOK_URL": f"https://hooks.example.test/services/{HOOK_TOKEN}",
         "MOODWIRE_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
         "MOODWIRE_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",

@@ -25,8 +25,9 @@ from stream.config import KafkaSecurity
 
 SASL_PASSWORD = "sasl-Pw-9f3b1c"
 DB_PASSWORD = "db-Pw-77aa01"
-TOKEN = "operator-Tok-5e5e5e"
-SECRETS = (SASL_PASSWORD, DB_PASSWORD, TOKEN)
+ORIGIN_KEY = "origin-Key-5e5e5e"
+HOOK_TOKEN = "hook-Tok-3c3c3c"
+SECRETS = (SASL_PASSWORD, DB_PASSWORD, ORIGIN_KEY, HOOK_TOKEN)
 
 
 @pytest.fixture
@@ -49,7 +50,9 @@ def _secured_env() -> dict[str, str]:
         "MOODWIRE_KAFKA__REPLICATION_FACTOR": "3",
         "MOODWIRE_KAFKA__CREATE_TOPICS": "false",
         "MOODWIRE_STORE_URL": f"postgresql+psycopg://moodwire:{DB_PASSWORD}@db/moodwire",
-        "MOODWIRE_OPERATOR_TOKEN": TOKEN,
+        "MOODWIRE_ORIGINS": json.dumps({"dashboard": ORIGIN_KEY}),
+        "MOODWIRE_WEBHOOK_URL": f"https://hooks.example.test/{HOOK_TOKEN}",
+        "MOODWIRE_NOTIFY": json.dumps([{"url": f"jsons://alerts.example.test/hook/{HOOK_TOKEN}"}]),
     }
 
 
@@ -73,6 +76,14 @@ def test_the_kafka_block_reaches_every_client(
     for k, v in s.to_env().items():
         monkeypatch.setenv(k, v)
     assert Settings().kafka == s.kafka
+
+
+def test_a_removed_setting_says_what_replaced_it(
+    monkeypatch: pytest.MonkeyPatch, no_moodwire_env: Path
+) -> None:
+    monkeypatch.setenv("MOODWIRE_OPERATOR_TOKEN", "t0ken")
+    with pytest.raises(ValidationError, match="moodwire users add"):
+        Settings()
 
 
 def test_an_unknown_moodwire_variable_is_an_error_naming_the_right_one(
