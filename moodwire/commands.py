@@ -12,14 +12,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from learner.errors import ModelLoadError
 from moodwire.cmdkit import UserError, command, guard, print_json, stop_on_signals
 from moodwire.settings import Settings
-from state.registry import Registry, RegistryError
+from state.registry import RegistryError
 from stream.errors import BrokerError, Stopping
+
+if TYPE_CHECKING:
+    from state.shared_registry import AnyRegistry
 
 log = structlog.get_logger("moodwire")
 
@@ -71,23 +75,47 @@ def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
 @command("learner")
 @guard
 def learner_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from moodwire.processes.learner import SingleActive, build_learner
+    from moodwire.processes.leader import LearnerRole, learner_lock, watch_lock
+    from moodwire.processes.learner import build_learner, learner_readiness
+    from state.locks import wait_acquire
+    from stream.health import serve_health
+    from stream.outage import Health
 
     with stop_on_signals() as stop:
-        lock = SingleActive(settings.resolved_registry() / ".learner.lock")
-        if not lock.acquire(stop):
-            return 0
+        # One active learner: the others wait on standby (and say so on /readyz).
+        lock = learner_lock(settings)
+        health, role = Health("learner"), LearnerRole(lock)
+        server = serve_health(health, role, port=settings.metrics_port, host=settings.metrics_host)
         try:
+
+            def standby() -> None:
+                log.info("learner_standby", lock=lock.name)
+
+            if not wait_acquire(lock, stop, on_wait=standby):
+                return 0
             try:
-                proc, close = build_learner(settings, progress=args.progress, stop=stop)
-            except Stopping:
-                return 0  # asked to stop while waiting for the store or the broker
-            try:
-                proc.run(stop)
+                lost = watch_lock(lock, stop)
+                try:
+                    proc, close = build_learner(
+                        settings, progress=args.progress, stop=stop, health=health, serve=False
+                    )
+                except Stopping:
+                    return 1 if lost.is_set() else 0  # stopped while waiting for a dependency
+                role.lead(learner_readiness(proc))
+                try:
+                    proc.run(stop)
+                finally:
+                    close()
+                if lost.is_set():
+                    raise UserError(
+                        "the learner lost its lock (its database connection broke); "
+                        "another learner may be active now: restart this one to stand by"
+                    )
             finally:
-                close()
+                lock.release()
         finally:
-            lock.release()
+            if server is not None:
+                server.close()
     return 0
 
 
@@ -211,7 +239,7 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
         "train": dataclasses.asdict(report),
         "metrics": {"holdout": metrics},
     }
-    registry = Registry(settings.resolved_registry())
+    registry = settings.open_registry()
     version = registry.write_version(classifier.save, card)
     serving = registry.serving()
     promoted = serving is None or args.promote
@@ -248,7 +276,7 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
         {
             "version": version,
             "serving": promoted,
-            "registry": str(registry.root),
+            "registry": registry.location,
             "holdout": {k: metrics[k] for k in ("accuracy", "macro_f1", "n")},
             "train_seconds": round(report.seconds, 1),
         }
@@ -263,10 +291,10 @@ def eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from learner.loading import load_version
     from learner.metrics import evaluate
 
-    registry = Registry(settings.resolved_registry())
+    registry = settings.open_registry()
     version = args.version or registry.serving()
     if version is None:
-        raise UserError(f"no version serves in {registry.root}; name one with --version")
+        raise UserError(f"no version serves in {registry.location}; name one with --version")
     data = load_labelled(
         args.data,
         text_col=args.text_col,
@@ -284,7 +312,7 @@ def eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
 @command("models")
 @guard
 def models_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    registry = Registry(settings.resolved_registry())
+    registry = settings.open_registry()
     serving = registry.serving()
     rows, refused = [], []
     for v in registry.versions():
@@ -313,7 +341,7 @@ def models_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if refused else 0
 
 
-def _proof_problem(registry: Registry, version: str, settings: Settings) -> str | None:
+def _proof_problem(registry: AnyRegistry, version: str, settings: Settings) -> str | None:
     """Why ``version`` would be refused at load (checksums, load, smoke batch); None if not."""
     from learner.loading import load_version
 

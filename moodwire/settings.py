@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +25,9 @@ from learner.config import LearnerConfig
 from stream.alerts import AlertConfig
 from stream.config import KafkaConfig, OperationsConfig, Topics, WorkerConfig
 from stream.validate import Limits
+
+if TYPE_CHECKING:
+    from state.shared_registry import AnyRegistry
 
 
 class Settings(BaseSettings):
@@ -55,6 +58,13 @@ class Settings(BaseSettings):
     store_url: str | None = None
     registry: Path | None = None
     index_dir: Path | None = None
+
+    # -- Several hosts (issue 15) ----------------------------------------------------------
+    # The model registry shared by every host: a SQL URL (postgresql://…, usually the
+    # store's) holds the versions and the serving pointer, and `registry` (default
+    # DATA_DIR/registry) becomes this host's cache of verified copies. Unset (or
+    # file:///DIR): the registry is the local directory, as on one machine.
+    registry_url: str | None = None
 
     # Input limits: anything bigger goes to the dead-letter topic.
     max_message_bytes: int = Field(64 * 1024, ge=256)
@@ -140,6 +150,12 @@ class Settings(BaseSettings):
     def resolved_registry(self) -> Path:
         return self.registry if self.registry is not None else self.data_dir / "registry"
 
+    def open_registry(self) -> AnyRegistry:
+        """The model registry: shared in ``registry_url``'s database, or the local directory."""
+        from state.shared_registry import open_registry  # SQLAlchemy: only where it is used
+
+        return open_registry(self.resolved_registry(), self.registry_url)
+
     def resolved_index_dir(self) -> Path:
         return self.index_dir if self.index_dir is not None else self.data_dir / "index"
 
@@ -163,7 +179,7 @@ class Settings(BaseSettings):
         env["MOODWIRE_DRIFT_WARMUP"] = str(self.drift_warmup)
         env["MOODWIRE_DRIFT_COOLDOWN"] = str(self.drift_cooldown)
         env["MOODWIRE_ALERTS"] = json.dumps(dataclasses.asdict(self.alerts))
-        for name in ("watchlist", "taxonomy", "webhook_url"):
+        for name in ("watchlist", "taxonomy", "webhook_url", "registry_url"):
             if getattr(self, name) is not None:
                 env[f"MOODWIRE_{name.upper()}"] = str(getattr(self, name))
         for name, value in dataclasses.asdict(self.learner).items():
@@ -189,6 +205,7 @@ class Settings(BaseSettings):
         return OperationsConfig(
             store_url=self.resolved_store_url(),
             registry=self.resolved_registry(),
+            registry_url=self.registry_url,
             kafka=self.kafka(),
             topics=self.topics,
             partitions=self.partitions,

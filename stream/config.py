@@ -75,3 +75,4 @@ class OperationsConfig:
     topics: Topics = Topics()
     partitions: int = 4
     operator_token: SecretStr | None = None
+    registry_url: str | None = None  # a shared registry's database (None: the directory)
