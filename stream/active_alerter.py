@@ -25,16 +25,22 @@ still held (for an advisory lock, one round trip on its own connection); a
 holder that lost it stops alerting at once.
 
 >>> import tempfile, pathlib
+>>> from structlog.testing import capture_logs
 >>> from state.locks import FileLock
 >>> class Rules:
 ...     def step(self):
 ...         return ["an alert"]
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "alerter.lock"
->>> a, b = ActiveAlerter(Rules, FileLock(path)), ActiveAlerter(Rules, FileLock(path))
->>> a.step(), b.step(), a.active, b.active
-(['an alert'], [], True, False)
->>> a.close(); b.step(), b.active
-(['an alert'], True)
+>>> a = ActiveAlerter(Rules, FileLock(path), retry_s=0)
+>>> b = ActiveAlerter(Rules, FileLock(path), retry_s=0)
+>>> with capture_logs() as events:
+...     first = a.step(), b.step(), a.active, b.active
+...     a.close()
+...     second = b.step(), b.active
+>>> first, second
+((['an alert'], [], True, False), (['an alert'], True))
+>>> [e["event"] for e in events]
+['alerter_active', 'alerter_released', 'alerter_active']
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ class ActiveAlerter:
         make: Callable[[], AlertRules],
         lock: SingleActiveLock,
         *,
-        retry_s: float = 1.0,
+        retry_s: float = 2.0,
     ) -> None:
         self.make = make
         self.lock = lock
