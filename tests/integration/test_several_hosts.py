@@ -42,7 +42,8 @@ from stream import operations
 from stream.alerts import AlertConfig
 from stream.synthetic import demo_feed
 
-pytestmark = pytest.mark.integration
+# Three processes each load the model: about 7 minutes on a 2-core machine shared with others.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 START = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
 CFG = AlertConfig(
@@ -87,6 +88,7 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
         own = shared.with_overrides(data_dir=host, registry=host / "registry")
         procs.append(start_process(["worker"], settings_env(own), log))
     store = Store(pg_fresh)
+    started = datetime.now(UTC)
     feed = demo_feed(N, seed=11, start=START, surge_at=0.5, drift_at=1.0)
     try:
         wait_until(
@@ -97,7 +99,9 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
             240,
             "three workers started and in the group",
         )
+        ready_s = (datetime.now(UTC) - started).total_seconds()
         produce_items(shared.bootstrap_servers, shared.topics.news, feed)
+        produced_at = datetime.now(UTC)
 
         # -- a promotion, mid-stream ----------------------------------------------------------
         wait_until(lambda: store.count_items() >= 96, 180, "the stream under way")
@@ -124,6 +128,7 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
         survivors = [i for i in range(3) if i != victim]
 
         wait_until(lambda: store.count_items() >= N, 300, f"all {N} items stored")
+        all_stored_at = datetime.now(UTC)
         wait_until(
             lambda: any(a["entity"] == "INIT" for a in store.alert_rows()), 90, "the INIT alert"
         )
@@ -136,8 +141,7 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
 
     # The killed worker's partitions moved: the survivors hold the whole topic between them.
     finals = [
-        _partitions(log_events(logs[i], "partitions_assigned"), datetime.now(UTC))
-        for i in survivors
+        _partitions(log_events(logs[i], "partitions_assigned"), all_stored_at) for i in survivors
     ]
     assert not finals[0] & finals[1] and finals[0] | finals[1] == set(range(shared.partitions))
 
@@ -208,5 +212,6 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
         f" worker {takers[0]} took the alert rules over {handover_s:.1f} s later;"
         f" alerts {len(alerts)} ({sum(published.values())} publications,"
         f" {sum(logged.values())} announcements) for {len(published)} revisions;"
-        f" {N} items stored once"
+        f" {N} items stored once; workers ready in {ready_s:.0f} s, the stream stored in"
+        f" {(all_stored_at - produced_at).total_seconds():.0f} s"
     )
