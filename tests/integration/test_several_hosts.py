@@ -188,7 +188,11 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
         )
     )
     assert published and set(published.values()) == {1}, published
-    assert set(published) == {(a["id"], r) for a in alerts for r in range(1, a["revision"] + 1)}
+    # (A step that judges several windows at once announces only the episode's newest revision.)
+    latest: dict[str, int] = {}
+    for alert_id, revision in published:
+        latest[alert_id] = max(latest.get(alert_id, 0), revision)
+    assert latest == {a["id"]: a["revision"] for a in alerts}
     logged = Counter((e["id"], e["revision"]) for log in logs for e in log_events(log, "alert"))
     assert logged == published
 
