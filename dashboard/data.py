@@ -17,7 +17,8 @@ import sqlalchemy as sa
 import streamlit as st
 
 from dashboard import context
-from state.registry import Registry, RegistryError
+from state.registry import RegistryError
+from state.shared_registry import open_registry
 from state.store import (
     Store,
     alerts,
@@ -364,9 +365,12 @@ def accuracy_by_version(url: str, bucket_s: int = 300) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=TTL_S)
-def models(registry_path: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """The serving version and every version's card, newest first."""
-    registry = Registry(registry_path)
+def models(
+    registry_path: str, registry_url: str | None = None
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """The serving version and every version's card, newest first (from the shared
+    registry's database when ``registry_url`` names one)."""
+    registry = open_registry(registry_path, registry_url)
     try:
         serving = registry.serving()
         versions = registry.versions()

@@ -86,7 +86,7 @@ def run_backtest(
     from stream.scorer import load_serving
 
     items, skipped = load_feed(path, text_col=text_col, shuffle_times=shuffle_times)
-    scorer = load_serving(settings.resolved_registry(), **settings.scorer())
+    scorer = load_serving(settings.open_registry(), **settings.scorer())
     tagger = entity_tagger(settings)
     topics = topic_model(settings, scorer.embedder.embed)
     with tempfile.TemporaryDirectory(prefix="moodwire-backtest-") as tmp:

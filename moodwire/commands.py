@@ -19,10 +19,11 @@ import structlog
 from learner.errors import ModelLoadError
 from moodwire.cmdkit import UserError, command, guard, print_json, stop_on_signals
 from moodwire.settings import Settings
-from state.registry import Registry, RegistryError
+from state.registry import RegistryError
 from stream.errors import BrokerError, Stopping
 
 if TYPE_CHECKING:  # stream.access (argon2, the store) is imported by the commands that sign in
+    from state.shared_registry import AnyRegistry
     from stream.access import Principal
 
 log = structlog.get_logger("moodwire")
@@ -76,46 +77,53 @@ def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
 @command("learner")
 @guard
 def learner_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from moodwire.processes.learner import (
-        LearnerStatus,
-        SingleActive,
-        build_learner,
-        liveness_s,
-    )
+    from moodwire.processes.leader import LearnerRole, learner_lock, watch_lock
+    from moodwire.processes.learner import build_learner, learner_readiness, liveness_s
+    from state.locks import wait_acquire
     from stream.health import serve_health
     from stream.outage import Health
 
-    health = Health("learner")
-    status = LearnerStatus(Registry(settings.resolved_registry()))
-    # Served from the start: a standby answers /healthz and /readyz (role "standby") too.
-    server = serve_health(
-        health,
-        status,
-        port=settings.metrics_port,
-        host=settings.metrics_host,
-        stale_s=liveness_s(settings),
-    )
-    try:
-        with stop_on_signals() as stop:
-            lock = SingleActive(settings.resolved_registry() / ".learner.lock")
-            if not lock.acquire(stop, on_wait=health.beat):
+    with stop_on_signals() as stop:
+        # One active learner: the others wait on standby (and say so on /readyz).
+        lock = learner_lock(settings)
+        health, role = Health("learner"), LearnerRole(lock)
+        server = serve_health(
+            health,
+            role,
+            port=settings.metrics_port,
+            host=settings.metrics_host,
+            stale_s=liveness_s(settings),
+        )
+        try:
+
+            def standby() -> None:
+                log.info("learner_standby", lock=lock.name)
+
+            if not wait_acquire(lock, stop, on_wait=standby, beat=health.beat):
                 return 0
             try:
+                lost = watch_lock(lock, stop)
                 try:
                     proc, close = build_learner(
-                        settings, progress=args.progress, stop=stop, health=health, status=status
+                        settings, progress=args.progress, stop=stop, health=health, serve=False
                     )
                 except Stopping:
-                    return 0  # asked to stop while waiting for the store or the broker
+                    return 1 if lost.is_set() else 0  # stopped while waiting for a dependency
+                role.lead(learner_readiness(proc))
                 try:
                     proc.run(stop)
                 finally:
                     close()
+                if lost.is_set():
+                    raise UserError(
+                        "the learner lost its lock (its database connection broke); "
+                        "another learner may be active now: restart this one to stand by"
+                    )
             finally:
                 lock.release()
-    finally:
-        if server is not None:
-            server.close()
+        finally:
+            if server is not None:
+                server.close()
     return 0
 
 
@@ -237,7 +245,7 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
         "train": dataclasses.asdict(report),
         "metrics": {"holdout": metrics},
     }
-    registry = Registry(settings.resolved_registry())
+    registry = settings.open_registry()
     version = registry.write_version(classifier.save, card)
     serving = registry.serving()
     promoted = serving is None or args.promote
@@ -274,7 +282,7 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
         {
             "version": version,
             "serving": promoted,
-            "registry": str(registry.root),
+            "registry": registry.location,
             "holdout": {k: metrics[k] for k in ("accuracy", "macro_f1", "n")},
             "train_seconds": round(report.seconds, 1),
         }
@@ -289,10 +297,10 @@ def eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from learner.loading import load_version
     from learner.metrics import evaluate
 
-    registry = Registry(settings.resolved_registry())
+    registry = settings.open_registry()
     version = args.version or registry.serving()
     if version is None:
-        raise UserError(f"no version serves in {registry.root}; name one with --version")
+        raise UserError(f"no version serves in {registry.location}; name one with --version")
     data = load_labelled(
         args.data,
         text_col=args.text_col,
@@ -310,7 +318,7 @@ def eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
 @command("models")
 @guard
 def models_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    registry = Registry(settings.resolved_registry())
+    registry = settings.open_registry()
     serving = registry.serving()
     rows, refused = [], []
     for v in registry.versions():
@@ -339,7 +347,7 @@ def models_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if refused else 0
 
 
-def _proof_problem(registry: Registry, version: str, settings: Settings) -> str | None:
+def _proof_problem(registry: AnyRegistry, version: str, settings: Settings) -> str | None:
     """Why ``version`` would be refused at load (checksums, load, smoke batch); None if not."""
     from learner.loading import load_version
 

@@ -25,7 +25,7 @@ import json
 import os
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -49,6 +49,9 @@ from stream.destinations import Destination, destinations_from, parse_destinatio
 from stream.masking import DEFAULT_PHONE_REGIONS, Masker, check_regions
 from stream.origins import Signer, Trust
 from stream.validate import Limits
+
+if TYPE_CHECKING:
+    from state.shared_registry import AnyRegistry
 
 
 # -- access control: named users and roles (users live in the store: `moodwire users`) --
@@ -107,6 +110,13 @@ class Settings(BaseSettings):
     store_url: SecretStr | None = None
     registry: Path | None = None
     index_dir: Path | None = None
+
+    # -- Several hosts (issue 15) ----------------------------------------------------------
+    # The model registry shared by every host: a SQL URL (postgresql://…, usually the
+    # store's) holds the versions and the serving pointer, and `registry` (default
+    # DATA_DIR/registry) becomes this host's cache of verified copies. Unset (or
+    # file:///DIR): the registry is the local directory, as on one machine.
+    registry_url: str | None = None
 
     # Input limits: anything bigger goes to the dead-letter topic.
     max_message_bytes: int = Field(64 * 1024, ge=256)
@@ -262,6 +272,12 @@ class Settings(BaseSettings):
     def resolved_registry(self) -> Path:
         return self.registry if self.registry is not None else self.data_dir / "registry"
 
+    def open_registry(self) -> AnyRegistry:
+        """The model registry: shared in ``registry_url``'s database, or the local directory."""
+        from state.shared_registry import open_registry  # SQLAlchemy: only where it is used
+
+        return open_registry(self.resolved_registry(), self.registry_url)
+
     def resolved_index_dir(self) -> Path:
         return self.index_dir if self.index_dir is not None else self.data_dir / "index"
 
@@ -293,7 +309,7 @@ class Settings(BaseSettings):
         env["MOODWIRE_ALERTS"] = json.dumps(dataclasses.asdict(self.alerts))
         if self.webhook_url is not None:
             env["MOODWIRE_WEBHOOK_URL"] = self.webhook_url.get_secret_value()
-        for name in ("watchlist", "taxonomy"):
+        for name in ("watchlist", "taxonomy", "registry_url"):
             if getattr(self, name) is not None:
                 env[f"MOODWIRE_{name.upper()}"] = str(getattr(self, name))
         for name, value in dataclasses.asdict(self.learner).items():
@@ -373,6 +389,7 @@ class Settings(BaseSettings):
         return OperationsConfig(
             store_url=self.resolved_store_url(),
             registry=self.resolved_registry(),
+            registry_url=self.registry_url,
             kafka=self.kafka_config(),
             topics=self.topics,
             partitions=self.partitions,

@@ -79,6 +79,11 @@ class Registry:
         self.root = Path(root)
 
     @property
+    def location(self) -> str:
+        """Where the registry is, for messages."""
+        return str(self.root)
+
+    @property
     def _versions_dir(self) -> Path:
         return self.root / "versions"
 
@@ -182,41 +187,13 @@ class Registry:
         a card that cannot be read or records no checksums.
         """
         path = self.path(version)
-        card = _read_card(version, path)
-        files = card.get("files")
-        if files is None:
-            raise VersionIntegrityError(
-                version,
-                _CARD,
-                "its card records no checksums (written before Moodwire recorded them): "
-                "retrain it, or train a new version with `moodwire bootstrap --train FILE`",
-            )
-        if not isinstance(files, dict) or not all(
-            isinstance(e, dict)
-            and isinstance(e.get("sha256"), str)
-            and isinstance(e.get("size"), int)
-            for e in files.values()
-        ):
-            raise VersionIntegrityError(
-                version, _CARD, 'card.json: "files" must map each file to its sha256 and size'
-            )
-        present = set(_files_of(path))
-        problems: list[tuple[str, str]] = []
-        for name in sorted(set(files) - present):
-            problems.append((name, f"{name} is missing"))
-        for name in sorted(present - set(files)):
-            problems.append((name, f"{name} is not one of its files (added after it was written)"))
-        for name in sorted(present & set(files)):
-            expected = files[name]
-            if (path / name).stat().st_size != expected["size"]:
-                problems.append((name, f"{name} has changed (size differs from its card)"))
-            elif _digest(path / name)["sha256"] != expected["sha256"]:
-                problems.append((name, f"{name} has changed (sha256 differs from its card)"))
-        if problems:
-            file, problem = problems[0]
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise VersionIntegrityError(version, file, problem + more)
+        verify_files(version, path, _read_card(version, path))
         return path
+
+    def verify_stored(self, version: str) -> None:
+        """:meth:`verify`, for callers that only need to know (the shared registry checks its
+        database's copy without fetching one)."""
+        self.verify(version)
 
     def _next_number(self) -> int:
         numbers = [
@@ -257,6 +234,16 @@ class Registry:
         if isinstance(state.get("switch"), dict):
             out["switch"] = state["switch"]
         return out
+
+    def pointer_token(self) -> tuple[int, int, int] | None:
+        """What identifies the pointer's last write, cheaply (one ``stat``): it changes on every
+        write (``os.replace`` gives each a new inode; with mtime and size, two writes within one
+        mtime tick differ too). None when there is no pointer."""
+        try:
+            st = os.stat(self.serving_file)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def serving(self) -> str | None:
         """The serving version (None when none serves); a malformed pointer raises."""
@@ -362,6 +349,47 @@ def _rollback_of(state: dict[str, Any]) -> tuple[str, str]:
     if current is None or len(history) < 2:
         raise RegistryError("nothing to roll back to: fewer than two versions have served")
     return current, history[-2]
+
+
+def checked_files(version: str, card: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The card's ``"files"`` (sha256 and size of each), or why it cannot be trusted."""
+    files = card.get("files")
+    if files is None:
+        raise VersionIntegrityError(
+            version,
+            _CARD,
+            "its card records no checksums (written before Moodwire recorded them): "
+            "retrain it, or train a new version with `moodwire bootstrap --train FILE`",
+        )
+    if not isinstance(files, dict) or not all(
+        isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("size"), int)
+        for e in files.values()
+    ):
+        raise VersionIntegrityError(
+            version, _CARD, 'card.json: "files" must map each file to its sha256 and size'
+        )
+    return files
+
+
+def verify_files(version: str, path: Path, card: dict[str, Any]) -> None:
+    """Check the files under ``path`` against ``card``: the first problem is raised."""
+    files = checked_files(version, card)
+    present = set(_files_of(path))
+    problems: list[tuple[str, str]] = []
+    for name in sorted(set(files) - present):
+        problems.append((name, f"{name} is missing"))
+    for name in sorted(present - set(files)):
+        problems.append((name, f"{name} is not one of its files (added after it was written)"))
+    for name in sorted(present & set(files)):
+        expected = files[name]
+        if (path / name).stat().st_size != expected["size"]:
+            problems.append((name, f"{name} has changed (size differs from its card)"))
+        elif _digest(path / name)["sha256"] != expected["sha256"]:
+            problems.append((name, f"{name} has changed (sha256 differs from its card)"))
+    if problems:
+        file, problem = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise VersionIntegrityError(version, file, problem + more)
 
 
 def _read_card(version: str, path: Path) -> dict[str, Any]:

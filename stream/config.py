@@ -229,3 +229,4 @@ class OperationsConfig:
     partitions: int = 4
     sign_in: SignInPolicy = SignInPolicy()
     signer: Signer | None = None  # signs the commands and labels it sends (stream/origins.py)
+    registry_url: str | None = None  # a shared registry's database (None: the directory)

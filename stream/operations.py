@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from state.registry import Registry
+from state.shared_registry import AnyRegistry, open_registry
 from state.store import Store
 from stream.access import Principal, authorise
 from stream.config import OperationsConfig
@@ -84,7 +84,7 @@ def _publish(config: OperationsConfig, topic: str, msg: Any, key: str | None = N
 @contextmanager
 def audited_switch(
     store: Store,
-    registry: Registry,
+    registry: AnyRegistry,
     *,
     actor: str,
     action: str,
@@ -131,7 +131,7 @@ def audited_switch(
         raise
 
 
-def reconcile_serving(store: Store, registry: Registry, *, grace_s: float = 60.0) -> str | None:
+def reconcile_serving(store: Store, registry: AnyRegistry, *, grace_s: float = 60.0) -> str | None:
     """Undo a serving switch whose audit row never committed (its writer died in between).
 
     Audit first: a switch stands only with its audit row. One made under a
@@ -176,8 +176,8 @@ def promote(
 ) -> dict[str, Any]:
     """Serve ``version``; audited in the same step, then announced on ``moodwire.control``."""
     store, actor = _authorised(config, by, "promote")
-    registry = Registry(config.registry)
-    registry.verify(version)  # refused before anything is written
+    registry = open_registry(config.registry, config.registry_url)
+    registry.verify_stored(version)  # refused before anything is written
     reconcile_serving(store, registry)  # never build on a switch that was not audited
     previous = registry.serving()
     with audited_switch(
@@ -197,10 +197,10 @@ def promote(
 def rollback(config: OperationsConfig, *, by: Principal, reason: str = "") -> dict[str, Any]:
     """Serve the previously serving version; audited in the same step, then announced."""
     store, actor = _authorised(config, by, "rollback")
-    registry = Registry(config.registry)
+    registry = open_registry(config.registry, config.registry_url)
     reconcile_serving(store, registry)  # never build on a switch that was not audited
     current, target = registry.rollback_target()
-    registry.verify(target)
+    registry.verify_stored(target)
     with audited_switch(
         store,
         registry,

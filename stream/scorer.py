@@ -6,7 +6,6 @@ pointer moves (:class:`ServingWatcher`); the frozen embedder never changes.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from learner.errors import ModelLoadError
 from learner.loading import load_version
 from retrieval.embedder import FrozenEmbedder
 from state.registry import Registry, RegistryError
+from state.shared_registry import AnyRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +55,7 @@ class Scorer:
 
 
 def load_serving(
-    registry_root: Path,
+    registry_root: Path | AnyRegistry,
     *,
     device: str = "auto",
     max_length: int = 128,
@@ -67,7 +67,7 @@ def load_serving(
     The version is verified and smoke-tested first (:func:`~learner.loading.load_version`):
     a refused one raises :class:`RegistryError` or :class:`ModelLoadError`.
     """
-    registry = Registry(registry_root)
+    registry = registry_root if hasattr(registry_root, "serving") else Registry(registry_root)
     version = registry.serving()
     if version is None:
         raise RegistryError(
@@ -83,9 +83,9 @@ def load_serving(
     )
 
 
-# What identifies one write of serving.json: os.replace gives every write a new inode, and
-# the inode with mtime and size tells two writes apart even within one mtime tick.
-_Pointer = tuple[int, int, int] | None
+# What identifies one write of the serving pointer (Registry.pointer_token): the local
+# file's inode, mtime and size, or the shared registry's generation.
+_Pointer = object
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,8 @@ class ModelSwap:
 class ServingWatcher:
     """Keeps a :class:`Scorer` on the registry's serving version, swapping between batches.
 
-    :meth:`refresh` costs one ``os.stat`` while the serving pointer stays put.
+    :meth:`refresh` costs one ``os.stat`` (a local registry) or one indexed read (a
+    shared one, :class:`~state.shared_registry.SharedRegistry`) while the pointer stays put.
     When it moved, the new version is loaded synchronously (on the scorer's
     device) and swapped in; the last ``keep`` classifiers stay loaded, so a
     rollback to the previous one is instant. A version is verified and
@@ -123,7 +124,7 @@ class ServingWatcher:
     True
     """
 
-    def __init__(self, registry: Registry, *, keep: int = 2) -> None:
+    def __init__(self, registry: AnyRegistry, *, keep: int = 2) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
         self.registry = registry
@@ -132,11 +133,7 @@ class ServingWatcher:
         self._cache: OrderedDict[str, SentimentClassifier] = OrderedDict()
 
     def _pointer(self) -> _Pointer:
-        try:
-            st = os.stat(self.registry.serving_file)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        return self.registry.pointer_token()
 
     def moved(self) -> bool:
         """Whether the serving pointer was written since the last refresh (or construction)."""

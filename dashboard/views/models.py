@@ -11,6 +11,7 @@ from stream import operations
 st.title("Drift & models")
 url = ui.store_url()
 registry = context.current().registry
+registry_url = context.current().operations.registry_url  # a shared registry's database
 refresh = ui.live_toggle()
 
 
@@ -53,7 +54,7 @@ def _gate_rows(cards: list[dict]) -> pd.DataFrame:
 @st.fragment(run_every=refresh)
 @ui.survive_outages
 def live() -> None:
-    serving, cards = data.models(registry)
+    serving, cards = data.models(registry, registry_url)
     events = data.timeline(url)
     st.subheader("Timeline")
     if events.empty:
@@ -115,7 +116,7 @@ if not ui.can("promote"):  # shown to operators; each action checks the role aga
     st.caption("Operators retrain, approve, promote and roll back (sign in as one).")
     st.stop()
 st.caption("Each runs as you, and is written to the audit log with why.")
-serving, cards = data.models(registry)
+serving, cards = data.models(registry, registry_url)
 versions = [c["version"] for c in cards]
 why = st.text_input("Why (for the audit log)", key="ops_why")
 c1, c2, c3 = st.columns(3)

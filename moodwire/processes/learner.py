@@ -2,9 +2,12 @@
 
 Wiring around :class:`~learner.continual.ContinualLearner`:
 
-* **One active learner.** An exclusive ``flock`` on ``REGISTRY/.learner.lock``:
-  a second instance waits, and takes over when the first dies (the kernel
-  releases the lock of a dead process). The standby consumes nothing.
+* **One active learner.** A lock (:mod:`moodwire.processes.leader`): a
+  PostgreSQL advisory lock when the store or the shared registry is there
+  (learners on several hosts), else an exclusive ``flock`` on
+  ``REGISTRY/.learner.lock``. A second instance waits on standby (``/readyz``
+  says ``role: standby``) and takes over when the first dies (the database or
+  the kernel releases a dead holder's lock). The standby consumes nothing.
 * **Labels in.** One consumer in group ``<consumer_group>-learner`` reads
   ``news.labels`` and ``moodwire.control``. Labels are stored idempotently
   (``labels`` table, joined to the scored items by id) before offsets are
@@ -22,9 +25,7 @@ Wiring around :class:`~learner.continual.ContinualLearner`:
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -108,73 +109,6 @@ def seed_memory(
         held.add(item)
     _save_memories(settings, replay, held)
     return len(replay) + len(held)
-
-
-class SingleActive:
-    """An exclusive lock on a file: held by one process at a time, freed when it dies."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(
-        self,
-        stop: threading.Event,
-        poll_s: float = 1.0,
-        on_wait: Callable[[], None] | None = None,
-    ) -> bool:
-        """Wait for the lock until ``stop``; ``on_wait`` runs at every try (a standby's beat)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        waiting_logged = False
-        while not stop.is_set():
-            if on_wait is not None:
-                on_wait()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not waiting_logged:
-                    log.info("learner_standby", lock=str(self.path))
-                    waiting_logged = True
-                stop.wait(poll_s)
-                continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            self._fd = fd
-            return True
-        os.close(fd)
-        return False
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-class LearnerStatus:
-    """What a learner's ``/readyz`` says, from before it holds the lock to when it learns.
-
-    * ``standby`` — another learner holds the lock; ready while a version serves in the
-      registry (it can take over: nothing to bootstrap first).
-    * ``starting`` — it holds the lock and waits for the store, the broker or its model:
-      not ready.
-    * ``active`` — it holds the lock and its model is loaded: ready (while every
-      dependency answers, which the health server adds).
-    """
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self.role = "standby"
-        self.proc: LearnerProcess | None = None
-
-    def __call__(self) -> tuple[bool, dict[str, Any]]:
-        if self.proc is not None:
-            return True, {"role": "active", "model_version": self.proc.learner.version}
-        if self.role == "standby":
-            serving = self.registry.serving()
-            return serving is not None, {"role": "standby", "serving": serving}
-        return False, {"role": self.role}
 
 
 def liveness_s(settings: Settings) -> float:
@@ -854,28 +788,30 @@ def _gate_log(outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def learner_readiness(proc: LearnerProcess) -> Callable[[], tuple[bool, dict]]:
+    def ready() -> tuple[bool, dict]:
+        return True, {"model_version": proc.learner.version}
+
+    return ready
+
+
 def build_learner(
     settings: Settings,
     *,
     progress: bool = False,
     stop: threading.Event | None = None,
     health: Health | None = None,
-    status: LearnerStatus | None = None,
+    serve: bool = True,
 ) -> tuple[LearnerProcess, Callable[[], None]]:
     """A ready learner process and the function that closes what it opened.
 
-    Given ``health`` and ``status`` (``moodwire learner`` serves them from before it
-    holds the lock), the learner reports through them and opens no health server of
-    its own; without them it serves one on ``MOODWIRE_METRICS_PORT`` once it is built.
-    """
+    ``serve``: open its own ``/readyz`` server (the ``learner`` command opens one
+    before the lock, so a standby answers too, and passes ``serve=False``)."""
     from moodwire.processes.worker import wait_for
     from stream.clients import ensure_topics, make_consumer, make_producer
 
-    own_server = status is None
     health = health or Health("learner")
-    registry = Registry(settings.resolved_registry())
-    status = status or LearnerStatus(registry)
-    status.role = "starting"
+    registry = settings.open_registry()
     registry.reap_incoming()  # what a learner killed mid-write left (this one holds the lock)
     store = wait_for("store", lambda: Store(settings.resolved_store_url()), health, stop, settings)
     topics = settings.topics
@@ -913,16 +849,15 @@ def build_learner(
         publisher.close()
         raise
 
-    status.proc, status.role = proc, "active"
     server = (
         serve_health(
             health,
-            status,
+            learner_readiness(proc),
             port=settings.metrics_port,
             host=settings.metrics_host,
             stale_s=liveness_s(settings),
         )
-        if own_server
+        if serve
         else None
     )
 

@@ -11,10 +11,11 @@ import numpy as np
 import structlog
 
 from learner.drift import StreamMonitor
+from moodwire.processes.leader import alerter_lock
 from moodwire.settings import Settings
 from retrieval.past_items import PastItems
-from state.registry import Registry
 from state.store import Store
+from stream.active_alerter import ActiveAlerter
 from stream.alerting import Alerter
 from stream.clients import ensure_topics, make_consumer, make_producer, make_reader
 from stream.entities import EntityTagger, WatchList
@@ -148,8 +149,9 @@ def build_worker(
     health = Health("worker")
     store = wait_for("store", lambda: Store(settings.resolved_store_url()), health, stop, settings)
     # Watch the pointer before loading: a promotion while the model loads is seen at once.
-    serving = ServingWatcher(Registry(settings.resolved_registry()))
-    scorer = scorer or load_serving(settings.resolved_registry(), **settings.scorer())
+    registry = wait_for("registry", settings.open_registry, health, stop, settings)
+    serving = ServingWatcher(registry)
+    scorer = scorer or load_serving(registry, **settings.scorer())
     monitor = stream_monitor(settings)
     past = PastItems(
         store,
@@ -202,15 +204,21 @@ def build_worker(
 
     # Every partition of the news topic holds the event-time watermark back until it speaks.
     partitions = consumer.partitions_for_topic(topics.news) or range(settings.partitions)
-    alerter = Alerter(
-        store,
-        settings.alerts,
-        search=past.similar,
-        publish=publish,
-        notifier=notifier,
-        source_topic=topics.news,
-        partitions=sorted(partitions),
-    )
+
+    def rules() -> Alerter:
+        return Alerter(
+            store,
+            settings.alerts,
+            search=past.similar,
+            publish=publish,
+            notifier=notifier,
+            source_topic=topics.news,
+            partitions=sorted(partitions),
+        )
+
+    # One worker of the group runs the alert rules (the lock's holder); the others stand by.
+    lock = alerter_lock(settings)
+    alerter = ActiveAlerter(rules, lock) if lock is not None else rules()
     worker = Worker(
         settings.worker(),
         store,
@@ -231,6 +239,8 @@ def build_worker(
         try:
             past.save()
         finally:
+            if isinstance(alerter, ActiveAlerter):
+                alerter.close()
             consumer.close(autocommit=False)
             publisher.close()
             if notifier is not None:

@@ -248,6 +248,43 @@ alembic_version = sa.Table(
     sa.Column("version_num", sa.String(32), primary_key=True),
 )
 
+# -- the shared model registry (state/shared_registry.py), for workers on several hosts ---
+# A version is one row and its files' chunks, written in one transaction (never half);
+# the serving pointer is one row, its generation bumped on every write (what workers watch).
+registry_versions = sa.Table(
+    "registry_versions",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),  # v1, v2, ...
+    sa.Column("number", sa.Integer, nullable=False, unique=True),
+    sa.Column("card", sa.JSON, nullable=False),  # with "files": sha256 and size of each
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+registry_files = sa.Table(
+    "registry_files",
+    metadata,
+    sa.Column(
+        "version",
+        sa.String(32),
+        sa.ForeignKey("registry_versions.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("path", sa.String(512), primary_key=True),  # relative POSIX path
+    sa.Column("chunk", sa.Integer, primary_key=True),  # 0, 1, ... (a few MiB each)
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+registry_pointer = sa.Table(
+    "registry_pointer",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),  # always 1: one registry per database
+    sa.Column("version", sa.String(32), sa.ForeignKey("registry_versions.name")),
+    sa.Column("history", sa.JSON, nullable=False),
+    sa.Column("switch", sa.JSON),  # the audit token of the last switch and what it replaced
+    sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 
 def as_utc(dt: datetime | None) -> datetime | None:
     # SQLite hands datetimes back naive; everything in the store is UTC.

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from moodwire.processes.learner import LearnerStatus, SingleActive, liveness_s
+from moodwire.processes.leader import LearnerRole
+from moodwire.processes.learner import liveness_s
 from moodwire.settings import Settings
+from state.locks import FileLock, wait_acquire
 from state.registry import Registry
 from stream.health import HealthServer
 from stream.outage import Health
@@ -29,70 +31,34 @@ def _get(port: int, path: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def _serving_registry(root: Path) -> Registry:
-    reg = Registry(root)
-    version = reg.write_version(lambda d: (d / "model.bin").write_bytes(b"weights"), {"kind": "t"})
-    reg.promote(version)
-    return reg
-
-
-class _Proc:  # what LearnerStatus reads of an active learner: its model's version
-    class learner:  # noqa: N801 - the attribute's name
-        version = "v0001"
-
-
-def test_a_standby_is_ready_only_while_a_version_serves_and_a_starting_one_is_not(
-    tmp_path: Path,
-) -> None:
-    reg = Registry(tmp_path / "registry")
-    status = LearnerStatus(reg)
-    server = HealthServer(Health("learner"), status, port=0).start()
-    try:
-        # Nothing to take over with: not ready (bootstrap first).
-        assert _get(server.port, "/readyz") == (
-            503,
-            {"ready": False, "role": "standby", "serving": None, "dependencies": {}},
-        )
-        reg = _serving_registry(tmp_path / "registry")
-        code, body = _get(server.port, "/readyz")
-        assert (code, body["role"], body["serving"]) == (200, "standby", reg.serving())
-        status.role = "starting"  # holds the lock, waits for the store, broker or model
-        assert _get(server.port, "/readyz")[0] == 503
-        status.proc = _Proc()
-        code, body = _get(server.port, "/readyz")
-        assert (code, body["role"], body["model_version"]) == (200, "active", "v0001")
-        # A dependency down makes even the active one unready.
-        server.health.down("store", "connection refused")
-        assert _get(server.port, "/readyz")[0] == 503
-    finally:
-        server.close()
-
-
-def test_a_malformed_serving_pointer_makes_a_standby_unready_with_the_reason(
-    tmp_path: Path,
-) -> None:
-    reg = _serving_registry(tmp_path / "registry")
-    reg.serving_file.write_text("{not json")
-    server = HealthServer(Health("learner"), LearnerStatus(reg), port=0).start()
+def test_a_standby_is_ready_and_says_so_then_a_leader_reports_its_model(tmp_path: Path) -> None:
+    lock = FileLock(tmp_path / "registry" / ".learner.lock")
+    role = LearnerRole(lock)
+    server = HealthServer(Health("learner"), role, port=0).start()
     try:
         code, body = _get(server.port, "/readyz")
-        assert code == 503 and "RegistryError" in body["error"], body
+        assert (code, body["role"]) == (200, "standby")
+        role.lead(lambda: (False, {"model_version": None}))  # holds the lock, still loading
+        assert _get(server.port, "/readyz")[0] == 503
+        role.lead(lambda: (True, {"model_version": "v7"}))
+        code, body = _get(server.port, "/readyz")
+        assert (code, body["role"], body["model_version"]) == (200, "leader", "v7")
     finally:
         server.close()
 
 
 def test_a_standby_waiting_on_the_lock_beats_so_healthz_stays_alive(tmp_path: Path) -> None:
     lock_path = tmp_path / "registry" / ".learner.lock"
-    active = SingleActive(lock_path)
-    assert active.acquire(threading.Event())
+    active = FileLock(lock_path)
+    assert active.try_acquire()
     health = Health("learner")
-    server = HealthServer(health, LearnerStatus(Registry(tmp_path / "registry")), stale_s=0.5)
+    standby = FileLock(lock_path)
+    server = HealthServer(health, LearnerRole(standby), stale_s=0.5)
     server.start()
     stop = threading.Event()
-    standby = SingleActive(lock_path)
     got: list[bool] = []
     waiter = threading.Thread(
-        target=lambda: got.append(standby.acquire(stop, poll_s=0.05, on_wait=health.beat))
+        target=lambda: got.append(wait_acquire(standby, stop, poll_s=0.05, beat=health.beat))
     )
     try:
         waiter.start()
@@ -119,7 +85,7 @@ def test_liveness_covers_the_training_budget() -> None:
 
 
 @pytest.mark.integration
-def test_moodwire_learner_answers_as_standby_then_as_active(
+def test_moodwire_learner_answers_as_standby_then_as_leader(
     settings: Settings, tmp_path: Path
 ) -> None:
     """The real command: its probes answer while another learner holds the lock."""
@@ -132,8 +98,8 @@ def test_moodwire_learner_answers_as_standby_then_as_active(
     port = free_port()
     s = settings.with_overrides(registry=root, metrics_port=port)
     env = {**settings_env(s), "MOODWIRE_METRICS_PORT": str(port)}
-    other = SingleActive(root / ".learner.lock")
-    assert other.acquire(threading.Event())  # "another learner" holds the lock
+    other = FileLock(root / ".learner.lock")
+    assert other.try_acquire()  # "another learner" holds the lock
     log = tmp_path / "learner.log"
     proc = start_process(["learner"], env, log)
     try:
@@ -143,7 +109,7 @@ def test_moodwire_learner_answers_as_standby_then_as_active(
         code, body = _get(port, "/readyz")
         assert (code, body["role"]) == (200, "standby"), body
         other.release()
-        wait_until(lambda: _get(port, "/readyz")[1]["role"] == "active", 120, "it to take over")
+        wait_until(lambda: _get(port, "/readyz")[1]["role"] == "leader", 120, "it to take over")
         code, body = _get(port, "/readyz")
         assert code == 200 and body["model_version"] == Registry(root).serving(), body
         assert log_events(log, "learner_active")

@@ -36,9 +36,7 @@ def upgrade() -> None:
         sa.Column("delivered_at", sa.DateTime(timezone=True)),
         sa.Column("last_error", sa.Text),
     )
-    op.create_index(
-        "ix_alert_notifications_open", "alert_notifications", ["destination", "state"]
-    )
+    op.create_index("ix_alert_notifications_open", "alert_notifications", ["destination", "state"])
     # A store adopted at baseline may have the column already (baseline adds the nullable
     # columns of its day's schema): add it only where it is missing.
     columns = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("rejected")}
