@@ -39,3 +39,13 @@ if [ ! -x /usr/bin/chromium ]; then
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium </dev/null >/dev/null
 fi
+
+# socat terminates TLS in front of the development broker in the secured-Kafka tests
+# (tests/secure.py: Tansu's own TLS options do not combine with the rest).
+if ! command -v socat >/dev/null 2>&1; then
+  echo "setup: installing Debian's socat (TLS tests)"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo -n"; fi
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat </dev/null >/dev/null
+fi
