@@ -506,6 +506,7 @@ _NOT_FIELDS = frozenset(
     {
         "MOODWIRE_SECRETS_DIR",
         "MOODWIRE_CREDENTIAL",
+        "MOODWIRE_USER",
         "MOODWIRE_CHROMIUM",
         "MOODWIRE_SCREENSHOTS",
         "MOODWIRE_TEST_PG",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -61,10 +62,17 @@ def test_no_key_means_no_signer_and_a_bad_file_or_name_says_what_to_fix(tmp_path
         Settings(origins={"two words": "k"})
 
 
+def _operator(config: Any) -> Any:
+    """A signed-in operator, so that only the missing origin key refuses the retrain."""
+    from stream.access import Principal
+
+    return Principal("ann", "operator", "password")
+
+
 def test_operations_refuse_a_retrain_they_cannot_sign(tmp_path: Path) -> None:
     from stream import operations
     from stream.errors import NotAllowed
 
     config = Settings(data_dir=tmp_path, bootstrap_servers="127.0.0.1:1").operations()
     with pytest.raises(NotAllowed, match="MOODWIRE_ORIGINS"):
-        operations.request_retrain(config, actor="ann", reason="drift")
+        operations.request_retrain(config, by=_operator(config), reason="drift")
