@@ -402,7 +402,9 @@ class Channel:
             return
         title, before = row["title"], row["severity"]
         if row["state"] == "closed":
-            if wanted and store.advance_notification(
+            # Only a newer revision reopens a closed episode: one already told of (a late
+            # notify of it, or a restarted worker's recomputation) says nothing new.
+            if wanted and revision > row["revision"] and store.advance_notification(
                 aid, d.key, expect_state="closed", expect_severity=before,
                 state="open", severity=severity, revision=revision,
             ):  # fmt: skip
