@@ -115,8 +115,9 @@ class Settings(BaseSettings):
     # The model registry shared by every host: a SQL URL (postgresql://…, usually the
     # store's) holds the versions and the serving pointer, and `registry` (default
     # DATA_DIR/registry) becomes this host's cache of verified copies. Unset (or
-    # file:///DIR): the registry is the local directory, as on one machine.
-    registry_url: str | None = None
+    # file:///DIR): the registry is the local directory, as on one machine. A secret: a
+    # database URL holds its password.
+    registry_url: SecretStr | None = None
 
     # Input limits: anything bigger goes to the dead-letter topic.
     max_message_bytes: int = Field(64 * 1024, ge=256)
@@ -245,7 +246,7 @@ class Settings(BaseSettings):
             return None
         return v
 
-    @field_validator("store_url", mode="before")
+    @field_validator("store_url", "registry_url", mode="before")
     @classmethod
     def _store_url_set_or_none(cls, v: object) -> object:
         if v is None or (isinstance(v, str) and not v.strip()):
@@ -269,6 +270,10 @@ class Settings(BaseSettings):
             return self.store_url.get_secret_value()
         return f"sqlite:///{(self.data_dir / 'moodwire.db').resolve()}"
 
+    def resolved_registry_url(self) -> str | None:
+        """The shared registry's database URL, password included (None: the directory)."""
+        return self.registry_url.get_secret_value() if self.registry_url is not None else None
+
     def resolved_registry(self) -> Path:
         return self.registry if self.registry is not None else self.data_dir / "registry"
 
@@ -276,7 +281,7 @@ class Settings(BaseSettings):
         """The model registry: shared in ``registry_url``'s database, or the local directory."""
         from state.shared_registry import open_registry  # SQLAlchemy: only where it is used
 
-        return open_registry(self.resolved_registry(), self.registry_url)
+        return open_registry(self.resolved_registry(), self.resolved_registry_url())
 
     def resolved_index_dir(self) -> Path:
         return self.index_dir if self.index_dir is not None else self.data_dir / "index"
@@ -309,7 +314,9 @@ class Settings(BaseSettings):
         env["MOODWIRE_ALERTS"] = json.dumps(dataclasses.asdict(self.alerts))
         if self.webhook_url is not None:
             env["MOODWIRE_WEBHOOK_URL"] = self.webhook_url.get_secret_value()
-        for name in ("watchlist", "taxonomy", "registry_url"):
+        if self.registry_url is not None:
+            env["MOODWIRE_REGISTRY_URL"] = self.registry_url.get_secret_value()
+        for name in ("watchlist", "taxonomy"):
             if getattr(self, name) is not None:
                 env[f"MOODWIRE_{name.upper()}"] = str(getattr(self, name))
         for name, value in dataclasses.asdict(self.learner).items():
@@ -389,7 +396,7 @@ class Settings(BaseSettings):
         return OperationsConfig(
             store_url=self.resolved_store_url(),
             registry=self.resolved_registry(),
-            registry_url=self.registry_url,
+            registry_url=self.resolved_registry_url(),
             kafka=self.kafka_config(),
             topics=self.topics,
             partitions=self.partitions,

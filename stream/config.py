@@ -229,4 +229,5 @@ class OperationsConfig:
     partitions: int = 4
     sign_in: SignInPolicy = SignInPolicy()
     signer: Signer | None = None  # signs the commands and labels it sends (stream/origins.py)
-    registry_url: str | None = None  # a shared registry's database (None: the directory)
+    # A shared registry's database (None: the directory); it may hold the password.
+    registry_url: str | None = field(default=None, repr=False)

@@ -37,7 +37,7 @@ def _postgres(url: str | None) -> bool:
 def learner_lock(settings: Settings) -> SingleActiveLock:
     """The active learner's lock: in PostgreSQL when the registry or the store is there
     (learners on several hosts), else ``REGISTRY/.learner.lock``."""
-    for url in (settings.registry_url, settings.resolved_store_url()):
+    for url in (settings.resolved_registry_url(), settings.resolved_store_url()):
         if _postgres(url):
             return AdvisoryLock(url, "moodwire:learner")
     return FileLock(settings.resolved_registry() / ".learner.lock")

@@ -50,6 +50,7 @@ def _secured_env() -> dict[str, str]:
         "MOODWIRE_KAFKA__REPLICATION_FACTOR": "3",
         "MOODWIRE_KAFKA__CREATE_TOPICS": "false",
         "MOODWIRE_STORE_URL": f"postgresql+psycopg://moodwire:{DB_PASSWORD}@db/moodwire",
+        "MOODWIRE_REGISTRY_URL": f"postgresql+psycopg://registry:{DB_PASSWORD}@db/moodwire",
         "MOODWIRE_ORIGINS": json.dumps({"dashboard": ORIGIN_KEY}),
         "MOODWIRE_WEBHOOK_URL": f"https://hooks.example.test/{HOOK_TOKEN}",
         "MOODWIRE_NOTIFY": json.dumps([{"url": f"jsons://alerts.example.test/hook/{HOOK_TOKEN}"}]),
