@@ -23,9 +23,7 @@ from helpers import clean_env, wait_until
 
 from moodwire.bench.dashboard import (
     CHART_DESCRIPTIONS_JS,
-    CHROMIUM,
     PAGE_DONE_JS,
-    launch_chromium,
     serve_dashboard,
     stop_group,
 )
@@ -104,23 +102,6 @@ def dashboard(demo_dir: Path) -> Iterator[str]:
     env = clean_env(demo_dir, registry=str(demo_dir / "registry"))
     with serve_dashboard(env, free_port(), demo_dir / "dashboard.log") as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        msg = f"{CHROMIUM} is missing: run scripts/setup.sh"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch_chromium(p)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ shows the operator's controls to the operator only. A wrong password is refused.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 from helpers import clean_env, populate_dashboard_store
 
-from moodwire.bench.dashboard import CHROMIUM, PAGE_DONE_JS, launch_chromium, serve_dashboard
+from moodwire.bench.dashboard import PAGE_DONE_JS, serve_dashboard
 from state.registry import Registry
 from state.store import Store
 from stream import access
@@ -37,23 +36,6 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
     env = clean_env(data, registry=str(data / "registry"), bootstrap_servers="127.0.0.1:9")
     with serve_dashboard(env, free_port(), data / "dashboard.log") as base:
         yield base, data
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        msg = f"{CHROMIUM} is missing: run scripts/setup.sh"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch_chromium(p)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

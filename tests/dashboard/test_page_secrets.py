@@ -9,17 +9,15 @@ rendered DOM, the served HTML and the server's log for any of them.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import clean_env, populate_dashboard_store
 
-from moodwire.bench.dashboard import CHROMIUM, PAGE_DONE_JS, launch_chromium, serve_dashboard
+from moodwire.bench.dashboard import PAGE_DONE_JS, serve_dashboard
 from state.store import Store
 from stream.broker import free_port
 
@@ -30,23 +28,6 @@ ORIGIN_KEY = "origin-Secret-0b7a"
 HOOK_TOKEN = "hook-Secret-9d3e"
 SECRETS = (DB_PASSWORD, SASL_PASSWORD, ORIGIN_KEY, HOOK_TOKEN)
 PAGES = {"": "Overview", "alerts": "Alerts", "models": "Drift", "explore": "Explore"}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        msg = f"{CHROMIUM} is missing: run scripts/setup.sh"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch_chromium(p)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def test_no_secret_in_any_page_source_or_the_dashboard_log(
