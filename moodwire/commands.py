@@ -8,6 +8,7 @@ import getpass
 import hashlib
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -95,36 +96,56 @@ def learner_cmd(args: argparse.Namespace, settings: Settings) -> int:
             stale_s=liveness_s(settings),
         )
         try:
-
-            def standby() -> None:
-                log.info("learner_standby", lock=lock.name)
-
-            if not wait_acquire(lock, stop, on_wait=standby, beat=health.beat):
-                return 0
-            try:
-                lost = watch_lock(lock, stop)
+            # A leader that loses its lock (its database connection broke: a standby may
+            # hold it now) stops acting at once and stands by again, in the same process:
+            # a database outage is waited out, as every other outage is.
+            while not stop.is_set():
+                if not wait_acquire(
+                    lock, stop, on_wait=lambda: log.info("learner_standby", lock=lock.name),
+                    beat=health.beat,
+                ):  # fmt: skip
+                    return 0
+                term = _term_of(stop)  # this time as the leader: ends on stop or a lost lock
                 try:
-                    proc, close = build_learner(
-                        settings, progress=args.progress, stop=stop, health=health, serve=False
-                    )
-                except Stopping:
-                    return 1 if lost.is_set() else 0  # stopped while waiting for a dependency
-                role.lead(learner_readiness(proc))
-                try:
-                    proc.run(stop)
+                    lost = watch_lock(lock, term)
+                    try:
+                        proc, close = build_learner(
+                            settings, progress=args.progress, stop=term, health=health, serve=False
+                        )
+                    except Stopping:
+                        if lost.is_set():
+                            role.stand_by()
+                            continue
+                        return 0  # stopped while waiting for a dependency
+                    role.lead(learner_readiness(proc))
+                    try:
+                        proc.run(term)
+                    finally:
+                        close()
                 finally:
-                    close()
-                if lost.is_set():
-                    raise UserError(
-                        "the learner lost its lock (its database connection broke); "
-                        "another learner may be active now: restart this one to stand by"
-                    )
-            finally:
-                lock.release()
+                    term.set()
+                    lock.release()
+                if not lost.is_set():
+                    return 0
+                role.stand_by()
+                log.warning("learner_standing_by_again", lock=lock.name)
         finally:
             if server is not None:
                 server.close()
     return 0
+
+
+def _term_of(stop: threading.Event) -> threading.Event:
+    """An event set when ``stop`` is, or earlier by whoever ends this term (a lost lock)."""
+    term = threading.Event()
+
+    def relay() -> None:
+        while not term.wait(0.5):
+            if stop.is_set():
+                term.set()
+
+    threading.Thread(target=relay, name="learner-term", daemon=True).start()
+    return term
 
 
 @command("retrain")

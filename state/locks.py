@@ -34,6 +34,7 @@ import fcntl
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -74,6 +75,7 @@ def wait_acquire(
     ``beat()`` at every try (a standby's liveness: it is alive while it waits).
     """
     waited = False
+    said_at = -1e9
     while not stop.is_set():
         if beat is not None:
             beat()
@@ -81,7 +83,12 @@ def wait_acquire(
             if lock.try_acquire():
                 return True
         except sa.exc.OperationalError as exc:  # the database is down: keep waiting
-            log.warning("lock_unavailable", lock=lock.name, error=str(exc).splitlines()[0][:200])
+            now = time.monotonic()
+            if now - said_at >= 30.0:  # one line per 30 s of outage, not one per try
+                said_at = now
+                log.warning(
+                    "lock_unavailable", lock=lock.name, error=str(exc).splitlines()[0][:200]
+                )
         if not waited and on_wait is not None:
             on_wait()
         waited = True

@@ -68,6 +68,11 @@ class LearnerRole:
         self.leader = ready
         LEADER.set(1)
 
+    def stand_by(self) -> None:
+        """Back to standby: the lock was lost."""
+        self.leader = None
+        LEADER.set(0)
+
     def __call__(self) -> tuple[bool, dict[str, Any]]:
         if self.leader is None:
             return True, {"role": "standby", "lock": self.lock.name}
@@ -78,9 +83,9 @@ class LearnerRole:
 def watch_lock(
     lock: SingleActiveLock, stop: threading.Event, *, every_s: float = 5.0
 ) -> threading.Event:
-    """Check now and then that ``lock`` is still held; when it is not, set ``stop`` (and the
-    returned event): a learner that lost its lock (its database connection broke, and a
-    standby may hold it now) must stop acting at once."""
+    """Check now and then that ``lock`` is still held; when it is not, set ``stop`` (the
+    leader's term) and the returned event: a learner that lost its lock (its database
+    connection broke, and a standby may hold it now) must stop acting at once."""
     lost = threading.Event()
 
     def watch() -> None:

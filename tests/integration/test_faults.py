@@ -17,6 +17,7 @@ import json
 import signal
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from helpers import (
     produce_items,
     read_all,
     settings_env,
+    signed,
     start_process,
     stop_process,
     wait_until,
@@ -306,12 +308,13 @@ def _force_pointer(registry: Registry, version: str) -> None:
 
 
 def _label_values(n: int, seed: int) -> list[bytes]:
-    return [
-        json.dumps(
+    """Labels as a trusted labeller sends them: signed with its test key."""
+    return signed(
+        [
             {"text": i["text"], "label": i["meta"]["true_label"], "source": "test", "id": i["id"]}
-        ).encode()
-        for i in demo_feed(n, seed=seed)
-    ]
+            for i in demo_feed(n, seed=seed)
+        ]
+    )
 
 
 def test_the_learner_waits_out_a_database_outage_and_dead_letters_bad_labels(
@@ -347,5 +350,14 @@ def test_the_learner_waits_out_a_database_outage_and_dead_letters_bad_labels(
     dlq = [json.loads(r.value) for r in read_all(s.bootstrap_servers, s.topics.dlq)]
     assert sorted(d["raw_bytes"] for d in dlq) == sorted(len(b) for b in bad)
     assert all(d["topic"] == s.topics.labels and d["reason"] == "schema" for d in dlq)
+    # Waited out in the same process: the store reported back after the outage, or (the
+    # learner's lock is a PostgreSQL advisory lock, lost with its connection) the learner
+    # stood by and led again once the database was back.
     recovered = [e for e in log_events(log, "dependency_recovered") if e["dependency"] == "store"]
-    assert recovered and recovered[-1]["outage_s"] >= 10
+    lost, active = log_events(log, "learner_lock_lost"), log_events(log, "learner_active")
+
+    def at(e: dict) -> float:
+        return datetime.fromisoformat(e["timestamp"]).timestamp()
+
+    led_again = bool(lost) and len(active) >= 2 and at(active[-1]) - at(lost[0]) >= 10
+    assert (recovered and recovered[-1]["outage_s"] >= 10) or led_again, (recovered, lost)

@@ -23,6 +23,7 @@ from helpers import (
     produce,
     read_all,
     settings_env,
+    signed,
     start_process,
     stop_process,
     wait_until,
@@ -32,7 +33,7 @@ from secure import Pki, SaslBroker, TlsBroker, make_pki
 from moodwire.processes.learner import seed_memory
 from moodwire.settings import Settings
 from state.store import Store
-from stream import operations
+from stream import access, operations
 from stream.clients import check_connection, ensure_topics, make_consumer, make_producer
 from stream.config import KafkaConfig, KafkaSecurity
 from stream.errors import BrokerError, KafkaSecurityError
@@ -214,15 +215,18 @@ def test_worker_learner_produce_and_operator_actions_over_mutual_tls(
         wait_until(lambda: store.stats()["items"] == 60, 120, "60 items scored over mTLS")
         wait_until(lambda: log_events(learner_log, "learner_active"), 90, "the learner to start")
 
-        labels = [
-            json.dumps({"item_id": i["id"], "label": "positive", "source": "test"}).encode()
-            for i in items[:10]
-        ]
+        labels = signed(
+            [{"item_id": i["id"], "label": "positive", "source": "test"} for i in items[:10]]
+        )
         produce(s.kafka_config(), s.topics.labels, labels)
-        # The dashboard's actions, through the same client factory and settings.
-        config = s.operations()
-        operations.correct(config, items[20]["id"], actor="analyst-a", label="negative")
-        operations.request_retrain(config, actor="operator-o", reason="tls test")
+        # The dashboard's actions, as its signed-in users, through the same client factory.
+        config = s.operations("dashboard")
+        for name, role in (("analyst-a", "analyst"), ("operator-o", "operator")):
+            access.add_user(store, access.os_principal(), name, role, None, email=f"{name}@t.test")
+        analyst = access.Principal("analyst-a", "analyst")
+        operator = access.Principal("operator-o", "operator")
+        operations.correct(config, items[20]["id"], by=analyst, label="negative")
+        operations.request_retrain(config, by=operator, reason="tls test")
         wait_until(lambda: store.stats()["labels"]["total"] >= 11, 60, "labels stored")
         wait_until(lambda: log_events(learner_log, "retrain_requested"), 60, "the retrain request")
         scored = read_all(s.kafka_config(), s.topics.scored)
