@@ -340,14 +340,19 @@ def _check_tls(sec: KafkaSecurity, host: str, port: int, timeout_s: float) -> No
         _tls_refused(where, f"{exc.verify_message} — is MOODWIRE_KAFKA__SSL_CAFILE the CA "
                      "that signed the broker's certificate?", exc)  # fmt: skip
     except ssl.SSLError as exc:
-        hint = ""
-        if sec.ssl_certfile is None and "certificate" in str(exc).lower():
-            hint = " — the broker may require a client certificate (MOODWIRE_KAFKA__SSL_CERTFILE)"
-        _tls_refused(where, f"{_ssl_reason(exc)}{hint}", exc)
+        _tls_refused(where, f"{_ssl_reason(exc)}{_client_cert_hint(sec)}", exc)
     except (ConnectionResetError, BrokenPipeError) as exc:
-        _tls_refused(where, f"the broker reset the connection during TLS ({exc})", exc)
+        # Under TLS 1.3 a broker that wants a client certificate may just drop us.
+        reason = f"the broker reset the connection during TLS ({exc}){_client_cert_hint(sec)}"
+        _tls_refused(where, reason, exc)
     except TimeoutError as exc:
         _tls_refused(where, "no TLS answer in time — is this a TLS listener?", exc)
+
+
+def _client_cert_hint(sec: KafkaSecurity) -> str:
+    if sec.ssl_certfile is not None:
+        return ""
+    return " — the broker may require a client certificate (MOODWIRE_KAFKA__SSL_CERTFILE)"
 
 
 def _tls_refused(where: str, reason: str, exc: BaseException) -> None:
