@@ -83,8 +83,11 @@ class SharedRegistry:
         self.root = Path(cache)  # this host's copies (the name Registry's users know)
         self.engine = make_engine(url)
         if create:
-            tables = [registry_versions, registry_files, registry_pointer]
-            registry_versions.metadata.create_all(self.engine, tables=tables)
+            # The registry's tables are the store schema's (migration 0004): migrated under
+            # the migration lock like the store's, never raced by a second create_all.
+            from state.migrations import upgrade
+
+            upgrade(self.engine)
         self._token: str | None = None
 
     def __repr__(self) -> str:  # never the URL's password

@@ -224,8 +224,8 @@ def request_retrain(config: OperationsConfig, *, by: Principal, reason: str = ""
     """
     from stream.schemas import ControlMessage
 
-    _need_signer(config, "a retrain command")
     store, actor = _authorised(config, by, "retrain")
+    _need_signer(config, "a retrain command")
     msg = ControlMessage(action="retrain", actor=actor, reason=reason or None)
     topic = config.topics.control
     with _producer(config, topic) as producer:

@@ -64,9 +64,12 @@ def test_no_key_means_no_signer_and_a_bad_file_or_name_says_what_to_fix(tmp_path
 
 def _operator(config: Any) -> Any:
     """A signed-in operator, so that only the missing origin key refuses the retrain."""
-    from stream.access import Principal
+    from state.store import Store
+    from stream import access
 
-    return Principal("ann", "operator", "password")
+    store = Store(config.store_url)
+    access.add_user(store, access.os_principal(), "ann", "operator", None, email="ann@t.test")
+    return access.Principal("ann", "operator", "password")
 
 
 def test_operations_refuse_a_retrain_they_cannot_sign(tmp_path: Path) -> None:
