@@ -340,19 +340,26 @@ def _check_tls(sec: KafkaSecurity, host: str, port: int, timeout_s: float) -> No
         _tls_refused(where, f"{exc.verify_message} — is MOODWIRE_KAFKA__SSL_CAFILE the CA "
                      "that signed the broker's certificate?", exc)  # fmt: skip
     except ssl.SSLError as exc:
-        _tls_refused(where, f"{_ssl_reason(exc)}{_client_cert_hint(sec)}", exc)
+        _tls_refused(where, f"{_ssl_reason(exc)}{_client_cert_hint(sec, exc)}", exc)
     except (ConnectionResetError, BrokenPipeError) as exc:
         # Under TLS 1.3 a broker that wants a client certificate may just drop us.
-        reason = f"the broker reset the connection during TLS ({exc}){_client_cert_hint(sec)}"
+        reason = f"the broker reset the connection during TLS ({exc}){_client_cert_hint(sec, exc)}"
         _tls_refused(where, reason, exc)
     except TimeoutError as exc:
         _tls_refused(where, "no TLS answer in time — is this a TLS listener?", exc)
 
 
-def _client_cert_hint(sec: KafkaSecurity) -> str:
-    if sec.ssl_certfile is not None:
-        return ""
-    return " — the broker may require a client certificate (MOODWIRE_KAFKA__SSL_CERTFILE)"
+def _client_cert_hint(sec: KafkaSecurity, exc: BaseException | None = None) -> str:
+    if sec.ssl_certfile is None:
+        return " — the broker may require a client certificate (MOODWIRE_KAFKA__SSL_CERTFILE)"
+    text = str(exc or "").lower()
+    if "eof" in text or "reset" in text or "closed" in text:
+        # A broker that refuses our certificate may drop the connection without an alert.
+        return (
+            " — the broker may not trust this client certificate "
+            "(MOODWIRE_KAFKA__SSL_CERTFILE: is it signed by a CA the broker knows?)"
+        )
+    return ""
 
 
 def _tls_refused(where: str, reason: str, exc: BaseException) -> None:
