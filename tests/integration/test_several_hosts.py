@@ -38,7 +38,7 @@ from state.registry import Registry
 from state.shared_registry import SharedRegistry
 from state.store import Store, items
 from state.store.schema import as_utc, registry_pointer
-from stream import operations
+from stream import access, operations
 from stream.alerts import AlertConfig
 from stream.synthetic import demo_feed
 
@@ -89,6 +89,9 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
         own = shared.with_overrides(data_dir=host, registry=host / "registry")
         procs.append(start_process(["worker"], settings_env(own), log))
     store = Store(pg_fresh)
+    # The operator who promotes: a signed-in user with that role.
+    access.add_user(store, access.os_principal(), "tester", "operator", None, email="t@t.test")
+    tester = access.Principal("tester", "operator")
     started = datetime.now(UTC)
     feed = demo_feed(N, seed=11, start=START, surge_at=0.5, drift_at=1.0)
     try:
@@ -106,7 +109,7 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
 
         # -- a promotion, mid-stream ----------------------------------------------------------
         wait_until(lambda: store.count_items() >= 96, 180, "the stream under way")
-        operations.promote(shared.operations(), v2, actor="tester", reason="several hosts")
+        operations.promote(shared.operations(), v2, by=tester, reason="several hosts")
         # When the pointer moved (promote first verifies v2's stored files, which takes time).
         with store.engine.connect() as conn:
             promoted_at = as_utc(
