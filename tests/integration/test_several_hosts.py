@@ -186,9 +186,12 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
 
     # Each alert once: one alerter at a time, each revision stored, published and logged once.
     alerts = store.alert_rows()
-    assert [(a["entity"], a["kind"]) for a in alerts if a["scope"] == "entity"] == [
-        ("INIT", "negative_surge")
-    ], alerts
+    # The planted surge is raised, and no episode twice (two rows of one entity and kind
+    # would be one episode raised by two alerters). Which other windows the rules judge
+    # before the end depends on where the kill fell, so other alerts may come too.
+    raised = [(a["entity"], a["kind"]) for a in alerts if a["scope"] == "entity"]
+    assert ("INIT", "negative_surge") in raised, alerts
+    assert len(raised) == len(set(raised)), alerts
     published = Counter(
         (m["id"], m["revision"])
         for m in (
