@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,6 +82,12 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
     v2 = publisher.write_version(copy, {"kind": "test", "parent": v1})
     shared = settings.with_overrides(store_url=pg_fresh, registry_url=pg_fresh, alerts=CFG)
 
+    # The operator who promotes: a signed-in user with that role (before any worker starts,
+    # so that nothing started is left running if this fails).
+    store = Store(pg_fresh)
+    access.add_user(store, access.os_principal(), "tester", "operator", None, email="t@t.test")
+    tester = access.Principal("tester", "operator")
+
     hosts = [tmp_path / f"host-{i}" for i in range(3)]
     logs = [h / "worker.log" for h in hosts]
     procs = []
@@ -88,10 +95,6 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
         host.mkdir()
         own = shared.with_overrides(data_dir=host, registry=host / "registry")
         procs.append(start_process(["worker"], settings_env(own), log))
-    store = Store(pg_fresh)
-    # The operator who promotes: a signed-in user with that role.
-    access.add_user(store, access.os_principal(), "tester", "operator", None, email="t@t.test")
-    tester = access.Principal("tester", "operator")
     started = datetime.now(UTC)
     feed = demo_feed(N, seed=11, start=START, surge_at=0.5, drift_at=1.0)
     try:
@@ -142,7 +145,13 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
         )
     finally:
         stopping_at = datetime.now(UTC)  # from here on, the rules hand over as workers stop
-        codes = {i: stop_process(p) for i, p in enumerate(procs) if p.poll() is None}
+        codes: dict[int, int | str] = {}
+        for i, p in enumerate(procs):  # every one, even when one does not stop in time
+            if p.poll() is None:
+                try:
+                    codes[i] = stop_process(p)
+                except subprocess.TimeoutExpired:
+                    codes[i] = "killed: did not stop within 30 s of SIGTERM"
     assert all(c == 0 for c in codes.values()), {i: logs[i].read_text()[-2000:] for i in codes}
 
     # Nothing lost, nothing duplicated: in the store and on news.scored.
