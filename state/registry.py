@@ -72,7 +72,52 @@ class VersionInfo:
     problem: str | None = None
 
 
-class Registry:
+class SwitchTokens:
+    """The audited switch of a serving pointer, shared by the local and the shared registry.
+
+    Pointer writes inside :meth:`switch_token` record the token (the audit row's) and what
+    they replaced, so a switch whose audit row never committed can be found
+    (:meth:`pending_switch`) and undone (:meth:`revert_switch`). A registry provides
+    ``serving()``, ``_state()`` (the pointer as a dict) and ``_put_state(state)``.
+    """
+
+    _token: str | None = None
+
+    def serving(self) -> str | None:
+        raise NotImplementedError
+
+    def _state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _put_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    @contextmanager
+    def switch_token(self, token: str) -> Iterator[None]:
+        """Pointer writes inside the block record ``token`` and what they replaced."""
+        self._token = token
+        try:
+            yield
+        finally:
+            self._token = None
+
+    def pending_switch(self) -> dict[str, Any] | None:
+        """The last switch's ``{"token", "at", "before"}``, when it was made under a token."""
+        switch = self._state().get("switch")
+        return switch if isinstance(switch, dict) and isinstance(switch.get("token"), str) else None
+
+    def revert_switch(self) -> str | None:
+        """Serve what served before the last (tokened) switch; returns that version."""
+        switch = self.pending_switch()
+        if switch is None:
+            return self.serving()
+        before = switch.get("before") or {}
+        state = {"version": before.get("version"), "history": list(before.get("history") or [])}
+        self._put_state(state)
+        return state["version"]
+
+
+class Registry(SwitchTokens):
     """Versions of the sentiment classifier and which one serves."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -294,31 +339,8 @@ class Registry:
         self._write_state({"version": target, "history": state["history"][:-1]})
         return current, target
 
-    @contextmanager
-    def switch_token(self, token: str) -> Iterator[None]:
-        """Pointer writes inside the block record ``token`` (the audit row's) and what they
-        replaced, so a switch whose audit row never committed can be found and undone
-        (:meth:`unaudited_switch`, :meth:`revert_switch`)."""
-        self._token = token
-        try:
-            yield
-        finally:
-            self._token = None
-
-    def pending_switch(self) -> dict[str, Any] | None:
-        """The last switch's ``{"token", "at", "before"}``, when it was made under a token."""
-        switch = self._state().get("switch")
-        return switch if isinstance(switch, dict) and isinstance(switch.get("token"), str) else None
-
-    def revert_switch(self) -> str | None:
-        """Serve what served before the last (tokened) switch; returns that version."""
-        switch = self.pending_switch()
-        if switch is None:
-            return self.serving()
-        before = switch.get("before") or {}
-        state = {"version": before.get("version"), "history": list(before.get("history") or [])}
+    def _put_state(self, state: dict[str, Any]) -> None:
         self._write_state(state)
-        return state["version"]
 
     def _write_state(self, state: dict[str, Any]) -> None:
         now = datetime.now(UTC).isoformat()

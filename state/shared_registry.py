@@ -45,7 +45,6 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +58,7 @@ from state.registry import (
     _VERSION_RE,
     Registry,
     RegistryError,
+    SwitchTokens,
     VersionInfo,
     VersionIntegrityError,
     _files_of,
@@ -75,7 +75,7 @@ _CHUNK = 4 << 20  # bytes per stored chunk: a row stays small, a model file stre
 _POINTER_ID = 1
 
 
-class SharedRegistry:
+class SharedRegistry(SwitchTokens):
     """Versions and the serving pointer in a SQL database; verified copies in ``cache``."""
 
     def __init__(self, url: str, cache: str | os.PathLike[str], *, create: bool = True) -> None:
@@ -429,27 +429,8 @@ class SharedRegistry:
         self._switch(back)
         return current, target
 
-    @contextmanager
-    def switch_token(self, token: str) -> Iterator[None]:
-        """Pointer writes inside the block record ``token`` and what they replaced."""
-        self._token = token
-        try:
-            yield
-        finally:
-            self._token = None
-
-    def pending_switch(self) -> dict[str, Any] | None:
-        switch = self._state().get("switch")
-        return switch if isinstance(switch, dict) and isinstance(switch.get("token"), str) else None
-
-    def revert_switch(self) -> str | None:
-        switch = self.pending_switch()
-        if switch is None:
-            return self.serving()
-        before = switch.get("before") or {}
-        state = {"version": before.get("version"), "history": list(before.get("history") or [])}
+    def _put_state(self, state: dict[str, Any]) -> None:
         self._switch(lambda _old: state)
-        return state["version"]
 
 
 def _compare(version: str, files: dict[str, Any], seen: dict[str, dict[str, Any]]) -> None:
