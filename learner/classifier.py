@@ -136,6 +136,9 @@ class SentimentClassifier:
         self.max_length = max_length
         self.labels: tuple[str, ...] = LABELS
         self._columns = list(columns)
+        # The directory it was loaded from (a registry version's), where a serving
+        # export may sit beside the weights (learner.runtime); None for a fresh one.
+        self.source_dir: Path | None = None
 
     @classmethod
     def from_pretrained(
@@ -153,13 +156,15 @@ class SentimentClassifier:
         with quiet_transformers():
             model = model_class.from_pretrained(path, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(
+        classifier = cls(
             model,
             tokenizer,
             device=select_device(device),
             max_length=max_length,
             columns=_columns_for(model, path),
         )
+        classifier.source_dir = path
+        return classifier
 
     @classmethod
     def from_encoder(

@@ -68,6 +68,10 @@ class LearnerConfig:
     epochs: float = 2.0
     lr: float = 1e-4
     batch_size: int = 32
+    # Encoder layers (after the embeddings) that fine-tuning leaves as the base encoder's,
+    # shared with the frozen embedder so scoring runs them once; 0 trains every layer.
+    # The default is retrieval.encoding.SHARED_LAYERS (a test checks they agree).
+    frozen_layers: int = 4
     time_budget_s: float | None = 180.0
     max_fresh: int = 20_000
     seed: int = 0

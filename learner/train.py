@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from learner.classifier import SentimentClassifier, autocast
 from learner.config import LearnerConfig
 from learner.data import LabelledText
+from retrieval.encoding import SHARED_LAYERS, encoder_layers
 
 _LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
@@ -58,6 +59,10 @@ class TrainConfig:
     # Weight of matching a teacher's output distribution (KL) on the examples that have
     # one (``fine_tune(teacher=…)``: replayed examples, scored by the serving model).
     distill_weight: float = 1.0
+    # The embeddings and this many lower encoder layers stay exactly the base encoder's,
+    # so the scorer runs them once for both the classifier and the frozen embedder
+    # (retrieval.fused). 0 fine-tunes every layer (two encoder passes when scoring).
+    frozen_layers: int = SHARED_LAYERS
 
     @classmethod
     def for_learner(cls, config: LearnerConfig) -> TrainConfig:
@@ -69,6 +74,7 @@ class TrainConfig:
             time_budget_s=config.time_budget_s,
             seed=config.seed,
             distill_weight=config.distill,
+            frozen_layers=config.frozen_layers,
         )
 
     def __post_init__(self) -> None:
@@ -83,6 +89,7 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.max_grad_norm > 0, "max_grad_norm must be positive"),
             (self.distill_weight >= 0, "distill_weight must be non-negative"),
+            (self.frozen_layers >= 0, "frozen_layers must be non-negative"),
             (
                 self.time_budget_s is None or self.time_budget_s > 0,
                 "time_budget_s must be positive or None",
@@ -152,6 +159,21 @@ def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
     ]
 
 
+def _frozen_parameters(model: torch.nn.Module, config: TrainConfig) -> list[torch.nn.Parameter]:
+    """The parameters a run leaves untouched: word embeddings, or the shared lower part."""
+    if config.frozen_layers == 0:
+        return [model.get_input_embeddings().weight] if config.freeze_embeddings else []
+    layers = encoder_layers(model)
+    if config.frozen_layers >= len(layers):
+        raise ValueError(
+            f"TrainConfig: frozen_layers={config.frozen_layers} leaves nothing of the "
+            f"{len(layers)}-layer encoder to train"
+        )
+    embeddings = model.base_model.embeddings
+    lower = [embeddings, *layers[: config.frozen_layers]]
+    return [p for module in lower for p in module.parameters()]
+
+
 def _lr_factor(progress: float, warmup: float) -> float:
     if warmup > 0 and progress < warmup:
         return progress / warmup
@@ -217,10 +239,10 @@ def fine_tune(
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
-    embeddings = model.get_input_embeddings()
-    was_trainable = embeddings.weight.requires_grad
-    if config.freeze_embeddings:
-        embeddings.weight.requires_grad_(False)
+    frozen = _frozen_parameters(model, config)
+    was_trainable = [p.requires_grad for p in frozen]
+    for p in frozen:
+        p.requires_grad_(False)
     groups = _param_groups(model, config)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=device.type == "cuda")
 
@@ -286,7 +308,8 @@ def fine_tune(
     finally:
         bar.close()
         model.eval()
-        embeddings.weight.requires_grad_(was_trainable)
+        for p, trainable in zip(frozen, was_trainable, strict=True):
+            p.requires_grad_(trainable)
 
     seconds = time.perf_counter() - start
     return TrainReport(

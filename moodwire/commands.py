@@ -231,8 +231,11 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
         }.items()
         if v is not None
     }
-    config = dataclasses.replace(TrainConfig(), **overrides)
     base = args.base_model
+    if base is not None:
+        # Another encoder shares no layers with the frozen embedder: train all of them.
+        overrides.setdefault("frozen_layers", 0)
+    config = dataclasses.replace(TrainConfig(), **overrides)
     classifier = SentimentClassifier.from_encoder(
         base, device=settings.device, max_length=settings.max_length, seed=args.seed
     )
@@ -267,7 +270,11 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
         "metrics": {"holdout": metrics},
     }
     registry = settings.open_registry()
-    version = registry.write_version(classifier.save, card)
+    from learner.runtime import save_version
+
+    version = registry.write_version(
+        save_version(classifier, card, export=settings.runtime != "torch"), card
+    )
     serving = registry.serving()
     promoted = serving is None or args.promote
     if promoted:

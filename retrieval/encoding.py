@@ -15,6 +15,26 @@ from transformers import PreTrainedTokenizerBase
 from transformers.tokenization_utils_base import BatchEncoding
 from transformers.utils import logging as hf_logging
 
+# Lower encoder layers the served classifier shares, unchanged, with the frozen embedder:
+# scoring runs them once for both (one pass). Chosen by measurement (README, Performance).
+SHARED_LAYERS = 4
+
+
+def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The stack of transformer layers of a Hugging Face encoder (BERT family and kin).
+
+    >>> from transformers import BertConfig, BertModel
+    >>> len(encoder_layers(BertModel(BertConfig(num_hidden_layers=2, hidden_size=32,
+    ...     num_attention_heads=2, intermediate_size=64))))
+    2
+    """
+    base = getattr(model, "base_model", model)
+    for owner in ("encoder", "transformer"):
+        stack = getattr(getattr(base, owner, None), "layer", None)
+        if isinstance(stack, torch.nn.ModuleList):
+            return stack
+    raise ValueError(f"{type(model).__name__} has no encoder layer stack this code knows")
+
 
 def select_device(preference: str = "auto") -> torch.device:
     """Resolve a device preference: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.

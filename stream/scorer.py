@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,15 @@ from prometheus_client import Counter
 from learner.classifier import SentimentClassifier, select_device
 from learner.errors import ModelLoadError
 from learner.loading import load_version
+from learner.runtime import Engine, engine_for
 from retrieval.embedder import FrozenEmbedder
 from state.registry import Registry, RegistryError
 from state.shared_registry import AnyRegistry
 
 log = structlog.get_logger(__name__)
+
+# Engines kept: the serving one, the one before it (an instant rollback) and one more.
+_ENGINES_KEPT = 3
 
 MODEL_SWAPS = Counter(
     "moodwire_model_swaps_total", "Serving-model changes seen by the worker", ["outcome"]
@@ -32,7 +36,13 @@ MODEL_SWAPS = Counter(
 
 @dataclass
 class Scorer:
-    """Sentiment probabilities (served version) and frozen-space embeddings, per batch."""
+    """Sentiment probabilities (served version) and frozen-space embeddings, per batch.
+
+    Both come from one engine (:func:`learner.runtime.engine_for`): one pass through
+    the trunk the classifier shares with the frozen embedder, on ONNX Runtime where
+    the version carries its int8 export; two passes for a classifier that shares
+    nothing. Engines are built once per classifier and kept for the last few.
+    """
 
     classifier: SentimentClassifier
     embedder: FrozenEmbedder
@@ -41,13 +51,34 @@ class Scorer:
     # tweets to its longest member costs ~1.4x (measured at 64 vs 16); a GPU prefers
     # the whole batch at once.
     micro_batch: int | None = None
+    runtime: str = "auto"
+    _engines: OrderedDict[int, tuple[SentimentClassifier, Engine]] = field(
+        default_factory=OrderedDict, repr=False
+    )
+
+    def prepare(self, classifier: SentimentClassifier, version: str) -> Engine:
+        """The engine for ``classifier`` (built now if new); raises if its export is refused."""
+        key = id(classifier)
+        held = self._engines.get(key)
+        if held is None or held[0] is not classifier:
+            held = (
+                classifier,
+                engine_for(classifier, self.embedder, version=version, runtime=self.runtime),
+            )
+            self._engines[key] = held
+            log.info("scoring_engine", version=version, engine=held[1].kind)
+        self._engines.move_to_end(key)
+        while len(self._engines) > _ENGINES_KEPT:
+            self._engines.popitem(last=False)
+        return held[1]
+
+    @property
+    def engine(self) -> Engine:
+        return self.prepare(self.classifier, self.version)
 
     def score(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         micro = self.micro_batch or (len(texts) if self.device.type == "cuda" else 16)
-        micro = max(1, micro)
-        probs = self.classifier.predict_proba(texts, batch_size=micro)
-        vectors = self.embedder.embed(texts, batch_size=micro)
-        return probs, vectors
+        return self.engine.score(texts, max(1, micro))
 
     @property
     def device(self) -> torch.device:
@@ -61,6 +92,7 @@ def load_serving(
     max_length: int = 128,
     micro_batch: int | None = None,
     embedder: FrozenEmbedder | None = None,
+    runtime: str = "auto",
 ) -> Scorer:
     """The registry's serving version (and the frozen embedder), on the chosen device.
 
@@ -78,9 +110,15 @@ def load_serving(
     classifier = load_version(registry, version, device=str(chosen), max_length=max_length)
     if embedder is None:
         embedder = FrozenEmbedder(device=chosen, max_length=max_length)
-    return Scorer(
-        classifier=classifier, embedder=embedder, version=version, micro_batch=micro_batch
+    scorer = Scorer(
+        classifier=classifier,
+        embedder=embedder,
+        version=version,
+        micro_batch=micro_batch,
+        runtime=runtime,
     )
+    scorer.prepare(classifier, version)  # an export that disagrees with its weights is refused
+    return scorer
 
 
 # What identifies one write of the serving pointer (Registry.pointer_token): the local
@@ -171,6 +209,7 @@ class ServingWatcher:
                     device=str(scorer.device),
                     max_length=scorer.classifier.max_length,
                 )
+            scorer.prepare(classifier, version)
         except (RegistryError, ModelLoadError) as exc:
             # Refused: the pointer or the version is not fit to serve.
             MODEL_SWAPS.labels("refused").inc()

@@ -53,8 +53,12 @@ def model_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fine_tune(
         clf, data, TrainConfig(epochs=2, lr=2e-4, batch_size=16, time_budget_s=300), progress=False
     )
+    from learner.runtime import save_version
+
     reg = Registry(root)
-    version = reg.write_version(clf.save, {"kind": "test", "parent": None})
+    card = {"kind": "test", "parent": None}
+    # As every product path writes one: weights plus the int8 ONNX export it serves with.
+    version = reg.write_version(save_version(clf, card), card)
     reg.promote(version)
     return root
 

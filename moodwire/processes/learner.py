@@ -46,6 +46,7 @@ from learner.drift import DriftEvent
 from learner.errors import MemoryFileError, ModelLoadError
 from learner.loading import load_version, smoke_check
 from learner.replay import Reservoir
+from learner.runtime import save_version
 from moodwire.settings import Settings
 from state.registry import Registry, RegistryError
 from state.store import Store
@@ -144,6 +145,8 @@ class LearnerProcess:
         self.progress = progress
         self.health = health or Health("learner")
         self.masker = settings.masker()  # label texts masked as items are
+        # Each version written carries its serving export (learner.runtime.save_version).
+        self.export = settings.runtime != "torch"
         self.dir = learner_dir(settings)
         self.set_stop(threading.Event())
         version = registry.serving()
@@ -640,7 +643,9 @@ class LearnerProcess:
         }
         # A full disk (or a registry gone read-only) is waited out with the candidate in hand.
         version = self.waiter.run(
-            lambda: self.registry.write_version(outcome.classifier.save, card),
+            lambda: self.registry.write_version(
+                save_version(outcome.classifier, card, export=self.export), card
+            ),
             "registry",
             what="write_version",
         )
