@@ -42,6 +42,47 @@ except ModuleNotFoundError as exc:  # neither FAISS build is installed
 log = structlog.get_logger(__name__)
 
 
+APPROXIMATE_KINDS = ("ivf", "hnsw")
+
+
+def ivf_params(n: int) -> dict[str, int]:
+    """``nlist`` and ``nprobe`` of an IVF index trained on ``n`` vectors."""
+    nlist = int(min(65536, max(64, 4 * math.sqrt(n))))
+    return {"nlist": nlist, "nprobe": max(16, nlist // 16)}
+
+
+def hnsw_params(n: int) -> dict[str, int]:
+    """Graph degree ``M``, ``ef_construction`` and ``ef_search`` of an HNSW index."""
+    return {"M": 32, "ef_construction": 40, "ef_search": 64}
+
+
+def approximate_params(kind: str, n: int) -> dict[str, int]:
+    return ivf_params(n) if kind == "ivf" else hnsw_params(n)
+
+
+def build_approximate(kind: str, vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
+    """A CPU index of ``kind`` holding ``vectors`` under ``ids``, by the rules above."""
+    n, dim = vectors.shape
+    if kind == "ivf":
+        p = ivf_params(n)
+        quantizer = faiss.IndexFlatIP(dim)
+        ivf = faiss.IndexIVFFlat(quantizer, dim, p["nlist"], faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        ivf.train(vectors[rng.choice(n, min(n, p["nlist"] * 64), replace=False)])
+        ivf.nprobe = p["nprobe"]
+        ivf.add_with_ids(vectors, ids)
+        return ivf
+    if kind == "hnsw":
+        p = hnsw_params(n)
+        hnsw = faiss.IndexHNSWFlat(dim, p["M"], faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = p["ef_construction"]
+        hnsw.hnsw.efSearch = p["ef_search"]
+        index = faiss.IndexIDMap2(hnsw)
+        index.add_with_ids(vectors, ids)
+        return index
+    raise ValueError(f"kind must be one of {APPROXIMATE_KINDS}, not {kind!r}")
+
+
 def gpu_available() -> bool:
     try:
         return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
@@ -61,11 +102,15 @@ class VectorIndex:
         dim: int,
         *,
         exact_max: int = 200_000,
+        approximate: str = "ivf",
         use_gpu: bool | None = None,
         space_id: str = "",
     ) -> None:
+        if approximate not in APPROXIMATE_KINDS:
+            raise ValueError(f"approximate must be one of {APPROXIMATE_KINDS}, not {approximate!r}")
         self.dim = dim
         self.exact_max = exact_max
+        self.approximate = approximate
         self.space_id = space_id
         self.use_gpu = gpu_available() if use_gpu is None else use_gpu
         self._gpu_res = faiss.StandardGpuResources() if self.use_gpu else None
@@ -105,23 +150,51 @@ class VectorIndex:
         self._index.add_with_ids(vectors, ids)
         self.max_id = max(self.max_id, int(ids.max()))
         if self.kind == "flat" and len(self) > self.exact_max:
-            self._to_ivf()
+            self._to_approximate()
 
-    def _to_ivf(self) -> None:
+    def _to_approximate(self) -> None:
         cpu = self._cpu()
         n = cpu.ntotal
         ids = faiss.vector_to_array(cpu.id_map).astype(np.int64)
         vectors = cpu.index.reconstruct_n(0, n)
-        nlist = int(min(65536, max(64, 4 * math.sqrt(n))))
-        quantizer = faiss.IndexFlatIP(self.dim)
-        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = vectors[np.random.default_rng(0).choice(n, min(n, nlist * 64), replace=False)]
-        ivf.train(sample)
-        ivf.nprobe = max(16, nlist // 16)
-        ivf.add_with_ids(vectors, ids)
-        self.kind = "ivf"
-        self._index = self._place(ivf)
-        log.info("index_rebuilt_approximate", n=n, nlist=nlist, nprobe=ivf.nprobe)
+        del cpu
+        self._index = self._place(build_approximate(self.approximate, vectors, ids))
+        self.kind = self.approximate
+        log.info(
+            "index_rebuilt_approximate", n=n, kind=self.kind, **approximate_params(self.kind, n)
+        )
+
+    @classmethod
+    def from_vectors(
+        cls,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        *,
+        kind: str,
+        space_id: str = "",
+        use_gpu: bool | None = None,
+    ) -> VectorIndex:
+        """An index of ``kind`` ("flat", "ivf", "hnsw") built at once, as :meth:`add` would
+        build it past ``exact_max`` (``moodwire bench retrieval`` measures these)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids = np.asarray(ids, dtype=np.int64)
+        approximate = kind if kind in APPROXIMATE_KINDS else "ivf"
+        idx = cls(
+            vectors.shape[1],
+            exact_max=len(ids) if kind == "flat" else 0,
+            approximate=approximate,
+            use_gpu=use_gpu,
+            space_id=space_id,
+        )
+        if kind == "flat":
+            idx.add(ids, vectors)
+            return idx
+        if kind not in APPROXIMATE_KINDS:
+            raise ValueError(f"kind must be flat or one of {APPROXIMATE_KINDS}, not {kind!r}")
+        idx._index = idx._place(build_approximate(kind, vectors, ids))
+        idx.kind = kind
+        idx.max_id = int(ids.max()) if len(ids) else -1
+        return idx
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(similarities, ids)``, each ``(len(queries), k)``; missing hits have id -1."""
@@ -170,6 +243,7 @@ class VectorIndex:
         *,
         space_id: str,
         exact_max: int = 200_000,
+        approximate: str = "ivf",
         use_gpu: bool | None = None,
     ) -> VectorIndex | None:
         """The persisted index, or None when there is none (or it is unreadable)."""
@@ -200,7 +274,14 @@ class VectorIndex:
         if raw.ntotal != meta.get("ntotal") or raw.d != meta["dim"]:
             log.warning("index_count_mismatch_rebuilding", path=str(index_path))
             return None
-        idx = cls(int(meta["dim"]), exact_max=exact_max, use_gpu=use_gpu, space_id=space_id)
+        # A snapshot keeps the kind it was built as; ``approximate`` applies to a flat one.
+        idx = cls(
+            int(meta["dim"]),
+            exact_max=exact_max,
+            approximate=approximate,
+            use_gpu=use_gpu,
+            space_id=space_id,
+        )
         idx.kind = meta.get("kind", "flat")
         idx.max_id = int(meta.get("max_id", -1))
         idx._index = idx._place(raw)
