@@ -364,6 +364,7 @@ def retrieval_bench(
                 recall=row["recall_at_10"],
                 single_p50_ms=row["single"]["p50_ms"],
                 batch_ms_per_query=row["batch"]["ms_per_query"],
+                sweep=row.get("sweep"),
             )
             results.append(row)
     result: dict[str, Any] = {

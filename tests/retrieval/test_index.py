@@ -93,3 +93,13 @@ def test_unknown_kinds_are_refused() -> None:
         VectorIndex(4, approximate="annoy")
     with pytest.raises(ValueError, match="kind"):
         VectorIndex.from_vectors(np.arange(2), _unit(2, 4, 0), kind="annoy")
+
+
+def test_the_measured_rule() -> None:
+    from moodwire.settings import Settings
+    from retrieval.index import EXACT_MAX, IVF_NPROBE, ivf_params
+
+    assert ivf_params(1_000_000) == {"nlist": 4000, "nprobe": IVF_NPROBE}
+    assert ivf_params(100) == {"nlist": 64, "nprobe": 64}  # never more lists than there are
+    assert ivf_params(10**12)["nlist"] == 65536
+    assert Settings().exact_index_max == EXACT_MAX == VectorIndex(4).exact_max
