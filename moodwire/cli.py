@@ -465,6 +465,56 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true", help="no progress bar while filling")
     d.add_argument("--out", type=Path, help="also write the JSON here")
 
+    r = bench.add_parser(
+        "retrieval",
+        help="recall@10, build time, memory and query latency of the FAISS index kinds at scale",
+        description="Build each index kind the worker chooses between (flat: exact; ivf and "
+        "hnsw: approximate, with the parameters retrieval/index.py picks for the size) at each "
+        "size, and measure recall@10 against brute force on held-out queries, build seconds, "
+        "index bytes, ms per search call of 64 queries and single-query p50/p99, plus a sweep "
+        "of nprobe (ivf) and efSearch (hnsw). Vectors: 384-d, normalised, inner product; the "
+        "shared data set's texts embedded by the frozen encoder when present (else a generated "
+        "clustered set), grown to each size by mixtures of near real vectors. Writes FILE.json "
+        "and FILE.png; 1M items need about 6 GB of memory and, on 2 cores, some 20 minutes.",
+    )
+    _common(r)
+    r.add_argument(
+        "--sizes",
+        default="100k,1M",
+        help="comma-separated index sizes, k and M allowed (100k,1M)",
+    )
+    r.add_argument(
+        "--kinds",
+        default="flat,ivf,hnsw",
+        help="comma-separated index kinds: flat, ivf, hnsw (all)",
+    )
+    r.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test: sizes 2k,20k, 200 queries, 50 single ones (given flags still win)",
+    )
+    r.add_argument("--queries", type=int, help="held-out queries for recall and batches (1000)")
+    r.add_argument(
+        "--single-queries", type=int, help="queries timed one per call for p50/p99 (200)"
+    )
+    r.add_argument(
+        "--data",
+        type=Path,
+        help="directory of labelled CSV/JSONL files to embed (default: shared/data if present)",
+    )
+    r.add_argument(
+        "--generated",
+        action="store_true",
+        help="use the generated clustered vectors even where the shared data is present",
+    )
+    r.add_argument("--threads", type=int, help="FAISS threads (default: every core)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the split and growth (0)")
+    r.add_argument(
+        "--out",
+        type=Path,
+        help="JSON result, a PNG beside it (default: DATA_DIR/bench/retrieval.json)",
+    )
+
     f = bench.add_parser(
         "faults",
         help="fuzz every input, SIGKILL worker and learner, restart the broker, cut the "

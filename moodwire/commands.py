@@ -635,6 +635,44 @@ def bench_dashboard_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("bench retrieval")
+@guard
+def bench_retrieval_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from moodwire.bench.retrieval import KINDS, parse_sizes, retrieval_bench, shared_data_dir
+
+    try:
+        sizes = parse_sizes("2k,20k" if args.quick and args.sizes == "100k,1M" else args.sizes)
+    except ValueError as exc:
+        raise UserError(f"--sizes: {exc}") from None
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise UserError(f"--kinds: choose from {', '.join(KINDS)}, not {args.kinds!r}")
+    queries = args.queries or (200 if args.quick else 1000)
+    single = args.single_queries or (50 if args.quick else 200)
+    if queries < 1 or single < 1:
+        raise UserError("--queries and --single-queries must be at least 1")
+    if args.data is not None and not args.data.is_dir():
+        raise UserError(f"--data: no such directory: {args.data}")
+    data_dir = None if args.generated else (args.data or shared_data_dir())
+    out = args.out or settings.data_dir / "bench" / "retrieval.json"
+    result = retrieval_bench(
+        sizes=sizes,
+        kinds=kinds,
+        queries=queries,
+        single_queries=single,
+        data_dir=data_dir,
+        device=settings.device,
+        threads=args.threads,
+        seed=args.seed,
+        out=out,
+    )
+    out.write_text(json.dumps(result, indent=2))
+    print_json(result)
+    return 0
+
+
 @command("bench faults")
 @guard
 def bench_faults_cmd(args: argparse.Namespace, settings: Settings) -> int:

@@ -139,8 +139,9 @@ class Settings(BaseSettings):
     # fused PyTorch pass; torch: never ONNX; onnx: like auto, warning when a version has none.
     runtime: Literal["auto", "onnx", "torch"] = "auto"
     neighbors_k: int = Field(5, ge=0, le=100)
-    # Exact (flat) search up to this many vectors, then an approximate IVF index.
-    exact_index_max: int = Field(200_000, ge=1000)
+    # Exact (flat) search up to this many vectors, then an approximate IVF index; the
+    # default is retrieval.index.EXACT_MAX, measured by `moodwire bench retrieval`.
+    exact_index_max: int = Field(50_000, ge=1000)
     index_snapshot_every: int = Field(5000, ge=100, description="items between index snapshots")
 
     # Drift detectors per worker, on every scored item ("off" switches one off).

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from retrieval.index import VectorIndex
+from retrieval.index import EXACT_MAX, VectorIndex
 from retrieval.neighbors import Neighbor
 from state.store import Store, decode_embeddings
 
@@ -30,7 +30,8 @@ class PastItems:
         dim: int,
         space_id: str,
         snapshot_dir: Path | None = None,
-        exact_max: int = 200_000,
+        exact_max: int = EXACT_MAX,
+        approximate: str = "ivf",
         snapshot_every: int = 5000,
     ) -> None:
         self.store = store
@@ -41,11 +42,15 @@ class PastItems:
         self._since_snapshot = 0
         self._meta: dict[int, tuple[str, str]] = {}  # seq -> (item id, label)
         loaded = (
-            VectorIndex.load(snapshot_dir, space_id=space_id, exact_max=exact_max)
+            VectorIndex.load(
+                snapshot_dir, space_id=space_id, exact_max=exact_max, approximate=approximate
+            )
             if snapshot_dir is not None
             else None
         )
-        self.index = loaded or VectorIndex(dim, exact_max=exact_max, space_id=space_id)
+        self.index = loaded or VectorIndex(
+            dim, exact_max=exact_max, approximate=approximate, space_id=space_id
+        )
         if loaded is not None:
             # Ids and labels are cheap to re-read; only the vectors come from the snapshot.
             self._reload_meta(upto=loaded.max_id)
