@@ -233,7 +233,7 @@ def export_onnx(
     shared_layers: int = SHARED_LAYERS,
     with_vectors: bool = True,
 ) -> Path:
-    """Write the fused graph as int8 ONNX at ``path`` (dynamic weight quantisation)."""
+    """Write the fused graph as int8 ONNX at ``path`` (dynamic quantisation of its weights)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     module = FusedModule(classifier, embedder, shared_layers, with_vectors=with_vectors)
@@ -257,7 +257,16 @@ def export_onnx(
             dynamo=False,
         )
     try:
-        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
+        # Matrix products only, one scale per output channel: quantising everything (the
+        # word-embedding Gather too) moved the frozen vectors to cosine 0.91 of the float
+        # ones; this keeps them at 0.99 and the probabilities within ~0.015.
+        quantize_dynamic(
+            str(fp32),
+            str(path),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+        )
     finally:
         fp32.unlink(missing_ok=True)
     return path
