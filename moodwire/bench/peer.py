@@ -37,6 +37,8 @@ from state.store import Store, encode_embedding
 from stream.clients import make_consumer
 from stream.config import KafkaConfig
 
+# poll: filling each batch after the first; neighbors: the index's search and add;
+# store: building the rows and writing them.
 STAGES = ("poll", "classify", "encode", "neighbors", "store", "commit")
 
 
@@ -141,22 +143,25 @@ class Peer:
         self.vectors(texts[:batch_size], batch_size)
 
     def rows(
-        self, records: list[Any], probs: np.ndarray, vectors: np.ndarray
-    ) -> tuple[list[str], list[dict[str, Any]]]:
+        self,
+        records: list[Any],
+        payloads: list[dict[str, Any]],
+        probs: np.ndarray,
+        vectors: np.ndarray,
+        neighbors: list[list[dict[str, Any]]],
+    ) -> list[dict[str, Any]]:
         """The store's rows, column for column as the worker's ``item_row`` makes them."""
         scored_at = datetime.now(UTC)
-        ids: list[str] = []
         rows: list[dict[str, Any]] = []
-        neighbors = self.neighbors(vectors)
-        for rec, p, v, near in zip(records, probs, vectors, neighbors, strict=True):
-            payload = json.loads(rec.value)
+        for rec, payload, p, v, near in zip(
+            records, payloads, probs, vectors, neighbors, strict=True
+        ):
             kafka_ts = datetime.fromtimestamp(rec.timestamp / 1000, UTC)
             ts = datetime.fromisoformat(payload["ts"]) if payload.get("ts") else kafka_ts
             k = int(p.argmax())
-            ids.append(str(payload["id"]))
             rows.append(
                 {
-                    "id": ids[-1],
+                    "id": str(payload["id"]),
                     "text": payload["text"],
                     "ts": ts,
                     "source": payload.get("source"),
@@ -177,7 +182,7 @@ class Peer:
                     "scored_at": scored_at,
                 }
             )
-        return ids, rows
+        return rows
 
     def consume(
         self,
@@ -217,15 +222,16 @@ class Peer:
                     start = t1
                 else:
                     t["poll"] += t1 - t0
-                texts = [json.loads(r.value)["text"] for r in batch]
+                payloads = [json.loads(r.value) for r in batch]
+                texts = [p["text"] for p in payloads]
                 probs = self.probabilities(texts, batch_size)
                 t2 = time.perf_counter()
                 vectors = self.vectors(texts, batch_size)
                 t3 = time.perf_counter()
-                ids, rows = self.rows(batch, probs, vectors)
-                self.remember(ids, vectors)
+                neighbors = self.neighbors(vectors)
+                self.remember([str(p["id"]) for p in payloads], vectors)
                 t4 = time.perf_counter()
-                self.store.write_batch(rows, [])
+                self.store.write_batch(self.rows(batch, payloads, probs, vectors, neighbors), [])
                 t5 = time.perf_counter()
                 consumer.commit()
                 t6 = time.perf_counter()

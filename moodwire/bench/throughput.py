@@ -33,8 +33,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
@@ -43,6 +44,7 @@ import torch
 from moodwire.settings import Settings
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 SHARED_TEXTS = (
     Path(__file__).resolve().parents[1].parent
@@ -69,6 +71,31 @@ def _texts(n: int, data: Path | None) -> tuple[list[str], str]:
         source = "generated"
     reps = -(-n // len(texts))
     return (texts * reps)[:n], source
+
+
+def _on_a_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on a thread of its own, as the worker runs, and its result.
+
+    Every measured run (the bare forwards, the path, the peer) runs off the main
+    thread: PyTorch's CPU forwards run at another rate on the main thread than on
+    any other (seen on a loaded two-core machine: 24 against 113 items/s for the
+    same classifier forwards, the same batches), which would bias every ratio.
+    """
+    out: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name=f"bench-{fn.__name__}")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return out[0]
 
 
 def _bare_rate(scorer: Any, texts: list[str], batch_size: int) -> tuple[float, float]:
@@ -128,7 +155,7 @@ def throughput(
                 version="bench-untrained",
                 micro_batch=cfg.micro_batch_size,
             )
-        bare_before, clf_before = _bare_rate(scorer, texts[:items], cfg.batch_size)
+        bare_before, clf_before = _on_a_thread(_bare_rate, scorer, texts[:items], cfg.batch_size)
         log.info(
             "bench_bare_forward",
             items_per_s=round(bare_before, 1),
@@ -179,7 +206,9 @@ def throughput(
             log.info("bench_path", items_per_s=round(rate, 1))
             # The peer, on the same topic (it holds exactly the path's items now), while
             # the worker waits idle for the latency run.
-            peer_result = _peer(cfg, scorer, texts[:items], Path(tmp), device) if peer else None
+            peer_result = (
+                _on_a_thread(_peer, cfg, scorer, texts[:items], Path(tmp), device) if peer else None
+            )
 
             # Latency at half the measured maximum rate, from a separate producer process
             # (`moodwire produce`), as a real feed would be.
@@ -206,7 +235,7 @@ def throughput(
             producer.close()
         # The bare rate again after the path run: the mean of both brackets the path
         # run in time, which matters on a noisy machine.
-        bare_after, clf_after = _bare_rate(scorer, texts[:items], cfg.batch_size)
+        bare_after, clf_after = _on_a_thread(_bare_rate, scorer, texts[:items], cfg.batch_size)
         bare = (bare_before + bare_after) / 2
         clf = (clf_before + clf_after) / 2
         lat = store.latencies_ms(id_prefix="lat-")
