@@ -30,9 +30,10 @@ import torch
 import transformers
 from kafka import TopicPartition
 from sentence_transformers import SentenceTransformer
+from transformers.utils import logging as hf_logging
 
 from learner.data import LABELS
-from retrieval.encoding import default_encoder_path, quiet_transformers
+from retrieval.encoding import default_encoder_path
 from state.store import Store, encode_embedding
 from stream.clients import make_consumer
 from stream.config import KafkaConfig
@@ -81,7 +82,11 @@ class Peer:
         self.max_length = max_length
         self.neighbors_k = neighbors_k
         self.model_version = model_version
-        with quiet_transformers():  # the head's class is not in the pipeline's list: it works
+        # The pipeline logs an error for a head class outside its list (Moodwire's mean-pool
+        # head is one); it runs any model whose output has logits, so that is not news here.
+        previous = hf_logging.get_verbosity()
+        hf_logging.set_verbosity(hf_logging.CRITICAL)
+        try:
             self.classify = transformers.pipeline(
                 "text-classification",
                 model=model,
@@ -89,6 +94,8 @@ class Peer:
                 device=device,
                 top_k=None,
             )
+        finally:
+            hf_logging.set_verbosity(previous)
         self.encoder = SentenceTransformer(
             str(encoder_path or default_encoder_path()), device=str(device)
         )

@@ -77,9 +77,12 @@ def _on_a_thread(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` on a thread of its own, as the worker runs, and its result.
 
     Every measured run (the bare forwards, the path, the peer) runs off the main
-    thread: PyTorch's CPU forwards run at another rate on the main thread than on
-    any other (seen on a loaded two-core machine: 24 against 113 items/s for the
-    same classifier forwards, the same batches), which would bias every ratio.
+    thread, so all of them run their CPU forwards under the same kind of thread.
+    On a loaded two-core machine the rate of the same classifier forwards, same
+    batches, depended on the thread: 13-26 items/s on the main thread, 132-141 on
+    another one once the main thread had run a forward, 11-19 on another one before
+    (PyTorch's OpenMP intra-op pool; one intra-op thread ran at 113). Off the main
+    thread is not enough to make such a machine steady: see the bracketing runs.
     """
     out: list[T] = []
     error: list[BaseException] = []
