@@ -383,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--data", type=Path, help="texts to use (default: shared data if present, else generated)"
     )
+    t.add_argument(
+        "--no-peer",
+        dest="peer",
+        action="store_false",
+        help="skip the peer (a plain kafka-python consumer, transformers pipeline and "
+        "sentence-transformers encoder on the same topic)",
+    )
     t.add_argument("--out", type=Path, help="also write the JSON here")
 
     c = bench.add_parser(

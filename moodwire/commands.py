@@ -559,6 +559,7 @@ def bench_throughput_cmd(args: argparse.Namespace, settings: Settings) -> int:
         latency_items=args.latency_items,
         data=args.data,
         registry_given=_given(args, "registry"),
+        peer=args.peer,
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,17 @@ Measured in one run on one device:
 * ``items_per_s``: records through consume → score → retrieve → store →
   publish → commit, from a pre-filled topic;
 * latency from produce (the Kafka timestamp) to stored, while items arrive at
-  half the measured rate.
+  half the measured rate;
+* ``peer_items_per_s``: what a user would otherwise write (:mod:`moodwire.bench.peer`:
+  a kafka-python consumer in its own group, a ``transformers`` text-classification
+  pipeline with the same weights, a sentence-transformers encoder, a flat FAISS
+  index, the same kind of store, a commit per batch) on the same pre-filled topic,
+  right after the path run (``--no-peer`` skips it).
 
-The headline is ``ratio = items_per_s / bare_forward_items_per_s``.
+The headline is ``ratio = items_per_s / bare_forward_items_per_s``;
+``peer_ratio = items_per_s / peer_items_per_s`` says how the path compares with
+the peer; ``path_cost_in_classifier_forwards`` is the bare device path's time
+per item over the classifier's alone (tokenisation included in both).
 """
 
 from __future__ import annotations
@@ -25,8 +33,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
@@ -35,6 +44,7 @@ import torch
 from moodwire.settings import Settings
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 SHARED_TEXTS = (
     Path(__file__).resolve().parents[1].parent
@@ -63,6 +73,34 @@ def _texts(n: int, data: Path | None) -> tuple[list[str], str]:
     return (texts * reps)[:n], source
 
 
+def _on_a_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on a thread of its own, as the worker runs, and its result.
+
+    Every measured run (the bare forwards, the path, the peer) runs off the main
+    thread, so all of them run their CPU forwards under the same kind of thread.
+    On a loaded two-core machine the rate of the same classifier forwards, same
+    batches, depended on the thread: 13-26 items/s on the main thread, 132-141 on
+    another one once the main thread had run a forward, 11-19 on another one before
+    (PyTorch's OpenMP intra-op pool; one intra-op thread ran at 113). Off the main
+    thread is not enough to make such a machine steady: see the bracketing runs.
+    """
+    out: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name=f"bench-{fn.__name__}")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return out[0]
+
+
 def _bare_rate(scorer: Any, texts: list[str], batch_size: int) -> tuple[float, float]:
     """Items/s of the whole device path and of the classifier alone, same batches."""
     batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
@@ -86,6 +124,7 @@ def throughput(
     latency_items: int,
     data: Path | None,
     registry_given: bool,
+    peer: bool = True,
 ) -> dict[str, Any]:
     from learner.classifier import SentimentClassifier, select_device
     from moodwire.processes.worker import build_worker
@@ -119,11 +158,11 @@ def throughput(
                 version="bench-untrained",
                 micro_batch=cfg.micro_batch_size,
             )
-        bare_before, clf_only = _bare_rate(scorer, texts[:items], cfg.batch_size)
+        bare_before, clf_before = _on_a_thread(_bare_rate, scorer, texts[:items], cfg.batch_size)
         log.info(
             "bench_bare_forward",
             items_per_s=round(bare_before, 1),
-            classifier_items_per_s=round(clf_only, 1),
+            classifier_items_per_s=round(clf_before, 1),
         )
 
         producer = make_producer(cfg.kafka_config(), client_id="moodwire-bench")
@@ -168,6 +207,11 @@ def throughput(
             rate = items / elapsed
             busy = sum(m - s for s, m in zip(starts, marks, strict=False))
             log.info("bench_path", items_per_s=round(rate, 1))
+            # The peer, on the same topic (it holds exactly the path's items now), while
+            # the worker waits idle for the latency run.
+            peer_result = (
+                _on_a_thread(_peer, cfg, scorer, texts[:items], Path(tmp), device) if peer else None
+            )
 
             # Latency at half the measured maximum rate, from a separate producer process
             # (`moodwire produce`), as a real feed would be.
@@ -194,8 +238,9 @@ def throughput(
             producer.close()
         # The bare rate again after the path run: the mean of both brackets the path
         # run in time, which matters on a noisy machine.
-        bare_after, _ = _bare_rate(scorer, texts[:items], cfg.batch_size)
+        bare_after, clf_after = _on_a_thread(_bare_rate, scorer, texts[:items], cfg.batch_size)
         bare = (bare_before + bare_after) / 2
+        clf = (clf_before + clf_after) / 2
         lat = store.latencies_ms(id_prefix="lat-")
     return {
         "bench": "throughput",
@@ -212,8 +257,10 @@ def throughput(
         "bare_forward_items_per_s": round(bare, 2),
         "bare_forward_runs_items_per_s": [round(bare_before, 2), round(bare_after, 2)],
         "ratio": round(rate / bare, 3),
-        "classifier_only_forward_items_per_s": round(clf_only, 2),
-        "path_cost_in_classifier_forwards": round(clf_only / bare, 3),
+        "classifier_only_forward_items_per_s": round(clf, 2),
+        "classifier_only_forward_runs_items_per_s": [round(clf_before, 2), round(clf_after, 2)],
+        # (bare path's seconds per item) / (classifier's alone): (1 / bare) / (1 / clf).
+        "path_cost_in_classifier_forwards": round(clf / bare, 3),
         "path_seconds": round(elapsed, 2),
         "seconds_in_batches": round(busy, 2),
         "stage_seconds": {k: round(v, 2) for k, v in stage_totals.items()},
@@ -222,6 +269,56 @@ def throughput(
         "p50_latency_ms": round(float(np.percentile(lat, 50)), 1),
         "p99_latency_ms": round(float(np.percentile(lat, 99)), 1),
         "max_latency_ms": round(float(lat.max()), 1),
+        "peer_items_per_s": peer_result["items_per_s"] if peer_result else None,
+        "peer_ratio": round(rate / peer_result["items_per_s"], 3) if peer_result else None,
+        "peer": peer_result,
+    }
+
+
+def _peer(
+    cfg: Settings, scorer: Any, texts: list[str], tmp: Path, device: torch.device
+) -> dict[str, Any]:
+    """The peer over the pre-filled topic; its figures, and what it stored and committed."""
+    from moodwire.bench.peer import Peer, committed_offsets, versions
+
+    group = f"{cfg.consumer_group}-peer"
+    peer = Peer(
+        scorer.classifier.model,
+        scorer.classifier.tokenizer,
+        device=device,
+        store_url=f"sqlite:///{tmp / 'peer.db'}",
+        model_version=scorer.version,
+        max_length=cfg.max_length,
+        neighbors_k=cfg.neighbors_k,
+    )
+    peer.warm_up(texts, cfg.batch_size)
+    run = peer.consume(
+        cfg.kafka_config(),
+        cfg.topics.news,
+        group_id=group,
+        batch_size=cfg.batch_size,
+        expected=len(texts),
+    )
+    log.info("bench_peer", items_per_s=round(run.items_per_s, 1))
+    committed = committed_offsets(cfg.kafka_config(), cfg.topics.news, group)
+    return {
+        "items": run.items,
+        "batches": run.batches,
+        "batch_size": cfg.batch_size,
+        "seconds": round(run.seconds, 2),
+        "items_per_s": round(run.items_per_s, 2),
+        "stage_seconds": {k: round(v, 2) for k, v in run.stage_seconds.items()},
+        "stored_items": peer.store.count_items(),
+        "stored_distinct_ids": len(set(peer.store.item_ids())),
+        "consumer_group": group,
+        # Read back from the broker: after the last batch, each partition's committed
+        # offset is the one after the last record the peer read there.
+        "committed_offsets": {str(p): o for p, o in committed.items()},
+        "committed_all_read": bool(run.positions)
+        and all(committed.get(p) == pos for p, pos in run.positions.items()),
+        "stages": "poll, pipeline('text-classification', top_k=None), "
+        "SentenceTransformer.encode, faiss.IndexFlatIP, Store.write_batch, commit",
+        "libraries": versions(),
     }
 
 

@@ -410,3 +410,10 @@ def test_the_inner_level_wins_when_an_option_is_given_at_both() -> None:
     argv = ["bench", "--device", "cpu", "--data-dir", "/x/a", "throughput", "--data-dir", "/x/b"]
     settings = settings_from_args(build_parser().parse_args(argv))
     assert (settings.data_dir, settings.device) == (Path("/x/b"), "cpu")
+
+
+def test_bench_throughput_runs_the_peer_unless_told_not_to() -> None:
+    from moodwire.cli import build_parser
+
+    assert build_parser().parse_args(["bench", "throughput"]).peer is True
+    assert build_parser().parse_args(["bench", "throughput", "--no-peer"]).peer is False
