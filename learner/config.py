@@ -66,7 +66,7 @@ class LearnerConfig:
     error_warmup: int = 100
     error_cooldown: int = 500
     epochs: float = 2.0
-    lr: float = 1e-4
+    lr: float = 2.5e-4  # 1e-4 when every layer trained; the upper two alone take more
     batch_size: int = 32
     # Encoder layers (after the embeddings) that fine-tuning leaves as the base encoder's,
     # shared with the frozen embedder so scoring runs them once; 0 trains every layer.

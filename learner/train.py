@@ -36,15 +36,18 @@ class TrainConfig:
     """Hyperparameters of a fine-tuning run; the defaults are the measured best recipe.
 
     Measured on 2 CPU cores with all-MiniLM-L6-v2 and its mean-pool head (the
-    ``from_encoder`` default): 2 epochs at lr 2e-4, batch 32, frozen word
-    embeddings, on 95% of twitter-financial-news-sentiment train.
+    ``from_encoder`` default): 2 epochs, batch 32, on twitter-financial-news-sentiment
+    train and on the stock-tweets set. With the embeddings and lower 4 layers
+    frozen (shared with the embedder) the upper two learn best at lr 5e-4 (0.869
+    on sent_valid; 0.743 on a fifth of the stock tweets held out, against 0.709
+    for every layer at 2e-4); with every layer free, 2e-4.
 
     >>> TrainConfig(epochs=1.0).batch_size
     32
     """
 
     epochs: float = 2.0
-    lr: float = 2e-4
+    lr: float = 5e-4
     batch_size: int = 32
     max_length: int = 128
     warmup_ratio: float = 0.06

@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--holdout", type=float, default=0.05, help="fraction held out (0.05)")
     p.add_argument("--epochs", type=float, help="passes over the training data (2)")
-    p.add_argument("--lr", type=float, help="peak learning rate (2e-4)")
+    p.add_argument("--lr", type=float, help="peak learning rate (5e-4; 2e-4 with --base-model)")
     p.add_argument("--batch-size", type=int, help="training batch size (32)")
     p.add_argument("--time-budget", type=float, help="stop training after this many seconds")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the training (0)")

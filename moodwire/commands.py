@@ -235,6 +235,7 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
     if base is not None:
         # Another encoder shares no layers with the frozen embedder: train all of them.
         overrides.setdefault("frozen_layers", 0)
+        overrides.setdefault("lr", 2e-4)  # the measured rate for every layer free
     config = dataclasses.replace(TrainConfig(), **overrides)
     classifier = SentimentClassifier.from_encoder(
         base, device=settings.device, max_length=settings.max_length, seed=args.seed

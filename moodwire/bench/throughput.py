@@ -47,7 +47,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 SHARED_TEXTS = (
-    Path(__file__).resolve().parents[1].parent
+    Path(__file__).resolve().parents[2].parent
     / "shared"
     / "data"
     / ("twitter-financial-news-sentiment/sent_train.csv")
@@ -101,20 +101,51 @@ def _on_a_thread(fn: Callable[..., T], *args: Any) -> T:
     return out[0]
 
 
-def _bare_rate(scorer: Any, texts: list[str], batch_size: int) -> tuple[float, float]:
-    """Items/s of the whole device path and of the classifier alone, same batches."""
+def _bare_rate(scorer: Any, alone: Any, texts: list[str], batch_size: int) -> tuple[float, float]:
+    """Items/s of the whole device path and of the classifier alone, same batches.
+
+    ``alone`` is the classifier by itself in the path's own runtime (ONNX int8, or
+    PyTorch): tokenising plus its forward; the path's cost is counted in it.
+    """
     batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    micro = scorer.micro_batch or (batch_size if scorer.device.type == "cuda" else 16)
     scorer.score(batches[0])  # warm-up
+    alone.score(batches[0], micro)
     t0 = time.perf_counter()
     for b in batches:
         scorer.score(b)
     full = len(texts) / (time.perf_counter() - t0)
-    micro = scorer.micro_batch or (batch_size if scorer.device.type == "cuda" else 16)
     t0 = time.perf_counter()
     for b in batches:
-        scorer.classifier.predict_proba(b, batch_size=micro)
+        alone.score(b, micro)
     clf = len(texts) / (time.perf_counter() - t0)
     return full, clf
+
+
+def _fresh_scorer(cfg: Settings, device: Any, workdir: Path) -> Any:
+    """The default encoder with a fresh head, written and loaded as a version is: its
+    weights, its serving export, the engine the worker would pick."""
+    from learner.classifier import SentimentClassifier
+    from learner.runtime import save_version
+    from retrieval.embedder import FrozenEmbedder
+    from stream.scorer import Scorer
+
+    embedder = FrozenEmbedder(device=device, max_length=cfg.max_length)
+    fresh = SentimentClassifier.from_encoder(device="cpu", max_length=cfg.max_length)
+    card: dict[str, Any] = {}
+    save_version(fresh, card, embedder=embedder, export=cfg.runtime != "torch")(workdir)
+    classifier = SentimentClassifier.from_pretrained(
+        workdir, device=str(device), max_length=cfg.max_length
+    )
+    scorer = Scorer(
+        classifier=classifier,
+        embedder=embedder,
+        version="bench-untrained",
+        micro_batch=cfg.micro_batch_size,
+        runtime=cfg.runtime,
+    )
+    scorer.prepare(classifier, scorer.version)
+    return scorer
 
 
 def throughput(
@@ -126,13 +157,13 @@ def throughput(
     registry_given: bool,
     peer: bool = True,
 ) -> dict[str, Any]:
-    from learner.classifier import SentimentClassifier, select_device
+    from learner.classifier import select_device
+    from learner.runtime import classifier_only
     from moodwire.processes.worker import build_worker
-    from retrieval.embedder import FrozenEmbedder
     from state.store import Store
     from stream.broker import EmbeddedBroker, free_port
     from stream.clients import make_producer
-    from stream.scorer import Scorer, load_serving
+    from stream.scorer import load_serving
 
     texts, source = _texts(items + latency_items, data)
     with (
@@ -150,15 +181,11 @@ def throughput(
             scorer = load_serving(cfg.resolved_registry(), **cfg.scorer())
         else:
             # Speed does not depend on the weights: the default encoder with a fresh head.
-            scorer = Scorer(
-                classifier=SentimentClassifier.from_encoder(
-                    device=str(device), max_length=cfg.max_length
-                ),
-                embedder=FrozenEmbedder(device=device, max_length=cfg.max_length),
-                version="bench-untrained",
-                micro_batch=cfg.micro_batch_size,
-            )
-        bare_before, clf_before = _on_a_thread(_bare_rate, scorer, texts[:items], cfg.batch_size)
+            scorer = _fresh_scorer(cfg, device, Path(tmp) / "untrained")
+        alone = classifier_only(scorer.engine, scorer.classifier, scorer.embedder, Path(tmp))
+        bare_before, clf_before = _on_a_thread(
+            _bare_rate, scorer, alone, texts[:items], cfg.batch_size
+        )
         log.info(
             "bench_bare_forward",
             items_per_s=round(bare_before, 1),
@@ -238,7 +265,9 @@ def throughput(
             producer.close()
         # The bare rate again after the path run: the mean of both brackets the path
         # run in time, which matters on a noisy machine.
-        bare_after, clf_after = _on_a_thread(_bare_rate, scorer, texts[:items], cfg.batch_size)
+        bare_after, clf_after = _on_a_thread(
+            _bare_rate, scorer, alone, texts[:items], cfg.batch_size
+        )
         bare = (bare_before + bare_after) / 2
         clf = (clf_before + clf_after) / 2
         lat = store.latencies_ms(id_prefix="lat-")
@@ -249,6 +278,8 @@ def throughput(
         if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
+        "engine": scorer.engine.kind,
+        "classifier_alone_engine": alone.kind,
         "model_version": scorer.version,
         "texts": source,
         "items": items,

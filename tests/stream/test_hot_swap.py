@@ -6,6 +6,7 @@ loading them takes milliseconds; what is tested is which version serves.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from learner.classifier import (
     default_encoder_path,
 )
 from learner.data import LABELS
+from retrieval.embedder import FrozenEmbedder
 from state.registry import Registry
 from stream import scorer as scorer_module
 from stream.scorer import Scorer, ServingWatcher
@@ -101,8 +103,13 @@ def _serving_scorer(registry: Registry) -> Scorer:
     classifier = SentimentClassifier.from_pretrained(
         registry.path(version), device="cpu", max_length=32
     )
-    # The watcher only ever swaps the classifier: the frozen embedder is not its business.
-    return Scorer(classifier=classifier, embedder=None, version=version)  # type: ignore[arg-type]
+    # The watcher swaps the classifier (and builds its engine with the frozen embedder).
+    return Scorer(classifier=classifier, embedder=_embedder(), version=version)
+
+
+@functools.cache
+def _embedder() -> FrozenEmbedder:
+    return FrozenEmbedder(device="cpu", max_length=32)
 
 
 def _probs(registry: Registry, version: str) -> np.ndarray:
