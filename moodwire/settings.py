@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     # Forward passes in length-sorted micro-batches of this size (None: 16 on CPU,
     # the whole batch on a GPU).
     micro_batch_size: int | None = Field(None, ge=1, le=4096)
-    # auto: ONNX Runtime (int8) on the CPU for a version that carries its export, else the
+    # auto: ONNX Runtime on the CPU for a version that carries its export, else the
     # fused PyTorch pass; torch: never ONNX; onnx: like auto, warning when a version has none.
     runtime: Literal["auto", "onnx", "torch"] = "auto"
     neighbors_k: int = Field(5, ge=0, le=100)

@@ -40,7 +40,7 @@ class Scorer:
 
     Both come from one engine (:func:`learner.runtime.engine_for`): one pass through
     the trunk the classifier shares with the frozen embedder, on ONNX Runtime where
-    the version carries its int8 export; two passes for a classifier that shares
+    the version carries its ONNX export; two passes for a classifier that shares
     nothing. Engines are built once per classifier and kept for the last few.
     """
 

@@ -125,7 +125,7 @@ def test_a_version_carries_its_verified_int8_export(
 ) -> None:
     version = registry.serving()
     card = registry.card(version)
-    assert card["runtime"]["kind"] == "onnx-int8"
+    assert card["runtime"]["kind"] == "onnx"
     assert card["runtime"]["space_id"] == embedder.space_id
     assert EXPORT_FILE in card["files"] and EXPORT_CARD in card["files"]
     classifier = load_version(registry, version, device="cpu")
@@ -135,8 +135,8 @@ def test_a_version_carries_its_verified_int8_export(
     reference = classifier.predict_proba(TEXTS)
     assert np.abs(probs - reference).max() < 0.1
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
-    cosine = (vectors * embedder.embed(TEXTS)).sum(axis=1)
-    assert cosine.min() > 0.98, cosine
+    # The shared trunk and the embedder's layers are float32: the frozen space itself.
+    np.testing.assert_allclose(vectors, embedder.embed(TEXTS), atol=1e-4)
 
 
 def test_a_tampered_export_is_refused_like_tampered_weights(
