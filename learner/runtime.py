@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -244,7 +245,12 @@ def export_onnx(
     module = FusedModule(classifier, embedder, shared_layers, with_vectors=with_vectors)
     module = copy.deepcopy(module).to("cpu").float().eval()
     sample = classifier.tokenizer(list(_CHECK_TEXTS), padding=True, return_tensors="pt")
-    fp32 = path.with_suffix(".fp32.onnx")
+    # The float graph is scratch work, not part of the version: it goes to the system's
+    # temporary directory. Written beside the version on a full disk, the exporter left
+    # it truncated without an error, and the quantiser's parse error then hid the full
+    # disk (an outage the learner waits out) behind a "corrupt" model.
+    scratch = tempfile.TemporaryDirectory(prefix="moodwire-export-")
+    fp32 = Path(scratch.name) / "fused.fp32.onnx"
     with torch.no_grad(), warnings.catch_warnings():
         # The exporter's notices (the TorchScript exporter is "legacy"; a traced Python
         # bool) are about its own future, not this graph: the agreement check proves it.
@@ -279,7 +285,7 @@ def export_onnx(
             per_channel=True,
         )
     finally:
-        fp32.unlink(missing_ok=True)
+        scratch.cleanup()
     return path
 
 
