@@ -211,14 +211,19 @@ def throughput(
         orig_process = worker.process
 
         stage_totals: dict[str, float] = {}
+        # The latency run's batches: how many records each, and where their time went.
+        latency_sizes: list[int] = []
+        latency_stages: dict[str, float] = {}
 
         def timed_process(records: list) -> Any:
             starts.append(time.perf_counter())
             out = orig_process(records)
             marks.append(time.perf_counter())
-            if len(marks) and store_done[0] is False:
-                for k, v in out.timings.items():
-                    stage_totals[k] = stage_totals.get(k, 0.0) + v
+            totals = stage_totals if store_done[0] is False else latency_stages
+            if store_done[0]:
+                latency_sizes.append(len(records))
+            for k, v in out.timings.items():
+                totals[k] = totals.get(k, 0.0) + v
             return out
 
         store_done = [False]
@@ -300,6 +305,9 @@ def throughput(
         "p50_latency_ms": round(float(np.percentile(lat, 50)), 1),
         "p99_latency_ms": round(float(np.percentile(lat, 99)), 1),
         "max_latency_ms": round(float(lat.max()), 1),
+        "latency_batches": len(latency_sizes),
+        "latency_mean_batch": round(float(np.mean(latency_sizes)), 1) if latency_sizes else None,
+        "latency_stage_seconds": {k: round(v, 2) for k, v in latency_stages.items()},
         "peer_items_per_s": peer_result["items_per_s"] if peer_result else None,
         "peer_ratio": round(rate / peer_result["items_per_s"], 3) if peer_result else None,
         "peer": peer_result,

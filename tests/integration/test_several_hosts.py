@@ -6,9 +6,10 @@ nothing else): the registry is the shared one in PostgreSQL
 broker, the model is the real one. One stream with a scripted negative surge
 on INIT: mid-stream an operator promotes v2 (``stream.operations.promote``,
 what ``moodwire promote`` runs), which all three serve within one batch; then
-the worker running the alert rules is SIGKILLed: its partitions move to the
-others, another worker takes the alert rules over, and the surge is still
-raised, once. Every item is stored and published exactly once.
+the worker running the alert rules is SIGKILLed, before the surge reaches the
+stream: its partitions move to the others, another worker takes the alert
+rules over, and the surge is still raised, once. Every item is stored and
+published exactly once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import json
 import shutil
 import signal
 import subprocess
+import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +55,23 @@ CFG = AlertConfig(
     window_s=60, baseline_windows=10, min_baseline_windows=3, lateness_s=5, cooldown_s=300
 )
 N = 600
+SURGE_AT = 0.6
+# The stream in three parts, so that what the test checks does not depend on how fast the
+# workers are (produced at once, fast workers had judged the surge before the kill, or
+# had scored all the news before v2 was loaded, leaving v2 no history for the rules):
+# 1. the lead-in, paced, so that the promotion lands mid-stream;
+LEAD_IN, LEAD_IN_RATE = 160, 20.0
+# 2. after every worker serves v2, the rest of the news up to 20 items (event seconds)
+#    short of the surge: history of v2's own, and no surge item judged before the kill;
+BEFORE_SURGE = int(N * SURGE_AT) - 20
+# 3. after the kill, the surge and the rest.
+
+
+def _paced(settings: Settings, feed: list[dict], rate: float) -> None:
+    """``feed`` onto the news topic at about ``rate`` items a second, in groups of ten."""
+    for start in range(0, len(feed), 10):
+        produce_items(settings.bootstrap_servers, settings.topics.news, feed[start : start + 10])
+        time.sleep(10 / rate)
 
 
 def _when(event: dict) -> datetime:
@@ -96,7 +116,7 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
         own = shared.with_overrides(data_dir=host, registry=host / "registry")
         procs.append(start_process(["worker"], settings_env(own), log))
     started = datetime.now(UTC)
-    feed = demo_feed(N, seed=11, start=START, surge_at=0.5, drift_at=1.0)
+    feed = demo_feed(N, seed=11, start=START, surge_at=SURGE_AT, drift_at=1.0)
     try:
         wait_until(
             lambda: (
@@ -107,7 +127,8 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
             "three workers started and in the group",
         )
         ready_s = (datetime.now(UTC) - started).total_seconds()
-        produce_items(shared.bootstrap_servers, shared.topics.news, feed)
+        lead_in = threading.Thread(target=_paced, args=(shared, feed[:LEAD_IN], LEAD_IN_RATE))
+        lead_in.start()
         produced_at = datetime.now(UTC)
 
         # -- a promotion, mid-stream ----------------------------------------------------------
@@ -125,6 +146,11 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
         )
         swaps = [log_events(log, "model_swapped")[0] for log in logs]
         assert all((s["from"], s["to"]) == (v1, v2) for s in swaps), swaps
+        lead_in.join()
+        produce_items(shared.bootstrap_servers, shared.topics.news, feed[LEAD_IN:BEFORE_SURGE])
+        wait_until(
+            lambda: store.count_items() >= BEFORE_SURGE, 180, "the news before the surge stored"
+        )
 
         # -- the worker running the alert rules dies ------------------------------------------
         active = [i for i, log in enumerate(logs) if log_events(log, "alerter_active")]
@@ -137,6 +163,7 @@ def test_three_hosts_share_one_stream_one_registry_and_raise_each_alert_once(
         procs[victim].send_signal(signal.SIGKILL)
         procs[victim].wait(10)
         survivors = [i for i in range(3) if i != victim]
+        produce_items(shared.bootstrap_servers, shared.topics.news, feed[BEFORE_SURGE:])
 
         wait_until(lambda: store.count_items() >= N, 300, f"all {N} items stored")
         all_stored_at = datetime.now(UTC)
