@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from learner.data import LABELS, LabelledText
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from learner.classifier import SentimentClassifier
 
 
@@ -76,10 +78,24 @@ def classification_metrics(
 
 
 def evaluate(
-    classifier: SentimentClassifier, data: list[LabelledText], batch_size: int = 64
+    classifier: SentimentClassifier,
+    data: list[LabelledText],
+    batch_size: int = 64,
+    *,
+    predict_proba: Callable[[list[str]], np.ndarray] | None = None,
 ) -> dict:
-    """``classification_metrics`` of the classifier's predictions on ``data``."""
-    probs = classifier.predict_proba([item.text for item in data], batch_size=batch_size)
+    """``classification_metrics`` of the classifier's predictions on ``data``.
+
+    ``predict_proba(texts)`` (columns in ``classifier.labels`` order) scores instead
+    of the classifier's own PyTorch forward: e.g. the serving engine
+    (:mod:`learner.runtime`), so that what is measured is what serves.
+    """
+    texts = [item.text for item in data]
+    probs = (
+        predict_proba(texts)
+        if predict_proba is not None
+        else classifier.predict_proba(texts, batch_size=batch_size)
+    )
     predicted = [classifier.labels[i] for i in probs.argmax(axis=1)]
     return classification_metrics(
         [item.label for item in data], predicted, labels=classifier.labels

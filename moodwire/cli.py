@@ -252,7 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
-    p = add("eval", "accuracy, macro-F1 and confusion matrix of a version, as JSON")
+    p = add(
+        "eval",
+        "accuracy, macro-F1 and confusion matrix of a version, as JSON",
+        "Score a labelled file with a version as the worker serves it: its ONNX export on "
+        "a CPU, else the fused PyTorch pass (MOODWIRE_RUNTIME=torch forces PyTorch), and "
+        "print accuracy, macro-F1, the confusion matrix and the engine that scored.",
+    )
     p.add_argument("--data", type=Path, required=True, help="labelled CSV or JSONL file")
     _labelled_args(p)
     p.add_argument("--version", help="model version (default: the serving one)")

@@ -325,6 +325,9 @@ def eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from learner.data import load_labelled, parse_label_map
     from learner.loading import load_version
     from learner.metrics import evaluate
+    from learner.runtime import TwoPassEngine
+    from retrieval.embedder import FrozenEmbedder
+    from stream.scorer import Scorer
 
     registry = settings.open_registry()
     version = args.version or registry.serving()
@@ -339,8 +342,19 @@ def eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
     classifier = load_version(
         registry, version, device=settings.device, max_length=settings.max_length
     )
-    metrics = evaluate(classifier, data)
-    print_json({"version": version, "data": str(args.data), **metrics})
+    # Scored as the worker scores: the version's serving engine (its ONNX export on a
+    # CPU, the fused PyTorch pass, or two passes), MOODWIRE_RUNTIME choosing as there.
+    scorer = Scorer(
+        classifier=classifier,
+        embedder=FrozenEmbedder(device=str(classifier.device), max_length=settings.max_length),
+        version=version,
+        micro_batch=settings.micro_batch_size,
+        runtime=settings.runtime,
+    )
+    engine = scorer.prepare(classifier, version)
+    predict = None if isinstance(engine, TwoPassEngine) else (lambda t: scorer.score(t)[0])
+    metrics = evaluate(classifier, data, predict_proba=predict)
+    print_json({"version": version, "data": str(args.data), "engine": engine.kind, **metrics})
     return 0
 
 

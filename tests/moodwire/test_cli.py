@@ -114,6 +114,16 @@ def test_eval_and_stats_print_json_last(settings: Settings, labelled_csv: Path) 
     assert out["version"] == "v1" and out["n"] == 90
     assert 0 <= out["accuracy"] <= 1 and 0 <= out["macro_f1"] <= 1
     assert sum(map(sum, out["confusion_matrix"])) == 90
+    # Scored as it serves: the version's ONNX export on this CPU; PyTorch when asked.
+    assert out["engine"] == "onnx", out
+    torch_run = last_json(
+        moodwire_cli(
+            ["eval", "--data", str(labelled_csv)], {**env, "MOODWIRE_RUNTIME": "torch"}
+        ).stdout
+    )
+    assert torch_run["engine"] == "torch-fused", torch_run
+    # int8 weights in the classifier's own layers may flip a borderline text or two.
+    assert abs(torch_run["accuracy"] - out["accuracy"]) <= 2 / 90, (out, torch_run)
     stats = last_json(moodwire_cli(["stats"], env).stdout)
     assert {"items", "rejected", "by_label", "by_model_version"} <= set(stats)
 
