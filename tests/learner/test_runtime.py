@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from learner.classifier import SentimentClassifier
 from learner.config import LearnerConfig
@@ -204,3 +207,44 @@ def test_the_scorer_keeps_one_engine_per_classifier(
     assert isinstance(scorer.engine, TwoPassEngine)
     scorer.classifier, scorer.version = shared, "a"
     assert scorer.engine is first
+
+
+@pytest.fixture(scope="module")
+def onnx_engine(registry: Registry, embedder: FrozenEmbedder) -> tuple[OnnxEngine, Any]:
+    version = registry.serving()
+    classifier = load_version(registry, version, device="cpu")
+    engine = engine_for(classifier, embedder, version=version)
+    assert isinstance(engine, OnnxEngine)
+    return engine, classifier
+
+
+# Any text a feed may carry: letters of every script, emoji, controls, whitespace only,
+# the empty string, markup-like runs and texts past the tokeniser's max length.
+_ANY_TEXT = st.one_of(
+    st.text(max_size=80),
+    st.text(alphabet=st.characters(codec="utf-8"), min_size=300, max_size=900),
+    st.sampled_from(TEXTS + ["", " ", "\x00\u202e\ufeff", "🚀" * 200, "<script>$GME</script>"]),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=st.lists(_ANY_TEXT, min_size=1, max_size=9), micro=st.integers(1, 9))
+def test_the_export_scores_any_batch_of_any_text_as_pytorch_does(
+    onnx_engine: tuple[OnnxEngine, Any], embedder: FrozenEmbedder, texts: list[str], micro: int
+) -> None:
+    """Rows stay with their texts whatever the lengths, padding and micro-batches; every
+    row is a distribution close to PyTorch's, every vector the frozen space's own."""
+    engine, classifier = onnx_engine
+    probs, vectors = engine.score(texts, micro)
+    assert probs.shape == (len(texts), 3) and vectors.shape == (len(texts), embedder.dim)
+    assert np.isfinite(probs).all() and np.isfinite(vectors).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    assert np.abs(probs - classifier.predict_proba(texts, batch_size=micro)).max() < 0.1
+    np.testing.assert_allclose(vectors, embedder.embed(texts, batch_size=micro), atol=1e-4)
+    # Each text alone gives its own row of the batch (no leak across padding or order).
+    # The vectors are float32 throughout: the same to rounding. The int8 products scale
+    # their inputs per call (dynamic quantisation), so a text's probabilities move a
+    # little with the batch it came in (measured up to ~0.003).
+    lone_probs, lone_vectors = engine.score(texts[-1:], 1)
+    np.testing.assert_allclose(lone_probs[0], probs[-1], atol=0.02)
+    np.testing.assert_allclose(lone_vectors[0], vectors[-1], atol=1e-4)
