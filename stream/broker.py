@@ -110,6 +110,21 @@ class EmbeddedBroker:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the broker process has used so far (Linux ``/proc``; else ``None``).
+
+        On one machine the broker's work competes with the worker's: ``bench
+        throughput`` reports what it took during the measured run.
+        """
+        if self._proc is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        # utime and stime: fields 14 and 15 of stat(5), 11 and 12 after "pid (comm) state".
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self, timeout_s: float = 5.0) -> None:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:

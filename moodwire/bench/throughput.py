@@ -213,6 +213,7 @@ def throughput(
         stage_totals: dict[str, float] = {}
         # The latency run's batches: how many records each, and where their time went.
         latency_sizes: list[int] = []
+        path_sizes: list[int] = []
         latency_stages: dict[str, float] = {}
 
         def timed_process(records: list) -> Any:
@@ -220,8 +221,7 @@ def throughput(
             out = orig_process(records)
             marks.append(time.perf_counter())
             totals = stage_totals if store_done[0] is False else latency_stages
-            if store_done[0]:
-                latency_sizes.append(len(records))
+            (latency_sizes if store_done[0] else path_sizes).append(len(records))
             for k, v in out.timings.items():
                 totals[k] = totals.get(k, 0.0) + v
             return out
@@ -231,9 +231,13 @@ def throughput(
         worker.process = timed_process  # type: ignore[method-assign]
         stop = threading.Event()
         thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        # CPU seconds during the path run: this process (the worker's threads and the
+        # wait below) and the broker's, which shares this machine's cores with it.
+        cpu0, broker0 = time.process_time(), broker.cpu_seconds()
         thread.start()
         try:
             _wait(lambda: store.count_items() >= items, 1800, "throughput run")
+            cpu1, broker1 = time.process_time(), broker.cpu_seconds()
             store_done[0] = True
             elapsed = marks[-1] - starts[0]
             rate = items / elapsed
@@ -299,7 +303,14 @@ def throughput(
         "path_cost_in_classifier_forwards": round(clf / bare, 3),
         "path_seconds": round(elapsed, 2),
         "seconds_in_batches": round(busy, 2),
+        "path_batches": len(path_sizes),
+        "path_mean_batch": round(float(np.mean(path_sizes)), 1) if path_sizes else None,
         "stage_seconds": {k: round(v, 2) for k, v in stage_totals.items()},
+        "path_process_cpu_s": round(cpu1 - cpu0, 2),
+        "path_broker_cpu_s": round(broker1 - broker0, 2)
+        if broker0 is not None and broker1 is not None
+        else None,
+        "cpu_cores": os.cpu_count(),
         "latency_items": latency_items,
         "latency_offered_rate_items_per_s": round(target, 2),
         "p50_latency_ms": round(float(np.percentile(lat, 50)), 1),

@@ -52,6 +52,10 @@ def test_bench_throughput_small_run(tmp_path: Path) -> None:
     assert sum(peer["committed_offsets"].values()) == 128
     assert peer["batch_size"] == 32 and peer["batches"] >= 4
     assert 0 < result["p50_latency_ms"] <= result["p99_latency_ms"]
+    # Every record of the path run went through a batch; the CPU the run took is counted
+    # (this process's, and the broker's that shares the machine).
+    assert result["path_batches"] * result["path_mean_batch"] == 128
+    assert result["path_process_cpu_s"] > 0 and result["path_broker_cpu_s"] >= 0
     # Every stage of the path is accounted for.
     assert set(result["stage_seconds"]) == {
         "validate",
