@@ -8,6 +8,7 @@ rebuilt rather than trusted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,24 +79,37 @@ class PastItems:
                 self._meta[s] = (item_id, label)
             seq = rows[-1][0]
 
-    def catch_up(self) -> int:
-        """Add items the store holds that the index does not; returns how many."""
+    def catch_up(self, written: Sequence[tuple[int, str, str, bytes]] = ()) -> int:
+        """Add items the store holds that the index does not; returns how many.
+
+        ``written``: ``(seq, id, label, embedding)`` of rows the caller has just
+        stored itself. They are added as given, not read back; only other writers'
+        rows come from the store (the same bytes, so the index is the one a
+        rebuild from the store would make).
+        """
+        own = {int(r[0]) for r in written}
         added = 0
         while True:
-            rows = list(self.store.embeddings_after(self.last_seq, limit=10_000))
+            rows = list(self.store.embeddings_after(self.last_seq, limit=10_000, skip=own))
             if not rows:
                 break
-            seqs = np.array([r[0] for r in rows], dtype=np.int64)
-            vectors = decode_embeddings([r[3] for r in rows], self.dim)
-            self.index.add(seqs, vectors)
-            for s, item_id, label, _ in rows:
-                self._meta[s] = (item_id, label)
-            self.last_seq = int(seqs.max())
+            self._add(rows)
             added += len(rows)
+        fresh = [r for r in written if int(r[0]) not in self._meta]
+        if fresh:
+            self._add(fresh)
+            added += len(fresh)
         self._since_snapshot += added
         if self.snapshot_dir is not None and self._since_snapshot >= self.snapshot_every:
             self.save()
         return added
+
+    def _add(self, rows: Sequence[tuple[int, str, str, bytes | None]]) -> None:
+        seqs = np.array([r[0] for r in rows], dtype=np.int64)
+        self.index.add(seqs, decode_embeddings([r[3] for r in rows], self.dim))
+        for s, item_id, label, _ in rows:
+            self._meta[int(s)] = (item_id, label)
+        self.last_seq = max(self.last_seq, int(seqs.max()))
 
     def similar(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """``(id, similarity)`` of the ``k`` most similar past items of each vector: the

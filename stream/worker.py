@@ -130,6 +130,7 @@ class _Batch:
     messages: dict[str, bytes] = field(default_factory=dict)  # id -> news.scored value
     raw_by_id: dict[str, ConsumerRecord] = field(default_factory=dict)
     new_ids: set[str] = field(default_factory=set)
+    seqs: dict[str, int] = field(default_factory=dict)  # id -> store seq, of items written now
     replayed: set[str] = field(default_factory=set)  # stored by an earlier attempt, unpublished
     rej_seqs: list[int] = field(default_factory=list)
     unstored: list[dict[str, Any]] = field(default_factory=list)  # dead letters the store refused
@@ -639,7 +640,9 @@ class Worker:
         rows = [r for kind, r in parts if kind == "item"]
         letters = [r for kind, r in parts if kind == "letter"]
         try:
-            return self.waiter.run(lambda: self.store.write_batch(rows, letters), "store")
+            return self.waiter.run(
+                lambda: self.store.write_batch(rows, letters, written_seqs=batch.seqs), "store"
+            )
         except Stopping:
             raise
         except Exception as exc:  # noqa: BLE001 - maybe a row of its own: find it
@@ -742,8 +745,17 @@ class Worker:
         self.metrics.committed()
 
     def _catch_up(self, batch: _Batch) -> None:
-        """The index takes the new items (for the next batch's neighbours); advisory."""
-        self._advise("index", self.past.catch_up)
+        """The index takes the new items (for the next batch's neighbours); advisory.
+
+        This batch's own rows go in from memory (the bytes it stored); only what other
+        workers stored meanwhile is read from the store.
+        """
+        written = [
+            (batch.seqs[row["id"]], row["id"], row["label"], row["embedding"])
+            for row in batch.rows
+            if row["id"] in batch.new_ids and row["id"] in batch.seqs
+        ]
+        self._advise("index", lambda: self.past.catch_up(written))
         self._mark_partitions(batch.accepted)
 
     # -- outages --------------------------------------------------------------------------

@@ -45,7 +45,7 @@ class NoNeighbours:
     def neighbors(self, vectors: np.ndarray, k: int, exclude: list[str]) -> list[list]:
         return [[] for _ in range(len(vectors))]
 
-    def catch_up(self) -> None:
+    def catch_up(self, written: object = ()) -> None:
         pass
 
     def __len__(self) -> int:

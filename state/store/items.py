@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,11 @@ class ItemsStore(StoreBase):
     """Scored items, their outbox flags, rejections and per-partition progress marks."""
 
     def write_batch(
-        self, scored: list[dict[str, Any]], rejections: list[dict[str, Any]]
+        self,
+        scored: list[dict[str, Any]],
+        rejections: list[dict[str, Any]],
+        *,
+        written_seqs: dict[str, int] | None = None,
     ) -> tuple[set[str], set[str], list[int]]:
         """Insert a batch idempotently, in one transaction.
 
@@ -36,6 +40,8 @@ class ItemsStore(StoreBase):
         items written now, items that were written by an earlier attempt that
         crashed before it was acknowledged by Kafka (the caller must check the
         topic before re-publishing them), and rejections still to publish.
+        ``written_seqs``, when given, also receives the ``seq`` of each item written
+        now (the index takes them without reading them back).
         """
         now = datetime.now(UTC)
         ids = [row["id"] for row in scored]
@@ -43,10 +49,11 @@ class ItemsStore(StoreBase):
             # Insert what is new (ON CONFLICT DO NOTHING): the ids RETURNING gives are the
             # rows this call wrote, even with another worker writing the same ones now.
             batch = [dict(row, stored_at=now, published=False) for row in first_of_each(scored)]
-            written: set[str] = set()
+            seqs: dict[str, int] = {}
             if batch:
-                stmt = self._insert(items).returning(items.c.id)
-                written = set(conn.execute(stmt, batch).scalars())
+                stmt = self._insert(items).returning(items.c.id, items.c.seq)
+                seqs = {r.id: int(r.seq) for r in conn.execute(stmt, batch)}
+            written = set(seqs)
             fresh = [row for row in batch if row["id"] in written]
             before: dict[str, bool] = {}
             for chunk in chunks([i for i in dict.fromkeys(ids) if i not in written], 500):
@@ -78,6 +85,8 @@ class ItemsStore(StoreBase):
                         rejected.c.published.is_(False),
                     )
                     rej_seqs.extend(conn.execute(q).scalars())
+        if written_seqs is not None:
+            written_seqs.update(seqs)
         return {row["id"] for row in fresh}, replayed, rej_seqs
 
     def mark_published(
@@ -254,17 +263,21 @@ class ItemsStore(StoreBase):
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def embeddings_after(
-        self, seq: int, limit: int = 10_000, *, with_embedding: bool = True
+        self,
+        seq: int,
+        limit: int = 10_000,
+        *,
+        with_embedding: bool = True,
+        skip: Collection[int] = (),
     ) -> Iterator[tuple[int, str, str, bytes | None]]:
-        """``(seq, id, label, embedding)`` of items stored after ``seq``, in order."""
+        """``(seq, id, label, embedding)`` of items stored after ``seq``, in order, less
+        the ``skip`` seqs (a writer's own rows, which it holds already)."""
         vector = items.c.embedding if with_embedding else sa.null()
         with self.engine.connect() as conn:
-            q = (
-                sa.select(items.c.seq, items.c.id, items.c.label, vector)
-                .where(items.c.seq > seq)
-                .order_by(items.c.seq)
-                .limit(limit)
-            )
+            q = sa.select(items.c.seq, items.c.id, items.c.label, vector).where(items.c.seq > seq)
+            if skip:
+                q = q.where(items.c.seq.not_in(sorted(skip)))
+            q = q.order_by(items.c.seq).limit(limit)
             yield from (tuple(r) for r in conn.execute(q))
 
     def latencies_ms(self, id_prefix: str = "") -> np.ndarray:

@@ -232,11 +232,11 @@ class _FlakyStore:
         self.real = real
         self.calls = 0
 
-    def write_batch(self, scored, rejections):
+    def write_batch(self, scored, rejections, **kw):
         self.calls += 1
         if scored and self.calls % 2:
             raise RuntimeError("value too long for type character varying(64)")
-        return self.real.write_batch(scored, rejections)
+        return self.real.write_batch(scored, rejections, **kw)
 
     def __getattr__(self, name):
         return getattr(self.real, name)

@@ -68,3 +68,53 @@ def test_catch_up_snapshot_and_rebuild(tmp_path: Path) -> None:
     (snap / "index.faiss").write_bytes(b"garbage")  # a corrupt snapshot is rebuilt, not trusted
     rebuilt = PastItems(store, dim=DIM, space_id="s", snapshot_dir=snap)
     assert len(rebuilt) == 85
+
+
+class _CountingStore:
+    """The real store, counting the rows ``embeddings_after`` hands back."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.read: list[int] = []
+
+    def embeddings_after(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        for row in self.store.embeddings_after(*args, **kwargs):  # type: ignore[arg-type]
+            self.read.append(row[0])
+            yield row
+
+
+def _write(store: Store, rows: list[dict]) -> list[tuple[int, str, str, bytes]]:
+    seqs: dict[str, int] = {}
+    new, _, _ = store.write_batch(rows, [], written_seqs=seqs)
+    assert set(seqs) == new == {r["id"] for r in rows}
+    return [(seqs[r["id"]], r["id"], r["label"], r["embedding"]) for r in rows]
+
+
+def test_a_writer_adds_its_own_rows_without_reading_them_back(tmp_path: Path) -> None:
+    """Only other writers' rows come from the store, yet the index is what a rebuild makes."""
+    rng = np.random.default_rng(1)
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    counting = _CountingStore(store)
+    past = PastItems(counting, dim=DIM, space_id="s")  # type: ignore[arg-type]
+    own: list[int] = []
+    theirs: list[int] = []
+    for b in range(6):
+        mine = _write(store, _rows(100 * b, 20, rng))
+        own += [s for s, *_ in mine]
+        if b % 2:  # another worker stores a batch between two of ours
+            other = _write(store, _rows(100 * b + 50, 7, rng))
+            theirs += [s for s, *_ in other]
+        assert past.catch_up(mine) == 20 + (7 if b % 2 else 0)
+    assert sorted(counting.read) == sorted(theirs)  # not one of its own rows read back
+    assert len(past) == len(own) + len(theirs)
+    # A second writer's rows stored before ours, with lower seqs, are not skipped.
+    early = _write(store, _rows(900, 3, rng))
+    late = _write(store, _rows(950, 4, rng))
+    assert past.catch_up(late) == 7 and {s for s, *_ in early} <= set(counting.read)
+
+    rebuilt = PastItems(store, dim=DIM, space_id="s")
+    query = np.stack([np.frombuffer(r["embedding"], np.float16) for r in _rows(0, 5, rng)])
+    query = query.astype(np.float32)
+    assert past.neighbors(query, k=5) == rebuilt.neighbors(query, k=5)
+    # A row given again (a retried batch) is not added twice.
+    assert past.catch_up(late) == 0 and len(past) == len(rebuilt)

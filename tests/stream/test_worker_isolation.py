@@ -111,10 +111,10 @@ def test_a_text_the_model_fails_on_is_dead_lettered_and_the_batch_goes_on(
 class PoisonStore(Store):
     """Refuses, as a database does for bad data, any batch holding a row with POISON."""
 
-    def write_batch(self, scored: list[dict], rejections: list[dict]) -> Any:
+    def write_batch(self, scored: list[dict], rejections: list[dict], **kw: Any) -> Any:
         if any("POISON" in r["text"] for r in scored):
             raise sa.exc.DataError("INSERT INTO items", {}, ValueError("value refused"))
-        return super().write_batch(scored, rejections)
+        return super().write_batch(scored, rejections, **kw)
 
 
 def test_a_row_the_store_refuses_is_found_by_bisection_and_dead_lettered(
@@ -217,13 +217,13 @@ class FlakyStore(Store):
         self.down = down
         self.attempts = 0
 
-    def write_batch(self, scored: list[dict], rejections: list[dict]) -> Any:
+    def write_batch(self, scored: list[dict], rejections: list[dict], **kw: Any) -> Any:
         self.attempts += 1
         if self.attempts <= self.down:
             raise sa.exc.OperationalError(
                 "INSERT", {}, ConnectionRefusedError("connection refused")
             )
-        return super().write_batch(scored, rejections)
+        return super().write_batch(scored, rejections, **kw)
 
 
 def test_a_store_outage_is_waited_out_with_partitions_paused(settings: Settings) -> None:
