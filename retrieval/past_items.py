@@ -88,17 +88,20 @@ class PastItems:
         rebuild from the store would make).
         """
         own = {int(r[0]) for r in written}
+        # Every page is read before anything is added: a store that fails half-way
+        # leaves the index and last_seq as they were, and the next call reads it all
+        # (its own rows included) from the store.
+        pages: list[list[tuple[int, str, str, bytes | None]]] = []
+        cursor = self.last_seq
+        while rows := list(self.store.embeddings_after(cursor, limit=10_000, skip=own)):
+            pages.append(rows)
+            cursor = int(rows[-1][0])
+        pages.append([r for r in written if int(r[0]) not in self._meta])
         added = 0
-        while True:
-            rows = list(self.store.embeddings_after(self.last_seq, limit=10_000, skip=own))
-            if not rows:
-                break
-            self._add(rows)
-            added += len(rows)
-        fresh = [r for r in written if int(r[0]) not in self._meta]
-        if fresh:
-            self._add(fresh)
-            added += len(fresh)
+        for rows in pages:
+            if rows:
+                self._add(rows)
+                added += len(rows)
         self._since_snapshot += added
         if self.snapshot_dir is not None and self._since_snapshot >= self.snapshot_every:
             self.save()

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from retrieval.past_items import PastItems
 from state.store import Store, encode_embedding
@@ -118,3 +119,34 @@ def test_a_writer_adds_its_own_rows_without_reading_them_back(tmp_path: Path) ->
     assert past.neighbors(query, k=5) == rebuilt.neighbors(query, k=5)
     # A row given again (a retried batch) is not added twice.
     assert past.catch_up(late) == 0 and len(past) == len(rebuilt)
+
+
+class _FailingAfter(_CountingStore):
+    """The real store until its ``fail_at``-th query, which meets an outage."""
+
+    def __init__(self, store: Store, fail_at: int) -> None:
+        super().__init__(store)
+        self.calls, self.fail_at = 0, fail_at
+
+    def embeddings_after(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise ConnectionError("store went away")
+        yield from super().embeddings_after(*args, **kwargs)
+
+
+def test_an_outage_half_way_through_catching_up_loses_no_item(tmp_path: Path) -> None:
+    """Another writer's rows come in on the first query and the store fails on the next:
+    the writer's own rows, never read back, must still reach the index later."""
+    rng = np.random.default_rng(2)
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    failing = _FailingAfter(store, fail_at=3)  # 1: at start; 2: first page; 3: the next
+    past = PastItems(failing, dim=DIM, space_id="s")  # type: ignore[arg-type]
+    mine = _write(store, _rows(0, 5, rng))
+    _write(store, _rows(50, 3, rng))  # another worker, after us
+    with pytest.raises(ConnectionError):
+        past.catch_up(mine)
+    assert len(past) == 0  # nothing half-added
+    later = _write(store, _rows(100, 4, rng))
+    assert past.catch_up(later) == 12 and len(past) == 12
+    assert len(past) == len(PastItems(store, dim=DIM, space_id="s"))
