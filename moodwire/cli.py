@@ -49,6 +49,21 @@ settings (environment, overridden by flags):
 """
 
 
+def _batch_sizes(spec: str) -> tuple[int, ...]:
+    """``"64,256"`` -> ``(64, 256)``: positive batch sizes.
+
+    >>> _batch_sizes("64, 256")
+    (64, 256)
+    """
+    try:
+        sizes = tuple(int(part) for part in spec.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch sizes must be integers, got {spec!r}") from None
+    if not sizes or min(sizes) < 1 or max(sizes) > 65536:
+        raise argparse.ArgumentTypeError(f"batch sizes must be 1..65536, got {spec!r}")
+    return sizes
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     # No defaults (SUPPRESS): a flag given at either level (``bench --data-dir X throughput``
     # or ``bench throughput --data-dir X``) is kept, not overwritten by the other's default.
@@ -395,6 +410,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the peer (a plain kafka-python consumer, transformers pipeline and "
         "sentence-transformers encoder on the same topic)",
+    )
+    t.add_argument(
+        "--sweep-batches",
+        type=_batch_sizes,
+        default=(),
+        metavar="N,N,…",
+        help="also the bare forward rate at these batch sizes (e.g. 64,256,1024,4096 on a GPU)",
+    )
+    t.add_argument(
+        "--while-training",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="also score for SECONDS alone and SECONDS while a learner process fine-tunes on "
+        "the same device: scoring_while_training_ratio (off: 0)",
     )
     t.add_argument("--out", type=Path, help="also write the JSON here")
 

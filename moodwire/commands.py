@@ -575,6 +575,8 @@ def bench_throughput_cmd(args: argparse.Namespace, settings: Settings) -> int:
         data=args.data,
         registry_given=_given(args, "registry"),
         peer=args.peer,
+        sweep_batches=args.sweep_batches,
+        while_training_s=args.while_training,
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

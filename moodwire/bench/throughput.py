@@ -17,6 +17,12 @@ Measured in one run on one device:
   index, the same kind of store, a commit per batch) on the same pre-filled topic,
   right after the path run (``--no-peer`` skips it).
 
+With ``--sweep-batches`` also the bare rate at other batch sizes
+(``batch_sweep_items_per_s``); with ``--while-training S`` the bare rate for ``S``
+seconds alone and ``S`` seconds while a learner process
+(:mod:`moodwire.bench.trainload`) fine-tunes on the same device
+(``scoring_while_training_ratio``).
+
 The headline is ``ratio = items_per_s / bare_forward_items_per_s``;
 ``peer_ratio = items_per_s / peer_items_per_s`` says how the path compares with
 the peer; ``path_cost_in_classifier_forwards`` is the bare device path's time
@@ -28,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -122,6 +129,51 @@ def _bare_rate(scorer: Any, alone: Any, texts: list[str], batch_size: int) -> tu
     return full, clf
 
 
+def _rate_for(scorer: Any, texts: list[str], batch_size: int, seconds: float) -> float:
+    """Items/s of ``scorer.score`` over ``texts`` in batches, for at least ``seconds``."""
+    batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    scorer.score(batches[0])  # warm-up (a new batch shape)
+    done, t0 = 0, time.perf_counter()
+    while True:
+        for b in batches:
+            scorer.score(b)
+            done += len(b)
+            if time.perf_counter() - t0 >= seconds:
+                return done / (time.perf_counter() - t0)
+
+
+def _while_training(
+    cfg: Settings, scorer: Any, texts: list[str], device: torch.device, seconds: float
+) -> dict[str, Any]:
+    """Scoring rate alone, then while a learner process fine-tunes on the same device."""
+    idle = _on_a_thread(_rate_for, scorer, texts, cfg.batch_size, seconds)
+    cmd = [sys.executable, "-m", "moodwire.bench.trainload", "--device", str(device),
+           "--max-length", str(cfg.max_length), "--seconds", str(seconds + 120)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        if "ready" not in (proc.stdout.readline() if proc.stdout else ""):
+            raise RuntimeError("bench: the training process did not start")
+        time.sleep(3.0)  # past its first steps
+        busy = _on_a_thread(_rate_for, scorer, texts, cfg.batch_size, seconds)
+        if proc.poll() is not None:
+            raise RuntimeError("bench: the training process ended before the measurement did")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    trained = json.loads(out.strip().splitlines()[-1])
+    return {
+        "seconds": seconds,
+        "idle_items_per_s": round(idle, 2),
+        "items_per_s": round(busy, 2),
+        "ratio": round(busy / idle, 3),
+        "training_samples_per_s": trained["samples_per_s"],
+        "training_device": trained["device"],
+    }
+
+
 def _fresh_scorer(cfg: Settings, device: Any, workdir: Path) -> Any:
     """The default encoder with a fresh head, written and loaded as a version is: its
     weights, its serving export, the engine the worker would pick."""
@@ -156,6 +208,8 @@ def throughput(
     data: Path | None,
     registry_given: bool,
     peer: bool = True,
+    sweep_batches: tuple[int, ...] = (),
+    while_training_s: float = 0.0,
 ) -> dict[str, Any]:
     from learner.classifier import select_device
     from learner.runtime import classifier_only
@@ -287,6 +341,16 @@ def throughput(
                 f"bench: the store holds {store.count_items()} items, "
                 f"not the {items + latency_items} the worker stored"
             )
+        # The bare device path at other batch sizes (a GPU's sweet spot is far above 64).
+        sweep = {
+            str(b): round(_on_a_thread(_rate_for, scorer, texts[:items], b, 5.0), 2)
+            for b in sweep_batches
+        }
+        training = (
+            _while_training(cfg, scorer, texts[:items], device, while_training_s)
+            if while_training_s > 0
+            else None
+        )
         bare = (bare_before + bare_after) / 2
         clf = (clf_before + clf_after) / 2
         lat = store.latencies_ms(id_prefix="lat-")
@@ -329,6 +393,9 @@ def throughput(
         "latency_batches": len(latency_sizes),
         "latency_mean_batch": round(float(np.mean(latency_sizes)), 1) if latency_sizes else None,
         "latency_stage_seconds": {k: round(v, 2) for k, v in latency_stages.items()},
+        "batch_sweep_items_per_s": sweep or None,
+        "while_training": training,
+        "scoring_while_training_ratio": training["ratio"] if training else None,
         "peer_items_per_s": peer_result["items_per_s"] if peer_result else None,
         "peer_ratio": round(rate / peer_result["items_per_s"], 3) if peer_result else None,
         "peer": peer_result,

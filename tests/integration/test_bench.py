@@ -15,6 +15,7 @@ def test_bench_throughput_small_run(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     res = moodwire_cli(
         ["bench", "throughput", "--items", "128", "--latency-items", "24", "--batch-size", "32",
+         "--sweep-batches", "16,64", "--while-training", "4",
          "--out", str(out), "--data-dir", str(tmp_path)],
         timeout=600,
     )  # fmt: skip
@@ -56,6 +57,11 @@ def test_bench_throughput_small_run(tmp_path: Path) -> None:
     # (this process's, and the broker's that shares the machine).
     assert result["path_batches"] * result["path_mean_batch"] == 128
     assert result["path_process_cpu_s"] > 0 and result["path_broker_cpu_s"] >= 0
+    # The sweep and the learner's load ran (their rates are benchmark figures, not targets).
+    assert set(result["batch_sweep_items_per_s"]) == {"16", "64"}
+    training = result["while_training"]
+    assert training["items_per_s"] > 0 and training["training_samples_per_s"] > 0
+    assert result["scoring_while_training_ratio"] == training["ratio"] > 0
     # Every stage of the path is accounted for.
     assert set(result["stage_seconds"]) == {
         "validate",
