@@ -753,7 +753,7 @@ class Worker:
         written = [
             (batch.seqs[row["id"]], row["id"], row["label"], row["embedding"])
             for row in batch.rows
-            if row["id"] in batch.new_ids and row["id"] in batch.seqs
+            if row["id"] in batch.new_ids  # each has its seq (write_batch gives both)
         ]
         self._advise("index", lambda: self.past.catch_up(written))
         self._mark_partitions(batch.accepted)

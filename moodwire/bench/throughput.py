@@ -281,8 +281,7 @@ def throughput(
             finished[0] += out.stored  # last: a batch counts once its mark is taken
             return out
 
-        finished = [0]
-
+        finished = [0]  # items stored by batches whose marks are taken
         store_done = [False]
 
         worker.process = timed_process  # type: ignore[method-assign]
@@ -336,9 +335,9 @@ def throughput(
         bare_after, clf_after = _on_a_thread(
             _bare_rate, scorer, alone, texts[:items], cfg.batch_size
         )
-        if store.count_items() != items + latency_items:
+        if (held := store.count_items()) != items + latency_items:
             raise RuntimeError(
-                f"bench: the store holds {store.count_items()} items, "
+                f"bench: the store holds {held} items, "
                 f"not the {items + latency_items} the worker stored"
             )
         # The bare device path at other batch sizes (a GPU's sweet spot is far above 64).

@@ -276,7 +276,7 @@ class ItemsStore(StoreBase):
         with self.engine.connect() as conn:
             q = sa.select(items.c.seq, items.c.id, items.c.label, vector).where(items.c.seq > seq)
             if skip:
-                q = q.where(items.c.seq.not_in(sorted(skip)))
+                q = q.where(items.c.seq.not_in(list(skip)))
             q = q.order_by(items.c.seq).limit(limit)
             yield from (tuple(r) for r in conn.execute(q))
 
