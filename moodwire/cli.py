@@ -64,6 +64,21 @@ def _batch_sizes(spec: str) -> tuple[int, ...]:
     return sizes
 
 
+def _seconds(spec: str) -> float:
+    """Seconds, 0 (off) to an hour; not NaN or infinity.
+
+    >>> _seconds("30")
+    30.0
+    """
+    try:
+        value = float(spec)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seconds must be a number, got {spec!r}") from None
+    if not 0 <= value <= 3600:  # also false for NaN
+        raise argparse.ArgumentTypeError(f"seconds must be 0..3600, got {spec!r}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     # No defaults (SUPPRESS): a flag given at either level (``bench --data-dir X throughput``
     # or ``bench throughput --data-dir X``) is kept, not overwritten by the other's default.
@@ -420,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--while-training",
-        type=float,
+        type=_seconds,
         default=0.0,
         metavar="SECONDS",
         help="also score for SECONDS alone and SECONDS while a learner process fine-tunes on "

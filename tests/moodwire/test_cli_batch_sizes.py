@@ -1,0 +1,42 @@
+"""``--sweep-batches`` takes any text a user types: sizes, or one clear argparse error."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from moodwire.cli import _batch_sizes, build_parser
+
+
+@given(st.text())
+def test_any_text_is_batch_sizes_or_a_clear_error(spec: str) -> None:
+    try:
+        sizes = _batch_sizes(spec)
+    except argparse.ArgumentTypeError as exc:
+        assert repr(spec) in str(exc)
+        return
+    assert sizes and all(isinstance(n, int) and 1 <= n <= 65536 for n in sizes)
+
+
+@given(st.lists(st.integers(1, 65536), min_size=1, max_size=8))
+def test_sizes_written_out_are_read_back(sizes: list[int]) -> None:
+    assert _batch_sizes(",".join(map(str, sizes))) == tuple(sizes)
+
+
+@pytest.mark.parametrize("spec", ["", ",", "0", "-4", "64,x", "1e3", "70000"])
+def test_the_command_line_refuses_bad_sizes(spec: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["bench", "throughput", "--sweep-batches", spec])
+    assert exc.value.code == 2 and "--sweep-batches" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["nan", "inf", "-1", "3601", "x", ""])
+def test_the_command_line_refuses_bad_training_seconds(
+    spec: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["bench", "throughput", "--while-training", spec])
+    assert exc.value.code == 2 and "--while-training" in capsys.readouterr().err
