@@ -1,4 +1,4 @@
-"""Classification quality: accuracy, macro-F1, confusion matrix, per-class scores."""
+"""Classification quality: accuracy, macro-F1, confusion matrix, per-class scores, ECE."""
 
 from __future__ import annotations
 
@@ -83,20 +83,45 @@ def evaluate(
     batch_size: int = 64,
     *,
     predict_proba: Callable[[list[str]], np.ndarray] | None = None,
+    wrong: int = 0,
 ) -> dict:
-    """``classification_metrics`` of the classifier's predictions on ``data``.
+    """``classification_metrics`` of the classifier's predictions on ``data``, with ECE.
 
     ``predict_proba(texts)`` (columns in ``classifier.labels`` order) scores instead
     of the classifier's own PyTorch forward: e.g. the serving engine
     (:mod:`learner.runtime`), so that what is measured is what serves.
+
+    ``ece`` is the top-label expected calibration error (``learner.calibration``).
+    ``wrong`` > 0 adds ``confidently_wrong``: that many wrong predictions, the most
+    confident first, each with its text, true label, predicted label and confidence.
     """
+    import numpy as np
+
+    from learner.calibration import ECE_BINS, expected_calibration_error
+
     texts = [item.text for item in data]
     probs = (
         predict_proba(texts)
         if predict_proba is not None
         else classifier.predict_proba(texts, batch_size=batch_size)
     )
-    predicted = [classifier.labels[i] for i in probs.argmax(axis=1)]
-    return classification_metrics(
-        [item.label for item in data], predicted, labels=classifier.labels
-    )
+    labels = list(classifier.labels)
+    predicted = [labels[i] for i in probs.argmax(axis=1)]
+    truth = [item.label for item in data]
+    metrics = classification_metrics(truth, predicted, labels=labels)
+    y = np.asarray([labels.index(t) for t in truth], dtype=int)
+    metrics["ece"] = expected_calibration_error(probs, y)
+    metrics["ece_bins"] = ECE_BINS
+    if wrong > 0:
+        confidence = probs.max(axis=1) if len(data) else np.zeros(0)
+        misses = [i for i in np.argsort(-confidence, kind="stable") if predicted[i] != truth[i]]
+        metrics["confidently_wrong"] = [
+            {
+                "text": texts[i],
+                "label": truth[i],
+                "predicted": predicted[i],
+                "confidence": float(confidence[i]),
+            }
+            for i in misses[:wrong]
+        ]
+    return metrics

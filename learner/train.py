@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -209,6 +209,7 @@ def fine_tune(
     progress: bool = True,
     stop: threading.Event | None = None,
     teacher: np.ndarray | None = None,
+    on_epoch: Callable[[float], bool] | None = None,
 ) -> TrainReport:
     """Fine-tune ``classifier`` in place on ``data``; returns what the run did.
 
@@ -223,6 +224,11 @@ def fine_tune(
     comes first; the learning rate decays against both, so an early stop
     still leaves an annealed model. Setting ``stop`` ends it after the current
     step with ``interrupted`` in the report (the model is then half-trained).
+
+    ``on_epoch(epochs_done)`` is called after every full pass over ``data`` and
+    after the last step (the model in eval mode while it runs; e.g. to score a
+    validation split and keep the best checkpoint); returning True ends the run
+    there, with ``stopped_early`` in the report.
     """
     if not data:
         raise ValueError("fine_tune needs at least one labelled example")
@@ -308,6 +314,13 @@ def fine_tune(
                     break
             if stopped_early:
                 break
+            if on_epoch is not None:
+                model.eval()
+                stop_now = on_epoch(samples / len(data))
+                model.train()
+                if stop_now:
+                    stopped_early = True
+                    break
     finally:
         bar.close()
         model.eval()

@@ -206,7 +206,8 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from learner.classifier import SentimentClassifier
     from learner.data import load_labelled, parse_label_map, stratified_split
     from learner.metrics import evaluate
-    from learner.train import TrainConfig, fine_tune
+    from learner.recipe import SearchConfig, choose_recipe
+    from learner.train import TrainConfig
 
     data = load_labelled(
         args.train,
@@ -225,29 +226,41 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
             "epochs": args.epochs,
             "lr": args.lr,
             "batch_size": args.batch_size,
-            "time_budget_s": args.time_budget,
             "seed": args.seed,
             "max_length": settings.max_length,
         }.items()
         if v is not None
     }
     base = args.base_model
+    fixed_lr = args.lr is not None
     if base is not None:
         # Another encoder shares no layers with the frozen embedder: train all of them.
         overrides.setdefault("frozen_layers", 0)
         overrides.setdefault("lr", 2e-4)  # the measured rate for every layer free
+        fixed_lr = True
     config = dataclasses.replace(TrainConfig(), **overrides)
-    classifier = SentimentClassifier.from_encoder(
-        base, device=settings.device, max_length=settings.max_length, seed=args.seed
+    search = SearchConfig(
+        **({"time_budget_s": args.time_budget} if args.time_budget is not None else {})
     )
-    log.info(
-        "bootstrap_started",
-        train=len(train),
-        holdout=len(holdout),
-        device=str(classifier.device),
-        parameters=classifier.num_parameters,
+
+    def make() -> SentimentClassifier:
+        return SentimentClassifier.from_encoder(
+            base, device=settings.device, max_length=settings.max_length, seed=args.seed
+        )
+
+    log.info("bootstrap_started", train=len(train), holdout=len(holdout), device=settings.device)
+    classifier, report, recipe = choose_recipe(
+        make,
+        train,
+        config,
+        search,
+        fixed_lr=fixed_lr,
+        fixed_epochs=args.epochs is not None,
+        seed=args.seed,
+        progress=not args.no_progress,
+        log=log.info,
     )
-    report = fine_tune(classifier, train, config, progress=not args.no_progress)
+    config = dataclasses.replace(config, **recipe["chosen"])
     metrics = evaluate(classifier, holdout)
     card = {
         "created_at": datetime.now(UTC).isoformat(),
@@ -268,6 +281,7 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
         },
         "params": dataclasses.asdict(config),
         "train": dataclasses.asdict(report),
+        "recipe": recipe,
         "metrics": {"holdout": metrics},
     }
     registry = settings.open_registry()
@@ -313,7 +327,9 @@ def bootstrap_cmd(args: argparse.Namespace, settings: Settings) -> int:
             "serving": promoted,
             "registry": registry.location,
             "holdout": {k: metrics[k] for k in ("accuracy", "macro_f1", "n")},
-            "train_seconds": round(report.seconds, 1),
+            "train_seconds": round(recipe.get("seconds", report.seconds), 1),
+            "recipe": recipe["chosen"],
+            "temperature": recipe.get("calibration", {}).get("temperature"),
         }
     )
     return 0
@@ -353,7 +369,7 @@ def eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
     )
     engine = scorer.prepare(classifier, version)
     predict = None if isinstance(engine, TwoPassEngine) else (lambda t: scorer.score(t)[0])
-    metrics = evaluate(classifier, data, predict_proba=predict)
+    metrics = evaluate(classifier, data, predict_proba=predict, wrong=args.wrong)
     print_json({"version": version, "data": str(args.data), "engine": engine.kind, **metrics})
     return 0
 
