@@ -111,6 +111,7 @@ class Outcome:
     gate: GateResult | None  # None for strategies without gates (naive, joint)
     decision: str  # "promote", "reject" or "await_approval"
     parent: str
+    calibration: dict[str, Any] | None = None  # the temperature fitted on its held-out labels
 
     def card(self) -> dict[str, Any]:
         """What goes into the candidate version's card."""
@@ -121,6 +122,7 @@ class Outcome:
             "training": {**asdict(self.report), "data": self.data},
             "gate": self.gate.as_dict() if self.gate else None,
             "decision": self.decision,
+            "calibration": self.calibration,
         }
 
 
@@ -478,6 +480,10 @@ class ContinualLearner:
             outcome.decision = "reject"
         else:
             outcome.decision = "await_approval" if cfg.require_approval else "promote"
+            # Fine-tuning sharpens or flattens the confidence the last temperature fixed:
+            # a new one is fitted on the held-out labels (it changes no label, so none of
+            # the gates above would have judged otherwise).
+            outcome.calibration = _recalibrate(cand, [*new, *old])
         return outcome
 
     def adopt(self, classifier: SentimentClassifier, version: str) -> None:
@@ -542,6 +548,18 @@ class ContinualLearner:
         if trigger is None:
             return None
         return self.judge(self.train_candidate(trigger, progress=progress), shadow_texts)
+
+
+def _recalibrate(
+    classifier: SentimentClassifier, held_out: list[LabelledText]
+) -> dict[str, Any] | None:
+    if len(held_out) < 20:
+        return None
+    from learner.calibration import calibrate
+
+    labels = list(classifier.labels)
+    probs = classifier.predict_proba([x.text for x in held_out])
+    return calibrate(classifier, probs, np.asarray([labels.index(x.label) for x in held_out]))
 
 
 def _shadow(

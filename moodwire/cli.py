@@ -539,7 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="items of the no-shift stream (phase A shuffled) checked for false alarms (5000)",
     )
     c.add_argument(
-        "--bootstrap-epochs", type=float, default=2.0, help="passes of the bootstrap (2)"
+        "--bootstrap-epochs",
+        type=float,
+        help="passes of the bootstrap, fixed (default: the recipe `bootstrap` chooses, with "
+        "early stopping and the lr search)",
     )
     c.add_argument(
         "--reserve",

@@ -41,7 +41,8 @@ from learner.config import STRATEGIES, LearnerConfig
 from learner.continual import ContinualLearner, accuracy
 from learner.data import LabelledText, load_labelled, stratified_split
 from learner.drift import DriftEvent, StreamMonitor
-from learner.train import TrainConfig, fine_tune
+from learner.recipe import choose_recipe
+from learner.train import TrainConfig
 from retrieval.embedder import FrozenEmbedder
 
 log = structlog.get_logger(__name__)
@@ -172,7 +173,7 @@ def continual(
     batch: int = 32,
     strategies: tuple[str, ...] = STRATEGIES,
     null_items: int = 5000,
-    bootstrap_epochs: float = 2.0,
+    bootstrap_epochs: float | None = None,
     reserve: float = 0.2,
     learner: LearnerConfig | None = None,
     device: str = "auto",
@@ -200,9 +201,15 @@ def continual(
     # bootstrap does not train on, so forgetting is measured on unseen old data.
     trained, reserved = stratified_split(phases[0].stream, reserve, seed + 7)
     t0 = time.perf_counter()
-    base = SentimentClassifier.from_encoder(device=device, seed=seed)
-    boot = fine_tune(
-        base, trained, TrainConfig(epochs=bootstrap_epochs, seed=seed), progress=progress
+    # As `moodwire bootstrap` trains v1: the recipe chosen on phase A's own rows (a fixed
+    # number of passes with --bootstrap-epochs).
+    base, boot, recipe = choose_recipe(
+        lambda: SentimentClassifier.from_encoder(device=device, seed=seed),
+        trained,
+        TrainConfig(epochs=bootstrap_epochs or 2.0, seed=seed),
+        fixed_epochs=bootstrap_epochs is not None,
+        seed=seed,
+        progress=progress,
     )
     bootstrap = {
         "trained_on": len(trained),
@@ -210,6 +217,8 @@ def continual(
         "seconds": round(time.perf_counter() - t0, 1),
         "heldout_acc": [round(accuracy(base, p.heldout), 4) for p in phases],
         "samples_per_s": round(boot.samples_per_s, 1),
+        "recipe": recipe["chosen"],
+        "temperature": recipe.get("calibration", {}).get("temperature"),
     }
     log.info("bench_bootstrapped", **bootstrap)
 

@@ -59,3 +59,25 @@ def test_metrics_are_json_serialisable() -> None:
 
     m = classification_metrics(["negative", "neutral"], ["neutral", "neutral"])
     assert json.loads(json.dumps(m)) == m
+
+
+def test_evaluate_lists_the_most_confidently_wrong_and_the_ece() -> None:
+    import types
+
+    import numpy as np
+
+    from learner.data import LABELS, LabelledText
+    from learner.metrics import evaluate
+
+    clf = types.SimpleNamespace(labels=LABELS)
+    data = [LabelledText(f"t{i}", lab) for i, lab in enumerate([LABELS[0]] * 4)]
+    # Rows: right at 0.9, wrong at 0.8, wrong at 0.95, wrong at 0.5 (predicting LABELS[1]).
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.025, 0.95, 0.025], [0.3, 0.5, 0.2]])
+    m = evaluate(clf, data, predict_proba=lambda texts: probs[: len(texts)], wrong=2)
+    assert [w["text"] for w in m["confidently_wrong"]] == ["t2", "t1"]
+    assert m["confidently_wrong"][0] == {
+        "text": "t2", "label": LABELS[0], "predicted": LABELS[1], "confidence": 0.95
+    }  # fmt: skip
+    # Bins (15): 0.9 right alone; 0.8, 0.95 and 0.5 wrong, each alone: the mean gap.
+    assert m["ece"] == pytest.approx((0.1 + 0.8 + 0.95 + 0.5) / 4)
+    assert "confidently_wrong" not in evaluate(clf, data, predict_proba=lambda t: probs)

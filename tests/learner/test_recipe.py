@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -33,7 +35,7 @@ def test_the_search_keeps_the_best_checkpoint_and_records_every_candidate(
 ) -> None:
     search = SearchConfig(
         lrs=(5e-4, 1e-3), min_epochs=1, max_epochs=3, patience=2, val_fraction=0.2,
-        calibrate=False,
+        calibrate=False, refit=False,
     )  # fmt: skip
     clf, report, card = choose_recipe(make, data, BASE, search, progress=False)
     assert card["n_fit"] + card["n_val"] == len(data) and card["n_val"] == 60
@@ -59,16 +61,20 @@ def test_early_stopping_stops_after_patience_without_gain(data: list[LabelledTex
     best_at = history.index(max(history))
     assert len(history) <= best_at + 2  # patience 1: one epoch without gain, then stop
     if len(history) < 6:
-        assert report.stopped_early
+        assert card["candidates"][0]["stopped_early"]
+    assert report.epochs_done == math.ceil(card["chosen"]["epochs"])  # the refit's run
 
 
 def test_a_candidate_that_would_not_fit_the_budget_is_skipped(data: list[LabelledText]) -> None:
+    # Fifty passes cannot end in 4 s: the clock stops the first, nothing is left after it.
     search = SearchConfig(
-        lrs=(5e-4, 1e-3, 2.5e-4), min_epochs=2, max_epochs=2, time_budget_s=4.0, calibrate=False
+        lrs=(5e-4, 1e-3, 2.5e-4), min_epochs=50, max_epochs=50, patience=50, time_budget_s=4.0
     )
-    _, _, card = choose_recipe(make, data, BASE, search, progress=False)
-    assert len(card["candidates"]) == 1  # the first always runs, the clock stops it
+    _, report, card = choose_recipe(make, data, BASE, search, progress=False)
+    assert len(card["candidates"]) == 1 and card["candidates"][0]["stopped_early"]
     assert [s["lr"] for s in card["skipped_for_time"]] == [1e-3, 2.5e-4]
+    assert card["refit"]["skipped_for_time"] is True
+    assert report.epochs_done < 50
     assert card["seconds"] < 4.0 + 30  # one run stopped by the clock, plus its evaluations
 
 
@@ -92,7 +98,7 @@ def test_too_few_rows_train_once_without_a_split() -> None:
 
 
 def test_calibration_in_the_search_changes_no_label(data: list[LabelledText]) -> None:
-    search = SearchConfig(lrs=(5e-4,), min_epochs=2, max_epochs=2, val_fraction=0.2)
+    search = SearchConfig(lrs=(5e-4,), min_epochs=2, max_epochs=2, val_fraction=0.2, refit=False)
     clf, _, card = choose_recipe(make, data, BASE, search, progress=False)
     _, val = stratified_split(data, 0.2, seed=0)  # the split the search took
     labels = list(clf.labels)
@@ -105,3 +111,16 @@ def test_calibration_in_the_search_changes_no_label(data: list[LabelledText]) ->
     y = np.asarray([labels.index(x.label) for x in val])
     assert expected_calibration_error(probs, y) == pytest.approx(cal["ece_after"], abs=1e-4)
     assert cal["nll_after"] <= cal["nll_before"] + 1e-12
+
+
+def test_the_chosen_recipe_is_refitted_on_every_row(data: list[LabelledText]) -> None:
+    search = SearchConfig(lrs=(5e-4,), min_epochs=3, max_epochs=3, patience=3)
+    clf, report, card = choose_recipe(make, data, BASE, search, progress=False)
+    best = card["candidates"][0]["best_epoch"]
+    assert card["refit"]["rows"] == len(data) and card["refit"]["epochs"] == math.ceil(best)
+    assert report.samples_seen == len(data) * math.ceil(best)  # the refit's run, all rows
+    assert card["chosen"] == {"lr": 5e-4, "epochs": float(math.ceil(best))}
+    # The temperature fitted on the selection's validation scores is folded into it.
+    assert card["calibration"]["temperature"] > 0
+    probs = clf.predict_proba([x.text for x in data[:5]])
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)

@@ -114,6 +114,27 @@ def test_eval_and_stats_print_json_last(settings: Settings, labelled_csv: Path) 
     assert out["version"] == "v1" and out["n"] == 90
     assert 0 <= out["accuracy"] <= 1 and 0 <= out["macro_f1"] <= 1
     assert sum(map(sum, out["confusion_matrix"])) == 90
+    # Each class's precision and recall agree with the confusion matrix (rows: true).
+    matrix, labels = out["confusion_matrix"], out["labels"]
+    for i, label in enumerate(labels):
+        row, col = sum(matrix[i]), sum(r[i] for r in matrix)
+        c = out["per_class"][label]
+        assert c["recall"] == pytest.approx(matrix[i][i] / row if row else 0.0)
+        assert c["precision"] == pytest.approx(matrix[i][i] / col if col else 0.0)
+    assert 0 <= out["ece"] <= 1 and out["ece_bins"] == 15
+    wrong = out["confidently_wrong"]
+    n_wrong = 90 - sum(matrix[i][i] for i in range(len(labels)))
+    assert len(wrong) == min(10, n_wrong)
+    assert all(w["predicted"] != w["label"] for w in wrong)
+    assert [w["confidence"] for w in wrong] == sorted(
+        (w["confidence"] for w in wrong), reverse=True
+    )
+    none = last_json(
+        moodwire_cli(["eval", "--data", str(labelled_csv), "--wrong", "0"], env).stdout
+    )
+    assert "confidently_wrong" not in none and none["accuracy"] == out["accuracy"]
+    bad = moodwire_cli(["eval", "--data", str(labelled_csv), "--wrong", "-1"], env)
+    assert bad.returncode == 2 and "0 or more" in bad.stderr
     # Scored as it serves: the version's ONNX export on this CPU; PyTorch when asked.
     assert out["engine"] == "onnx", out
     torch_run = last_json(
