@@ -4,15 +4,25 @@ are one line and exit 2."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from helpers import last_json, moodwire_cli
 
 from moodwire.cli import main
 from state.registry import Registry
 
 TEXT = "Acme beats quarterly earnings estimates"
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    # main() points structlog at this test's captured stderr: put it back afterwards.
+    logging = structlog.get_config()
+    yield
+    structlog.configure(**logging)
 
 
 def test_explain_prints_the_words_of_the_serving_version_as_json(
