@@ -3,16 +3,16 @@
 The dashboard reads no environment and no settings of its own: the composition
 root (``moodwire/dashboard_app.py``) builds one :class:`DashboardContext` from
 the settings and hands it over with :func:`configure` before any page runs.
-The query encoder for meaning search is handed over as a factory, so the
-dashboard never imports torch or transformers itself; it is called on the
-first meaning search, not before.
+The query encoder for meaning search and the explainer of a score are handed
+over as factories, so the dashboard never imports torch or transformers itself;
+each is called on first use (a meaning search, an Explain), not before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,6 +28,15 @@ class QueryEncoder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+class ExplainError(Exception):
+    """A score could not be explained: its version is gone or refused, or the text is empty."""
+
+
+# A version's explainer: text -> the label it gets and each word's weight towards it, as
+# plain data (learner.explain.Explanation.to_dict(): label, probability, words, delta, …).
+TextExplainer = Callable[[str], Mapping[str, Any]]
+
+
 @dataclass(frozen=True)
 class DashboardContext:
     """Where the pages read from, and where an operator's actions land."""
@@ -38,6 +47,8 @@ class DashboardContext:
     operations: OperationsConfig
     taxonomy: str | None = None
     open_encoder: Callable[[], QueryEncoder] | None = None
+    # A version's name -> its explainer (the model loaded); raises ExplainError. None: no Explain.
+    open_explainer: Callable[[str], TextExplainer] | None = None
 
 
 _current: DashboardContext | None = None

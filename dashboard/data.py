@@ -538,6 +538,23 @@ def search_meaning(url: str, index_dir: str, query: str, k: int = 50) -> pd.Data
     return _with_corrections(url, pd.DataFrame(rows))
 
 
+@st.cache_resource(show_spinner="loading the model to explain with (once per version) …")
+def explainer(registry: str, version: str) -> context.TextExplainer:
+    """``version``'s explainer (``registry`` keys the cache), its model loaded on the first
+    Explain, then kept."""
+    open_explainer = context.current().open_explainer
+    if open_explainer is None:
+        raise context.ExplainError("this dashboard explains no scores (it has no explainer)")
+    return open_explainer(version)
+
+
+@st.cache_data(max_entries=1024, show_spinner="explaining (integrated gradients) …")
+def explanation(registry: str, version: str, text: str) -> dict[str, Any]:
+    """Why ``version`` gives ``text`` its label, word by word: once per (version, text), as
+    a version never changes once written."""
+    return dict(explainer(registry, version)(text))
+
+
 def item(url: str, item_id: str) -> dict[str, Any] | None:
     return get_store(url).get_item(item_id)
 

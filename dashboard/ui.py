@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, TypeVar
@@ -233,6 +233,27 @@ def md(text: str) -> str:
     '\\\\$ACME up 5% \\\\(Q3\\\\)'
     """
     return text.translate(_MD_SPECIAL)
+
+
+def weighted_words(words: Sequence[Mapping[str, Any]]) -> str:
+    """A text's words as markdown, coloured by their weight towards the label: green
+    towards it, red away; the strongest (half the largest weight or more) in bold too,
+    the faintest (under a sixth) plain.
+
+    >>> weighted_words([{"word": "$ACME", "attribution": -0.1}, {"word": "beat", "attribution": 0.4},
+    ...                 {"word": "on", "attribution": 0.01}])
+    ':red-background[\\\\$ACME] :green-background[**beat**] on'
+    """
+    top = max((abs(w["attribution"]) for w in words), default=0.0) or 1.0
+    shown = []
+    for w in words:
+        weight, word = w["attribution"] / top, md(w["word"])
+        if abs(weight) < 1 / 6:
+            shown.append(word)
+            continue
+        colour = "green" if weight > 0 else "red"
+        shown.append(f":{colour}-background[{f'**{word}**' if abs(weight) >= 0.5 else word}]")
+    return " ".join(shown)
 
 
 # -- outages ------------------------------------------------------------------------------

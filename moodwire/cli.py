@@ -34,6 +34,7 @@ getting started:
   moodwire alerts --since 24h         alerts with their evidence (--json for all of it)
   moodwire dashboard --port 8501      the dashboard over the store, index and registry
   moodwire backtest FILE              replay a timestamped file through the alert rules
+  moodwire explain "TEXT"             why the serving model gives TEXT its label, word by word
   moodwire store upgrade              migrate the store's schema (every process does on open)
   moodwire audit verify               check the audit log's hash chain (exit 1 if broken)
 
@@ -350,6 +351,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="how many of the most confidently wrong examples to list (10; 0: none)",
     )
+
+    p = add(
+        "explain",
+        "why a text gets its label: each word's weight (integrated gradients)",
+        "Score TEXT with a version (default: the serving one) and attribute the label's "
+        "probability to each word with integrated gradients (captum), from a baseline of pad "
+        "tokens to the text: a word's weight is its share of the move, + towards the label, "
+        "- away from it. Prints the label, its probability and the words by weight; --json "
+        "prints one JSON object with every word (text order), its character span and weight, "
+        "and IG's convergence delta. Loads the model: seconds, not for a scoring loop.",
+    )
+    p.add_argument("text", metavar="TEXT", help="the text to explain (quote it)")
+    p.add_argument("--version", help="model version (default: the serving one)")
+    p.add_argument(
+        "--label",
+        help="explain this label (negative, neutral or positive) instead of the predicted one",
+    )
+    p.add_argument(
+        "--steps", type=int, default=50, help="integration steps (50; more: a smaller delta)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
 
     add("stats", "counts from the store, as JSON")
 

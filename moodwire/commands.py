@@ -24,6 +24,7 @@ from state.registry import RegistryError
 from stream.errors import BrokerError, Stopping
 
 if TYPE_CHECKING:  # stream.access (argon2, the store) is imported by the commands that sign in
+    from learner.explain import Explanation
     from state.shared_registry import AnyRegistry
     from stream.access import Principal
 
@@ -372,6 +373,59 @@ def eval_cmd(args: argparse.Namespace, settings: Settings) -> int:
     metrics = evaluate(classifier, data, predict_proba=predict, wrong=args.wrong)
     print_json({"version": version, "data": str(args.data), "engine": engine.kind, **metrics})
     return 0
+
+
+@command("explain")
+@guard
+def explain_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from learner.data import LABELS
+
+    # The mistakes first, before a model is loaded.
+    text = args.text
+    if not text.strip():
+        raise UserError("there is no text to explain (give the text in quotes)")
+    label = args.label.strip().lower() if args.label is not None else None
+    if label is not None and label not in LABELS:
+        raise UserError(f"unknown label {args.label!r}: one of {', '.join(LABELS)}")
+    if not 2 <= args.steps <= 1000:
+        raise UserError(f"--steps must be 2..1000, got {args.steps}")
+    registry = settings.open_registry()
+    version = args.version or registry.serving()
+    if version is None:
+        raise UserError(f"no version serves in {registry.location}; name one with --version")
+
+    from learner.explain import explain
+    from learner.loading import load_version
+
+    classifier = load_version(
+        registry, version, device=settings.device, max_length=settings.max_length
+    )
+    e = explain(classifier, text, target=label, n_steps=args.steps)
+    if args.json:
+        print_json({"version": version, **e.to_dict()})
+        return 0
+    print(_explanation_table(version, e))
+    return 0
+
+
+def _explanation_table(version: str, e: Explanation) -> str:
+    """The words by weight, for a person: rank, signed weight, a bar, the word."""
+    asked = "" if e.label == e.predicted else f"; the predicted label is {e.predicted}"
+    lines = [
+        f"{version}: {e.label}, probability {e.probability:.3f}{asked}",
+        f"integrated gradients, {e.n_steps} steps: the weights sum to {e.probability:.3f} - "
+        f"{e.baseline_probability:.3f} (the same length of pad tokens), delta {e.delta:+.4f}",
+        f"+ pushed towards {e.label}, - away from it"
+        + ("; the text was truncated at the model's max length" if e.truncated else ""),
+        "",
+        f"{'rank':>4}  {'weight':>7}  {'':10}  word",
+    ]
+    ranked = e.ranked()
+    top = max((abs(w.attribution) for w in ranked), default=0.0) or 1.0
+    for i, w in enumerate(ranked, 1):
+        bar = ("+" if w.attribution >= 0 else "-") * round(10 * abs(w.attribution) / top)
+        lines.append(f"{i:>4}  {w.attribution:+7.3f}  {bar:10}  {w.word}")
+    return "\n".join(lines)
 
 
 @command("models")

@@ -3,15 +3,18 @@
 ``moodwire dashboard`` serves this file (``streamlit run moodwire/dashboard_app.py``).
 It is the one place the dashboard meets the settings: it builds the pages'
 :class:`~dashboard.context.DashboardContext` (store, registry, index, the
-operator's action targets) and a lazy query encoder for meaning search, which
-loads the embedding model only when an analyst first searches by meaning.
+operator's action targets), a lazy query encoder for meaning search, which
+loads the embedding model only when an analyst first searches by meaning, and a
+lazy explainer, which loads a version's classifier on its first Explain.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Any
 
-from dashboard.context import DashboardContext
+from dashboard.context import DashboardContext, ExplainError, TextExplainer
 from moodwire.settings import Settings
 
 
@@ -19,6 +22,32 @@ def _query_encoder() -> Any:
     from retrieval.embedder import FrozenEmbedder
 
     return FrozenEmbedder(device="cpu")
+
+
+def _explainer(settings: Settings, version: str) -> TextExplainer:
+    """``version`` loaded from the registry (verified, smoke-tested) on the CPU, as the
+    query encoder is, and a function explaining a text with it."""
+    from learner.errors import ModelLoadError
+    from learner.explain import explain
+    from learner.loading import load_version
+    from state.registry import RegistryError
+
+    try:
+        registry = settings.open_registry()
+        classifier = load_version(registry, version, device="cpu", max_length=settings.max_length)
+    except (RegistryError, ModelLoadError) as exc:
+        raise ExplainError(" ".join(str(exc).split())) from exc
+    # captum hooks the model's embedding layer while it runs: one explanation at a time.
+    lock = threading.Lock()
+
+    def explain_text(text: str) -> dict[str, Any]:
+        with lock:
+            try:
+                return explain(classifier, text).to_dict()
+            except ValueError as exc:
+                raise ExplainError(str(exc)) from exc
+
+    return explain_text
 
 
 def dashboard_context(settings: Settings) -> DashboardContext:
@@ -30,6 +59,7 @@ def dashboard_context(settings: Settings) -> DashboardContext:
         operations=settings.operations(origin="dashboard"),  # signs as "dashboard"
         taxonomy=str(settings.taxonomy) if settings.taxonomy else None,
         open_encoder=_query_encoder,
+        open_explainer=functools.partial(_explainer, settings),
     )
 
 

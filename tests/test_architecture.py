@@ -45,6 +45,7 @@ def test_import_linter_contracts_are_kept() -> None:
         ("dashboard/charts.py", "import torch", "dashboard-light"),
         ("dashboard/data.py", "from learner import train", "dashboard-light"),
         ("moodwire/settings.py", "import learner.train", "light-commands"),
+        ("stream/scorer.py", "from learner import explain", "explain-on-demand"),
         ("stream/outage.py", "from stream import publish", "no-file-cycles"),
     ],
 )

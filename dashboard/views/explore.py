@@ -74,6 +74,29 @@ st.markdown(
     + (f" · corrected to **{fix.get('label') or it['label']}** / **{fix.get('topic') or it['topic']}**" if fix else "")
 )  # fmt: skip
 
+version = it["model_version"]
+if ctx.open_explainer is not None and version:
+    # Computed on demand (the model loads on the first click), then cached per (version, text).
+    if st.button("Explain", key="ex_explain", icon=":material/lightbulb:",
+                 help=f"why {version} gave this text its label: each word's weight (integrated "
+                 "gradients); loads the model on first use, so it takes a few seconds"):  # fmt: skip
+        st.session_state["ex_explained"] = item_id
+    if st.session_state.get("ex_explained") == item_id:
+        try:
+            why = data.explanation(ctx.registry, version, it["text"])
+        except context.ExplainError as exc:
+            st.error(f"Cannot explain it: {exc}")
+        else:
+            st.markdown(ui.weighted_words(why["words"]))
+            strongest = sorted(why["words"], key=lambda w: -abs(w["attribution"]))[:3]
+            st.caption(
+                f"Why {version} says **{why['label']}** ({why['probability']:.0%}): green words "
+                f"pushed towards it, red away, bold the most. Most weight: "
+                + ", ".join(f"{ui.md(w['word'])} ({w['attribution']:+.2f})" for w in strongest)
+                + f". Integrated gradients, {why['n_steps']} steps, from a text of pad tokens "
+                f"({why['baseline_probability']:.0%}); delta {why['delta']:+.3f}."
+            )
+
 left, right = st.columns([3, 2])
 with left:
     st.markdown("**Neighbours** (similar past items when it was scored)")

@@ -314,3 +314,44 @@ def test_a_store_outage_is_a_notice_not_a_traceback_and_the_page_recovers(
         assert not at.exception, at.exception
         assert [t.value for t in at.title] == [title]
         assert not [w for w in at.warning if "unreachable" in w.value]
+
+
+def test_explain_shows_the_words_weighted_on_demand_and_once_per_text(
+    populated: Settings, model_registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import learner.explain
+    import learner.loading
+
+    # The item was scored by v1: here the real fine-tuned v1 of the tests' registry.
+    monkeypatch.setenv("MOODWIRE_REGISTRY", str(model_registry))
+    loads, explained = [], []
+    real_load, real_explain = learner.loading.load_version, learner.explain.explain
+
+    def counted_load(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        loads.append(args[1])
+        return real_load(*args, **kwargs)
+
+    def counted_explain(classifier, text, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        explained.append(text)
+        return real_explain(classifier, text, **kwargs)
+
+    monkeypatch.setattr(learner.loading, "load_version", counted_load)
+    monkeypatch.setattr(learner.explain, "explain", counted_explain)
+    at = _open(PAGES[3])
+    at.text_input(key="ex_query").set_value("shares move on results 7").run()
+    row = list(at.dataframe[0].value["text"]).index("GLBX shares move on results 7")
+    at.session_state["ex_table"] = {"selection": {"rows": [row], "columns": []}}
+    at.run()
+    assert not at.exception and "Explain" in _labels(at)
+    assert loads == [] and not any("Why v1 says" in c.value for c in at.caption)  # not on load
+
+    at.button(key="ex_explain").click().run()
+    assert not at.exception, at.exception
+    (why,) = [c.value for c in at.caption if c.value.startswith("Why v1 says")]
+    assert "Most weight:" in why and "Integrated gradients, 50 steps" in why
+    (shown,) = [m.value for m in at.markdown if "-background[" in m.value]
+    assert all(word in shown for word in ["GLBX", "shares", "move", "on", "results", "7"]), shown
+    # Kept while the page reruns, and computed (and the model loaded) once.
+    at.run()
+    assert any(c.value.startswith("Why v1 says") for c in at.caption)
+    assert loads == ["v1"] and explained == ["GLBX shares move on results 7"]

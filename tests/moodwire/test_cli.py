@@ -54,6 +54,7 @@ def test_help_explains_every_command() -> None:
         "retrain",
         "alerts",
         "backtest",
+        "explain",
     ):
         assert name in out
     assert "MOODWIRE_BOOTSTRAP_SERVERS" in out
