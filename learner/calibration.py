@@ -126,7 +126,7 @@ def calibrate(
     temperature = fit_temperature(probs, y)
     before = expected_calibration_error(probs, y)
     after = expected_calibration_error(_scaled(probs, temperature), y)
-    fold_temperature(classifier, temperature)
+    classifier.fold_temperature(temperature)
     return {
         "method": "temperature scaling, folded into the output layer",
         "temperature": temperature,

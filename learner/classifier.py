@@ -248,6 +248,12 @@ class SentimentClassifier:
         probs = self.predict_proba(texts, batch_size=batch_size)
         return [self.labels[i] for i in probs.argmax(axis=1)]
 
+    def fold_temperature(self, temperature: float) -> None:
+        """Divide the logits by ``temperature`` for good (``learner.calibration``)."""
+        from learner.calibration import fold_temperature
+
+        fold_temperature(self, temperature)
+
     def save(self, path: str | Path) -> None:
         """Write weights (safetensors), config and tokenizer to ``path``."""
         path = Path(path)

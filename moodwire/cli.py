@@ -526,9 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = bench.add_parser(
         "continual",
         help="frozen / naive / moodwire / joint over labelled phases: accuracy matrix, forgetting, drift",
-        description="Bootstrap on phase A's stream part (80%%), stream every phase's stream part "
+        description="Bootstrap on phase A's stream part (80%), stream every phase's stream part "
         "in order with delayed labels through the learner, and evaluate each strategy on every "
-        "phase's held-out 20%% after each phase. Writes FILE.json and FILE.png.",
+        "phase's held-out 20% after each phase. Writes FILE.json and FILE.png.",
     )
     _common(c)
     c.add_argument(

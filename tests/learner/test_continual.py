@@ -14,7 +14,16 @@ from learner.data import LABELS, LabelledText
 from learner.replay import ClassBalancedReservoir
 
 
-class _Fixed:
+class _Calibrated:
+    """What a test double needs for the learner's calibration: a temperature to fold."""
+
+    temperature = 1.0
+
+    def fold_temperature(self, temperature: float) -> None:
+        self.temperature *= temperature
+
+
+class _Fixed(_Calibrated):
     """A test double of the classifier: predicts one label for everything."""
 
     labels = LABELS
@@ -258,6 +267,11 @@ def test_a_passing_candidate_waits_for_an_operator_when_approval_is_required() -
     assert judged.gate is not None and judged.gate.passed, judged.gate
     assert judged.decision == "await_approval"
     assert judged.gate.shadow["agreement"] == 0.0
+    # Right every time at 0.8: the temperature fitted on the held-out labels sharpens it,
+    # is folded into the candidate, and goes into its card.
+    cal = judged.card()["calibration"]
+    assert cal is not None and cal["temperature"] < 1.0 and cal["ece_after"] < cal["ece_before"]
+    assert outcome.classifier.temperature == cal["temperature"]
 
 
 def test_a_stop_request_interrupts_training_and_says_so(served) -> None:  # noqa: ANN001
@@ -292,7 +306,7 @@ def test_after_a_drift_it_retrains_each_time_the_labels_since_have_doubled() -> 
     assert attempts == [60, 120, 170, 340, 680], attempts
 
 
-class _Knows:
+class _Knows(_Calibrated):
     """A test double that gets right exactly the texts it knows (else says neutral)."""
 
     labels = LABELS
