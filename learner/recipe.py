@@ -3,9 +3,11 @@
 One fixed recipe fits the file it was tuned on. ``choose_recipe`` instead takes
 a stratified validation split out of the training data and
 
-- picks the epochs by early stopping on validation macro-F1, keeping the best
-  checkpoint (small sets get more passes: at least ``min_steps`` optimiser steps
-  are allowed, up to ``max_epochs``);
+- scores every epoch of every candidate on validation macro-F1, stopping a
+  candidate after ``patience`` epochs without gain (small sets get more passes:
+  at least ``min_steps`` optimiser steps are allowed, up to ``max_epochs``), and
+  chooses the fewest epochs within one standard error of the best score (a small
+  split's noisy maximum otherwise picks a long, overfitting run);
 - searches the peak learning rate over a few candidates, the default first, as
   far as the time budget allows (a candidate that would not fit in what is left
   is skipped, and the card says so);
@@ -87,6 +89,7 @@ class _Candidate:
     best_state: dict[str, torch.Tensor] | None = None
     report: TrainReport | None = None
     seconds: float = 0.0
+    val_probs: list[np.ndarray] = dataclasses.field(default_factory=list)  # per history row
 
     def summary(self) -> dict:
         return {
@@ -132,7 +135,8 @@ def _run(
     state = {"since_best": 0, "evaluated_at": -1.0}
 
     def on_epoch(epochs_done: float) -> bool:
-        metrics, _ = _score(classifier, val)
+        metrics, probs = _score(classifier, val)
+        cand.val_probs.append(probs)
         f1 = metrics["macro_f1"]
         cand.history.append(
             {
@@ -155,7 +159,8 @@ def _run(
     if cand.report.samples_seen / len(fit) != state["evaluated_at"]:
         # Stopped by the clock part-way through a pass: the last state is a candidate too.
         # Its parameters are all trainable again here, so compare before copying.
-        metrics, _ = _score(classifier, val)
+        metrics, probs = _score(classifier, val)
+        cand.val_probs.append(probs)
         epochs_done = cand.report.samples_seen / len(fit)
         cand.history.append(
             {
@@ -171,6 +176,36 @@ def _run(
         cand.best_state = None
     cand.seconds = time.perf_counter() - start
     return classifier, cand
+
+
+def _select(candidates: list[_Candidate], n_val: int) -> tuple[tuple[_Candidate, int], dict]:
+    """The (candidate, history row) to train again: the one-standard-error rule.
+
+    Of every (learning rate, epoch) point scored, those within one standard error of
+    the best validation macro-F1 are as good as the split can tell; the fewest epochs
+    among them is chosen (then the earlier candidate: the default learning rate comes
+    first). A small split's noisy maximum would otherwise pick a long, overfitting run.
+
+    >>> a = _Candidate(5e-4, history=[{"epoch": 1.0, "val_macro_f1": 0.70},
+    ...                               {"epoch": 2.0, "val_macro_f1": 0.80}])
+    >>> b = _Candidate(1e-3, history=[{"epoch": 1.0, "val_macro_f1": 0.79},
+    ...                               {"epoch": 8.0, "val_macro_f1": 0.82}])
+    >>> (cand, row), sel = _select([a, b], n_val=200)
+    >>> cand.lr, cand.history[row]["epoch"], round(sel["threshold"], 3)
+    (0.0005, 2.0, 0.793)
+    """
+    points = [(c, i) for c in candidates for i in range(len(c.history))]
+    best_f1 = max(c.history[i]["val_macro_f1"] for c, i in points)
+    se = math.sqrt(max(best_f1 * (1.0 - best_f1), 0.0) / max(1, n_val))
+    eligible = [(c, i) for c, i in points if c.history[i]["val_macro_f1"] >= best_f1 - se]
+    order = {id(c): k for k, c in enumerate(candidates)}
+    pick = min(eligible, key=lambda ci: (ci[0].history[ci[1]]["epoch"], order[id(ci[0])]))
+    return pick, {
+        "rule": "fewest epochs within one standard error of the best validation macro-F1",
+        "best_val_macro_f1": best_f1,
+        "standard_error": se,
+        "threshold": best_f1 - se,
+    }
 
 
 def choose_recipe(
@@ -216,6 +251,7 @@ def choose_recipe(
 
     best: tuple[SentimentClassifier, _Candidate] | None = None
     tried: list[dict] = []
+    every: list[_Candidate] = []
     skipped: list[dict] = []
     per_epoch_s: float | None = None
     for lr in lrs:
@@ -234,6 +270,7 @@ def choose_recipe(
         if log is not None:
             log("recipe_candidate", lr=lr, best_epoch=cand.best_epoch, val_macro_f1=cand.best_f1)
         tried.append(cand.summary())
+        every.append(cand)
         done = cand.history[-1]["epoch"] if cand.history else 0.0
         if per_epoch_s is None and done > 0:
             per_epoch_s = cand.seconds / done
@@ -242,9 +279,11 @@ def choose_recipe(
         else:
             del classifier
     assert best is not None  # the first candidate always runs
-    classifier, chosen = best
+    classifier, best_cand = best
+    candidates = [c for c in every if c.history]
+    pick, selection = _select(candidates, len(val))
+    chosen, row = pick
 
-    val_metrics, val_probs = _score(classifier, val)
     card: dict = {
         "search": "learning rate, and epochs by early stopping on validation macro-F1",
         "n_fit": len(fit),
@@ -254,16 +293,23 @@ def choose_recipe(
         "time_budget_s": search.time_budget_s,
         "candidates": tried,
         "skipped_for_time": skipped,
-        "chosen": {"lr": chosen.lr, "epochs": round(chosen.best_epoch, 3)},
-        "val": {k: val_metrics[k] for k in ("accuracy", "macro_f1", "n")},
+        "selection": selection,
+        "chosen": {"lr": chosen.lr, "epochs": chosen.history[row]["epoch"]},
+        "val": {
+            "accuracy": chosen.history[row]["val_accuracy"],
+            "macro_f1": chosen.history[row]["val_macro_f1"],
+            "n": len(val),
+        },
     }
-    report = chosen.report
+    val_probs = chosen.val_probs[row]
+    report = best_cand.report
     assert report is not None
+    refitted = False
     if search.refit:
         # The chosen recipe again, on every row (the validation split too) and with a
-        # schedule that ends where the chosen checkpoint stood: on small files a fifth of
-        # the rows and an annealed end are worth more than the selection's checkpoint.
-        refit_epochs = float(max(1, math.ceil(chosen.best_epoch - 1e-9)))
+        # schedule that ends where the chosen point stood: on small files a fifth of the
+        # rows and an annealed end are worth more than any checkpoint of the search.
+        refit_epochs = float(max(1, math.ceil(chosen.history[row]["epoch"] - 1e-9)))
         remaining = search.time_budget_s - (time.perf_counter() - started)
         needed = (per_epoch_s or 0.0) * refit_epochs * len(data) / len(fit)
         if needed <= remaining:
@@ -273,17 +319,25 @@ def choose_recipe(
             )
             report = fine_tune(final, data, config, progress=progress)
             del classifier
-            classifier = final
+            classifier, refitted = final, True
             card["refit"] = {
-                "rows": len(data),
-                "epochs": refit_epochs,
-                "seconds": round(report.seconds, 1),
-            }
+                "rows": len(data), "epochs": refit_epochs, "seconds": round(report.seconds, 1)
+            }  # fmt: skip
             card["chosen"]["epochs"] = refit_epochs
         else:
             card["refit"] = {
                 "skipped_for_time": True, "needed_s": round(needed, 1), "left_s": round(remaining, 1)
             }  # fmt: skip
+    if not refitted:
+        # No time to train again: the search's best checkpoint serves, as it scored.
+        best_row = best_cand.history.index(max(best_cand.history, key=lambda h: h["val_macro_f1"]))
+        val_probs = best_cand.val_probs[best_row]
+        card["chosen"] = {"lr": best_cand.lr, "epochs": best_cand.history[best_row]["epoch"]}
+        card["val"] = {
+            "accuracy": best_cand.history[best_row]["val_accuracy"],
+            "macro_f1": best_cand.history[best_row]["val_macro_f1"],
+            "n": len(val),
+        }
     if search.calibrate:
         # Fitted on what the selected checkpoint said about the validation rows (the refit
         # model has trained on them), and folded into the model that is returned.
@@ -291,7 +345,7 @@ def choose_recipe(
         y = np.asarray([list(classifier.labels).index(x.label) for x in val])
         card["calibration"] = {
             **calibrate(classifier, val_probs, y),
-            "fitted_on": "the validation split, as the selected checkpoint scored it",
+            "fitted_on": "the validation split, as the search scored it at the chosen point",
         }
     card["seconds"] = round(time.perf_counter() - started, 1)
     return classifier, report, card

@@ -114,13 +114,22 @@ def test_calibration_in_the_search_changes_no_label(data: list[LabelledText]) ->
 
 
 def test_the_chosen_recipe_is_refitted_on_every_row(data: list[LabelledText]) -> None:
-    search = SearchConfig(lrs=(5e-4,), min_epochs=3, max_epochs=3, patience=3)
+    search = SearchConfig(lrs=(5e-4, 1e-3), min_epochs=3, max_epochs=3, patience=3)
     clf, report, card = choose_recipe(make, data, BASE, search, progress=False)
-    best = card["candidates"][0]["best_epoch"]
-    assert card["refit"]["rows"] == len(data) and card["refit"]["epochs"] == math.ceil(best)
-    assert report.samples_seen == len(data) * math.ceil(best)  # the refit's run, all rows
-    assert card["chosen"] == {"lr": 5e-4, "epochs": float(math.ceil(best))}
-    # The temperature fitted on the selection's validation scores is folded into it.
+    # The one-standard-error rule: the fewest epochs scoring within one SE of the best.
+    sel = card["selection"]
+    points = [(c["lr"], h["epoch"], h["val_macro_f1"]) for c in card["candidates"]
+              for h in c["history"]]  # fmt: skip
+    assert sel["best_val_macro_f1"] == max(f for _, _, f in points)
+    assert sel["standard_error"] == pytest.approx(
+        math.sqrt(sel["best_val_macro_f1"] * (1 - sel["best_val_macro_f1"]) / card["n_val"])
+    )
+    eligible = [(e, lr) for lr, e, f in points if f >= sel["threshold"]]
+    fewest = min(e for e, _ in eligible)
+    assert card["refit"]["rows"] == len(data) and card["refit"]["epochs"] == math.ceil(fewest)
+    assert card["chosen"]["lr"] == next(lr for e, lr in eligible if e == fewest)
+    assert report.samples_seen == len(data) * math.ceil(fewest)  # the refit's run, all rows
+    # The temperature fitted on the search's validation scores is folded into it.
     assert card["calibration"]["temperature"] > 0
     probs = clf.predict_proba([x.text for x in data[:5]])
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
