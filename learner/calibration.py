@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    import torch
-
     from learner.classifier import SentimentClassifier
 
 ECE_BINS = 15
@@ -90,33 +88,9 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     return 1.0 if _nll(probs, y, 1.0) <= _nll(probs, y, best) else best
 
 
-def _output_layer(model: torch.nn.Module) -> torch.nn.Linear:
-    """The last linear layer that writes the logits (one output per label)."""
-    import torch
-
-    num_labels = model.config.num_labels
-    last = None
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module.out_features == num_labels:
-            last = module
-    if last is None:
-        raise ValueError(f"{type(model).__name__} has no linear layer with {num_labels} outputs")
-    return last
-
-
 def fold_temperature(classifier: SentimentClassifier, temperature: float) -> None:
     """Divide the logits by ``temperature`` for good: scales the output layer in place."""
-    import torch
-
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    if temperature == 1.0:
-        return
-    layer = _output_layer(classifier.model)
-    with torch.no_grad():
-        layer.weight.div_(temperature)
-        if layer.bias is not None:
-            layer.bias.div_(temperature)
+    classifier.fold_temperature(temperature)
 
 
 def calibrate(

@@ -249,10 +249,29 @@ class SentimentClassifier:
         return [self.labels[i] for i in probs.argmax(axis=1)]
 
     def fold_temperature(self, temperature: float) -> None:
-        """Divide the logits by ``temperature`` for good (``learner.calibration``)."""
-        from learner.calibration import fold_temperature
+        """Divide the logits by ``temperature`` for good (``learner.calibration``).
 
-        fold_temperature(self, temperature)
+        Scales the last linear layer that writes the logits (one output per label), so
+        every engine that serves the weights gives the scaled probabilities.
+        """
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if temperature == 1.0:
+            return
+        num_labels = self.model.config.num_labels
+        layers = [
+            m
+            for m in self.model.modules()
+            if isinstance(m, torch.nn.Linear) and m.out_features == num_labels
+        ]
+        if not layers:
+            raise ValueError(
+                f"{type(self.model).__name__} has no linear layer with {num_labels} outputs"
+            )
+        with torch.no_grad():
+            layers[-1].weight.div_(temperature)
+            if layers[-1].bias is not None:
+                layers[-1].bias.div_(temperature)
 
     def save(self, path: str | Path) -> None:
         """Write weights (safetensors), config and tokenizer to ``path``."""

@@ -296,10 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
         "a labelled CSV/JSONL file, hold out a stratified part for the model card's metrics, "
         "and write the next version to the registry (serving it if none serves yet). The "
         "recipe is chosen on the file itself: a validation split is taken from the training "
-        "rows, the epochs are set by early stopping on its macro-F1 (the best checkpoint is "
-        "kept), the learning rate is searched as far as --time-budget allows, and a "
-        "temperature fitted on it calibrates the confidence. The card records the search, "
-        "every candidate's scores and the calibration (ECE before and after).",
+        "rows; each candidate learning rate trains with early stopping on its macro-F1, as "
+        "far as --time-budget allows; the fewest epochs within one standard error of the best "
+        "score are chosen and trained again on every row; a temperature fitted on the split "
+        "calibrates the confidence. The card records the search, every candidate's scores "
+        "and the calibration (ECE before and after).",
     )
     p.add_argument("--train", type=Path, required=True, help="labelled CSV or JSONL file")
     _labelled_args(p)
