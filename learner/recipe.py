@@ -91,6 +91,21 @@ class _Candidate:
     seconds: float = 0.0
     val_probs: list[np.ndarray] = dataclasses.field(default_factory=list)  # per history row
 
+    def record(
+        self, classifier: SentimentClassifier, val: list[LabelledText], epochs_done: float
+    ) -> float:
+        """Score the validation split now, keep the row and the probabilities; its F1."""
+        metrics, probs = _score(classifier, val)
+        self.val_probs.append(probs)
+        self.history.append(
+            {
+                "epoch": round(epochs_done, 3),
+                "val_macro_f1": metrics["macro_f1"],
+                "val_accuracy": metrics["accuracy"],
+            }
+        )
+        return metrics["macro_f1"]
+
     def summary(self) -> dict:
         return {
             "lr": self.lr,
@@ -135,16 +150,7 @@ def _run(
     state = {"since_best": 0, "evaluated_at": -1.0}
 
     def on_epoch(epochs_done: float) -> bool:
-        metrics, probs = _score(classifier, val)
-        cand.val_probs.append(probs)
-        f1 = metrics["macro_f1"]
-        cand.history.append(
-            {
-                "epoch": round(epochs_done, 3),
-                "val_macro_f1": f1,
-                "val_accuracy": metrics["accuracy"],
-            }
-        )
+        f1 = cand.record(classifier, val, epochs_done)
         state["evaluated_at"] = epochs_done
         if f1 > cand.best_f1:
             cand.best_f1, cand.best_epoch = f1, epochs_done
@@ -159,18 +165,10 @@ def _run(
     if cand.report.samples_seen / len(fit) != state["evaluated_at"]:
         # Stopped by the clock part-way through a pass: the last state is a candidate too.
         # Its parameters are all trainable again here, so compare before copying.
-        metrics, probs = _score(classifier, val)
-        cand.val_probs.append(probs)
         epochs_done = cand.report.samples_seen / len(fit)
-        cand.history.append(
-            {
-                "epoch": round(epochs_done, 3),
-                "val_macro_f1": metrics["macro_f1"],
-                "val_accuracy": metrics["accuracy"],
-            }
-        )
-        if metrics["macro_f1"] > cand.best_f1:
-            cand.best_f1, cand.best_epoch, cand.best_state = metrics["macro_f1"], epochs_done, None
+        f1 = cand.record(classifier, val, epochs_done)
+        if f1 > cand.best_f1:
+            cand.best_f1, cand.best_epoch, cand.best_state = f1, epochs_done, None
     if cand.best_state is not None:
         _restore(classifier.model, cand.best_state)
         cand.best_state = None

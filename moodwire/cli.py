@@ -12,7 +12,7 @@ import gc
 import os
 import sys
 from argparse import SUPPRESS
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -65,19 +65,24 @@ def _batch_sizes(spec: str) -> tuple[int, ...]:
     return sizes
 
 
+def _number(spec: str, ok: Callable[[float], bool], allowed: str) -> float:
+    """``spec`` as a float that ``ok`` accepts (NaN fails every comparison), else one error."""
+    try:
+        value = float(spec)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seconds must be a number, got {spec!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"seconds must be {allowed}, got {spec!r}")
+    return value
+
+
 def _seconds(spec: str) -> float:
     """Seconds, 0 (off) to an hour; not NaN or infinity.
 
     >>> _seconds("30")
     30.0
     """
-    try:
-        value = float(spec)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seconds must be a number, got {spec!r}") from None
-    if not 0 <= value <= 3600:  # also false for NaN
-        raise argparse.ArgumentTypeError(f"seconds must be 0..3600, got {spec!r}")
-    return value
+    return _number(spec, lambda v: 0 <= v <= 3600, "0..3600")
 
 
 def _non_negative_int(spec: str) -> int:
@@ -101,13 +106,7 @@ def _budget(spec: str) -> float:
     >>> _budget("600")
     600.0
     """
-    try:
-        value = float(spec)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seconds must be a number, got {spec!r}") from None
-    if not 0 < value < float("inf"):  # also false for NaN
-        raise argparse.ArgumentTypeError(f"seconds must be positive and finite, got {spec!r}")
-    return value
+    return _number(spec, lambda v: 0 < v < float("inf"), "positive and finite")
 
 
 def _common(p: argparse.ArgumentParser) -> None:

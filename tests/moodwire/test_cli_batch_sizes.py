@@ -40,3 +40,34 @@ def test_the_command_line_refuses_bad_training_seconds(
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["bench", "throughput", "--while-training", spec])
     assert exc.value.code == 2 and "--while-training" in capsys.readouterr().err
+
+
+@given(st.text())
+def test_any_text_is_a_time_budget_or_a_clear_error(spec: str) -> None:
+    from moodwire.cli import _budget
+
+    try:
+        value = _budget(spec)
+    except argparse.ArgumentTypeError as exc:
+        assert repr(spec) in str(exc)
+        return
+    assert 0 < value < float("inf")
+
+
+@given(st.text())
+def test_any_text_is_a_count_or_a_clear_error(spec: str) -> None:
+    from moodwire.cli import _non_negative_int
+
+    try:
+        value = _non_negative_int(spec)
+    except argparse.ArgumentTypeError as exc:
+        assert repr(spec) in str(exc)
+        return
+    assert isinstance(value, int) and value >= 0
+
+
+@pytest.mark.parametrize("spec", ["0", "-1", "nan", "inf", "-inf", "x", ""])
+def test_bootstrap_refuses_a_bad_time_budget(spec: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["bootstrap", "--train", "f.csv", "--time-budget", spec])
+    assert exc.value.code == 2 and "--time-budget" in capsys.readouterr().err
