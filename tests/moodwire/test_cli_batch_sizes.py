@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moodwire.cli import _batch_sizes, build_parser
+from moodwire.cli import _batch_sizes, _budget, _non_negative_int, build_parser
+
+
+def _parsed_or_refused(parse: Callable[[str], Any], spec: str) -> Any:
+    """What ``parse`` made of ``spec``, or None when it refused it with one clear error."""
+    try:
+        return parse(spec)
+    except argparse.ArgumentTypeError as exc:
+        assert repr(spec) in str(exc)
+        return None
 
 
 @given(st.text())
 def test_any_text_is_batch_sizes_or_a_clear_error(spec: str) -> None:
-    try:
-        sizes = _batch_sizes(spec)
-    except argparse.ArgumentTypeError as exc:
-        assert repr(spec) in str(exc)
-        return
-    assert sizes and all(isinstance(n, int) and 1 <= n <= 65536 for n in sizes)
+    sizes = _parsed_or_refused(_batch_sizes, spec)
+    if sizes is not None:
+        assert sizes and all(isinstance(n, int) and 1 <= n <= 65536 for n in sizes)
 
 
 @given(st.lists(st.integers(1, 65536), min_size=1, max_size=8))
@@ -44,26 +52,16 @@ def test_the_command_line_refuses_bad_training_seconds(
 
 @given(st.text())
 def test_any_text_is_a_time_budget_or_a_clear_error(spec: str) -> None:
-    from moodwire.cli import _budget
-
-    try:
-        value = _budget(spec)
-    except argparse.ArgumentTypeError as exc:
-        assert repr(spec) in str(exc)
-        return
-    assert 0 < value < float("inf")
+    value = _parsed_or_refused(_budget, spec)
+    if value is not None:
+        assert 0 < value < float("inf")
 
 
 @given(st.text())
 def test_any_text_is_a_count_or_a_clear_error(spec: str) -> None:
-    from moodwire.cli import _non_negative_int
-
-    try:
-        value = _non_negative_int(spec)
-    except argparse.ArgumentTypeError as exc:
-        assert repr(spec) in str(exc)
-        return
-    assert isinstance(value, int) and value >= 0
+    value = _parsed_or_refused(_non_negative_int, spec)
+    if value is not None:
+        assert isinstance(value, int) and value >= 0
 
 
 @pytest.mark.parametrize("spec", ["0", "-1", "nan", "inf", "-inf", "x", ""])
