@@ -52,6 +52,9 @@ class LearnerConfig:
     old_tolerance: float = 0.02  # accuracy the candidate may lose on old data
     min_new_gain: float = 0.0  # it must beat the serving model on new data by more than this
     min_holdout: int = 20  # held-out fresh labels needed to judge a candidate
+    # Also judge points between the serving and the candidate weights, and serve the best
+    # that passes (learner.continual.judge): most of the gain, less of the forgetting.
+    merge: bool = True
     old_holdout_max: int = 1000
     shadow_items: int = 500
     min_shadow_agreement: float = 0.0  # 0 = report only

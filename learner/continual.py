@@ -89,6 +89,7 @@ class GateResult:
     new: dict[str, float | int]
     old: dict[str, Any]
     shadow: dict[str, float | int]
+    merge: dict[str, Any] | None = None  # the interpolated points judged (see judge())
 
     def as_dict(self) -> dict[str, Any]:
         def clean(d: dict) -> dict:  # NaN (nothing to measure on) is not JSON
@@ -124,6 +125,40 @@ class Outcome:
             "decision": self.decision,
             "calibration": self.calibration,
         }
+
+
+# The candidate's share of the weights at each point the gates judge (1.0 = as fine-tuned).
+MERGE_WEIGHTS = (1.0, 0.75, 0.5, 0.25)
+
+
+def merged(
+    serving: SentimentClassifier, candidate: SentimentClassifier, weight: float
+) -> SentimentClassifier:
+    """A copy of ``candidate`` whose weights are ``weight`` of its own plus the rest of serving's.
+
+    Both must be the same architecture (a candidate is a fine-tuned copy of the serving
+    model). Frozen layers are equal in both, so only what fine-tuning moved changes.
+
+    >>> import torch
+    >>> a = torch.nn.Linear(1, 1); b = copy.deepcopy(a)
+    >>> _ = torch.nn.init.constant_(a.weight, 0.0); _ = torch.nn.init.constant_(b.weight, 4.0)
+    >>> _mix(a.state_dict(), b.state_dict(), 0.25)["weight"].item()
+    1.0
+    """
+    out = copy.deepcopy(candidate)
+    out.model.load_state_dict(
+        _mix(serving.model.state_dict(), candidate.model.state_dict(), weight)
+    )
+    return out
+
+
+def _mix(serving: dict, candidate: dict, weight: float) -> dict:
+    if serving.keys() != candidate.keys():
+        raise ValueError("cannot interpolate models of different architectures")
+    return {
+        k: weight * v + (1.0 - weight) * serving[k] if v.is_floating_point() else v
+        for k, v in candidate.items()
+    }
 
 
 def accuracy(classifier: SentimentClassifier, data: list[LabelledText]) -> float:
@@ -426,21 +461,85 @@ class ContinualLearner:
         return Outcome(trigger, candidate, report, summary, None, decision, self.version)
 
     def judge(self, outcome: Outcome, shadow_texts: list[str]) -> Outcome:
-        """Run the gates (moodwire strategy) and set the decision."""
+        """Run the gates (moodwire strategy) and set the decision.
+
+        With ``merge`` on, the gates also judge the serving and candidate weights
+        interpolated (``MERGE_WEIGHTS`` of the candidate, as in WiSE-FT): the fine-tuned
+        candidate alone may gain on the new world and lose on the old, and a point
+        between them often keeps most of the gain and little of the loss. Of the points
+        that pass every gate, the one with the best held-out new plus old accuracy serves
+        (the full candidate on a tie); the card records every point.
+        """
         if self.config.strategy != "moodwire":
             return outcome
         cfg = self.config
-        cand, serv = outcome.classifier, self.classifier
+        serv = self.classifier
+        new, old = self.fresh_holdout, self.old_holdout()
+        serving = {"new": accuracy(serv, new), "old": accuracy(serv, old)}
+        weights = MERGE_WEIGHTS if cfg.merge else (1.0,)
+        tried = []
+        for weight in weights:
+            cand = outcome.classifier if weight == 1.0 else merged(serv, outcome.classifier, weight)
+            reasons, new_stats, old_stats = self._gates(cand, serving)
+            tried.append((weight, cand, reasons, new_stats, old_stats))
+        passing = [t for t in tried if not t[2]]
+        full_new = tried[0][3]
+        if (
+            not passing
+            and self._episode_start is not None
+            and len(new) >= cfg.min_holdout
+            and not full_new["candidate"] > full_new["serving"] + cfg.min_new_gain
+        ):
+            self._episode_spent = True  # see drift(): the next drift is a new shift
+
+        def score(t: tuple) -> float:
+            return t[3]["candidate"] + (t[4]["candidate"] if old else 0.0)
+
+        chosen = max(passing, key=score) if passing else tried[0]  # max keeps the first tie
+        weight, cand, reasons, new_stats, old_stats = chosen
+        shadow = _shadow(serv, cand, shadow_texts[-cfg.shadow_items :])
+        if shadow["n"] and shadow["agreement"] < cfg.min_shadow_agreement:
+            reasons = [
+                *reasons,
+                f"shadow agreement {shadow['agreement']:.3f} below {cfg.min_shadow_agreement}",
+            ]
+        passed = not reasons
+        outcome.classifier = cand
+        outcome.gate = GateResult(passed, reasons, new_stats, old_stats, shadow)
+        if cfg.merge:
+            outcome.gate.merge = {
+                "weight": weight,
+                "tried": [
+                    {
+                        "weight": w,
+                        "new": round(n["candidate"], 4),
+                        "old": None if not old else round(o["candidate"], 4),
+                        "passed": not r,
+                    }
+                    for w, _, r, n, o in tried
+                ],
+            }
+        if not passed:
+            outcome.decision = "reject"
+        else:
+            outcome.decision = "await_approval" if cfg.require_approval else "promote"
+            # Fine-tuning sharpens or flattens the confidence the last temperature fixed:
+            # a new one is fitted on the held-out labels (it changes no label, so none of
+            # the gates above would have judged otherwise).
+            outcome.calibration = _recalibrate(cand, [*new, *old])
+        return outcome
+
+    def _gates(
+        self, cand: SentimentClassifier, serving: dict[str, float]
+    ) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+        """Every gate but shadow agreement: the reasons a candidate fails, and its figures."""
+        cfg = self.config
         new, old = self.fresh_holdout, self.old_holdout()
         reasons = []
-        new_stats = {
-            "n": len(new),
-            "serving": accuracy(serv, new),
-            "candidate": accuracy(cand, new),
-        }
-        old_stats = {
+        new_stats = {"n": len(new), "serving": serving["new"], "candidate": accuracy(cand, new)}
+        old_stats: dict[str, Any] = {
             "n": len(old),
-            "serving": accuracy(serv, old),
+            "serving": serving["old"],
             "candidate": accuracy(cand, old),
         }
         if self.before_shift and self.before_shift_acc is not None:
@@ -448,13 +547,10 @@ class ContinualLearner:
             old_stats["before_shift_version"] = self.before_shift_version
             old_stats["before_shift_then"] = self.before_shift_acc
             old_stats["before_shift_candidate"] = accuracy(cand, self.before_shift)
-        shadow = _shadow(serv, cand, shadow_texts[-cfg.shadow_items :])
         no_gain = not new_stats["candidate"] > new_stats["serving"] + cfg.min_new_gain
         if len(new) < cfg.min_holdout:
             reasons.append(f"only {len(new)} held-out new labels (need {cfg.min_holdout})")
         elif no_gain:
-            if self._episode_start is not None:
-                self._episode_spent = True  # see drift(): the next drift is a new shift
             reasons.append(
                 f"no gain on new data: {new_stats['candidate']:.3f} vs serving "
                 f"{new_stats['serving']:.3f}"
@@ -470,21 +566,7 @@ class ContinualLearner:
                 f"forgets the world before the shift: {old_stats['before_shift_candidate']:.3f}"
                 f" vs {self.before_shift_version}'s {then:.3f} (tolerance {cfg.old_tolerance})"
             )
-        if shadow["n"] and shadow["agreement"] < cfg.min_shadow_agreement:
-            reasons.append(
-                f"shadow agreement {shadow['agreement']:.3f} below {cfg.min_shadow_agreement}"
-            )
-        passed = not reasons
-        outcome.gate = GateResult(passed, reasons, new_stats, old_stats, shadow)
-        if not passed:
-            outcome.decision = "reject"
-        else:
-            outcome.decision = "await_approval" if cfg.require_approval else "promote"
-            # Fine-tuning sharpens or flattens the confidence the last temperature fixed:
-            # a new one is fitted on the held-out labels (it changes no label, so none of
-            # the gates above would have judged otherwise).
-            outcome.calibration = _recalibrate(cand, [*new, *old])
-        return outcome
+        return reasons, new_stats, old_stats
 
     def adopt(self, classifier: SentimentClassifier, version: str) -> None:
         """The candidate now serves: fresh labels become memory, the error stream restarts."""

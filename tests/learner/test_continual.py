@@ -220,7 +220,7 @@ def test_a_drift_after_an_episode_whose_candidate_learned_nothing_is_a_new_shift
     from learner.continual import Outcome
     from learner.train import TrainReport
 
-    cfg = LearnerConfig(min_new_labels=50, min_holdout=5)
+    cfg = LearnerConfig(min_new_labels=50, min_holdout=5, merge=False)
     learner = ContinualLearner(_Fixed("neutral"), "v1", cfg)  # type: ignore[arg-type]
     learner.drift("drift seen at the surge")  # a false start: the model reads it fine
     learner.observe(_items(100, "surge", "neutral"), ["neutral"] * 100)
@@ -257,7 +257,7 @@ def test_a_passing_candidate_waits_for_an_operator_when_approval_is_required() -
     from learner.continual import Outcome
     from learner.train import TrainReport
 
-    cfg = LearnerConfig(require_approval=True, min_holdout=5)
+    cfg = LearnerConfig(require_approval=True, min_holdout=5, merge=False)
     learner = ContinualLearner(_Fixed("neutral"), "v1", cfg)  # type: ignore[arg-type]
     learner.remember(_items(200, "old", "positive"), _items(50, "old-heldout", "positive"))
     learner.observe(_items(200, "new", "positive"), ["neutral"] * 200)
@@ -324,6 +324,110 @@ class _Knows(_Calibrated):
         return p
 
 
+class _Dial(_Calibrated):
+    """A test double whose knowledge is one weight w (a real torch module, so it can be
+    interpolated): it gets right the new texts whose difficulty is below w, and the old
+    texts only while w is at most ``keeps_old_until``."""
+
+    labels = LABELS
+
+    def __init__(self, w: float, keeps_old_until: float = 0.6) -> None:
+        import torch
+
+        self.model = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.constant_(self.model.weight, w)
+        self.keeps_old_until = keeps_old_until
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> list[str]:
+        w = float(self.model.weight.item())
+        out = []
+        for t in texts:
+            kind, i = t.split()
+            if kind == "new":
+                out.append("negative" if int(i) % 100 / 100 < w else "neutral")
+            else:
+                out.append("positive" if w <= self.keeps_old_until else "neutral")
+        return out
+
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        p = np.full((len(texts), 3), 0.1, dtype=np.float32)
+        for i, label in enumerate(self.predict(texts)):
+            p[i, LABELS.index(label)] = 0.8
+        return p
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_a_candidate_that_forgets_serves_as_its_best_passing_blend_with_the_serving_model(
+    merge: bool,
+) -> None:
+    """The fine-tuned candidate learns all of the new world and forgets all of the old:
+    alone it is rejected. Interpolated with the serving weights, the half-way point keeps
+    the old world and half the new, and it is the one that serves."""
+    from learner.continual import Outcome
+    from learner.train import TrainReport
+
+    cfg = LearnerConfig(min_holdout=5, merge=merge)
+    learner = ContinualLearner(_Dial(0.0), "v1", cfg)  # type: ignore[arg-type]
+    learner.remember([], _items(100, "old", "positive"))
+    learner.observe(_items(500, "new", "negative"))
+    report = TrainReport(1, 1, 1.0, 0.1, 10.0, False, 0.1)
+    outcome = Outcome("t", _Dial(1.0), report, {}, None, "reject", "v1")  # type: ignore[arg-type]
+    gate = learner.judge(outcome, []).gate
+    assert gate is not None
+    if not merge:
+        assert outcome.decision == "reject" and gate.merge is None
+        assert any("forgets old data" in r for r in gate.reasons), gate.reasons
+        return
+    assert outcome.decision == "promote", gate.reasons
+    assert gate.merge is not None and gate.merge["weight"] == 0.5
+    assert float(outcome.classifier.model.weight.item()) == pytest.approx(0.5)
+    assert [t["passed"] for t in gate.merge["tried"]] == [False, False, True, True]
+    assert gate.old["candidate"] == 1.0 and 0.4 < gate.new["candidate"] < 0.6
+
+
+def test_a_blend_is_only_chosen_when_it_scores_better_than_the_full_candidate() -> None:
+    """A candidate that forgets nothing serves as fine-tuned: its blends learn less."""
+    from learner.continual import Outcome
+    from learner.train import TrainReport
+
+    learner = ContinualLearner(_Dial(0.0, 2.0), "v1", LearnerConfig(min_holdout=5))  # type: ignore[arg-type]
+    learner.remember([], _items(100, "old", "positive"))
+    learner.observe(_items(500, "new", "negative"))
+    report = TrainReport(1, 1, 1.0, 0.1, 10.0, False, 0.1)
+    outcome = Outcome("t", _Dial(1.0, 2.0), report, {}, None, "reject", "v1")  # type: ignore[arg-type]
+    gate = learner.judge(outcome, []).gate
+    assert outcome.decision == "promote" and gate is not None and gate.merge is not None
+    assert gate.merge["weight"] == 1.0 and gate.new["candidate"] == 1.0
+
+
+def test_merged_real_models_are_the_endpoints_at_0_and_1_and_between_them_at_half(
+    served,  # noqa: ANN001
+) -> None:
+    from learner.continual import merged
+    from learner.train import TrainConfig, fine_tune
+
+    data = _headlines(48, seed=3)
+    flipped = [LabelledText(x.text, LABELS[(LABELS.index(x.label) + 1) % 3]) for x in data]
+    cand = copy.deepcopy(served)
+    fine_tune(cand, flipped, TrainConfig(epochs=2, lr=1e-3, batch_size=16), progress=False)
+    texts = [x.text for x in data]
+    ws = {k: v.clone() for k, v in served.model.state_dict().items()}
+    wc = {k: v.clone() for k, v in cand.model.state_dict().items()}
+    p_serv, p_cand = served.predict_proba(texts), cand.predict_proba(texts)
+    assert not np.allclose(p_serv, p_cand, atol=1e-3)  # the fine-tune moved it
+    assert np.allclose(merged(served, cand, 0.0).predict_proba(texts), p_serv, atol=1e-5)
+    assert np.allclose(merged(served, cand, 1.0).predict_proba(texts), p_cand, atol=1e-5)
+    import torch
+
+    half = merged(served, cand, 0.5).model.state_dict()
+    moved = [k for k in wc if wc[k].is_floating_point() and not torch.equal(ws[k], wc[k])]
+    assert moved  # what fine-tuning moved is blended half and half
+    for k in moved:
+        assert torch.allclose(half[k], (ws[k] + wc[k]) / 2, atol=1e-6), k
+    for model, before in ((served, ws), (cand, wc)):  # neither endpoint is touched
+        assert all(torch.equal(v, before[k]) for k, v in model.model.state_dict().items())
+
+
 def test_promotions_in_a_row_cannot_add_their_forgetting_up() -> None:
     """Each candidate forgets 1.5 points of the old world (tolerance 2) and learns more
     of the new. The first passes; the second looks fine against its parent on a memory
@@ -342,7 +446,7 @@ def test_promotions_in_a_row_cannot_add_their_forgetting_up() -> None:
         known.update(dict(list(new_known.items())[:learns]))
         return _Knows(known)
 
-    cfg = LearnerConfig(min_holdout=5, old_tolerance=0.02)
+    cfg = LearnerConfig(min_holdout=5, old_tolerance=0.02, merge=False)
     learner = ContinualLearner(_Knows(knows), "v1", cfg)  # type: ignore[arg-type]
     learner.remember([], old)
     learner.drift("drift: test")
