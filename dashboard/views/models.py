@@ -43,6 +43,8 @@ def _gate_rows(cards: list[dict]) -> pd.DataFrame:
                 "old data: candidate": old.get("candidate"),
                 "old data: serving": old.get("serving"),
                 "shadow agreement": shadow.get("agreement"),
+                # 1.0 = as fine-tuned; less = blended with its parent's weights (the gate chose)
+                "candidate weight": (gate.get("merge") or {}).get("weight"),
                 "why not": "; ".join(gate.get("reasons") or []),
                 "trigger": c.get("trigger"),
                 "created": c.get("created_at"),
