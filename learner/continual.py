@@ -28,7 +28,7 @@ How a label flows:
   when the current shift began against the version serving then (so promotions
   in a row cannot add their losses up); shadow scoring of recent live items reports agreement
   and confidence beside the serving model. The gates also judge points between the
-  serving and the candidate weights (``merge``): the best that passes serves.
+  serving and the candidate weights when ``merge`` is on: the best that passes serves.
 * On promotion the fresh labels become memory (training ones replayed, held-out
   ones held out) and the fresh pool starts again; a rejected candidate leaves the
   pool to grow. A drift event does the same to the pool gathered before it, so

@@ -220,7 +220,7 @@ def test_a_drift_after_an_episode_whose_candidate_learned_nothing_is_a_new_shift
     from learner.continual import Outcome
     from learner.train import TrainReport
 
-    cfg = LearnerConfig(min_new_labels=50, min_holdout=5, merge=False)
+    cfg = LearnerConfig(min_new_labels=50, min_holdout=5)
     learner = ContinualLearner(_Fixed("neutral"), "v1", cfg)  # type: ignore[arg-type]
     learner.drift("drift seen at the surge")  # a false start: the model reads it fine
     learner.observe(_items(100, "surge", "neutral"), ["neutral"] * 100)
@@ -257,7 +257,7 @@ def test_a_passing_candidate_waits_for_an_operator_when_approval_is_required() -
     from learner.continual import Outcome
     from learner.train import TrainReport
 
-    cfg = LearnerConfig(require_approval=True, min_holdout=5, merge=False)
+    cfg = LearnerConfig(require_approval=True, min_holdout=5)
     learner = ContinualLearner(_Fixed("neutral"), "v1", cfg)  # type: ignore[arg-type]
     learner.remember(_items(200, "old", "positive"), _items(50, "old-heldout", "positive"))
     learner.observe(_items(200, "new", "positive"), ["neutral"] * 200)
@@ -390,7 +390,7 @@ def test_a_blend_is_only_chosen_when_it_scores_better_than_the_full_candidate() 
     from learner.continual import Outcome
     from learner.train import TrainReport
 
-    learner = ContinualLearner(_Dial(0.0, 2.0), "v1", LearnerConfig(min_holdout=5))  # type: ignore[arg-type]
+    learner = ContinualLearner(_Dial(0.0, 2.0), "v1", LearnerConfig(min_holdout=5, merge=True))  # type: ignore[arg-type]
     learner.remember([], _items(100, "old", "positive"))
     learner.observe(_items(500, "new", "negative"))
     report = TrainReport(1, 1, 1.0, 0.1, 10.0, False, 0.1)
@@ -446,7 +446,7 @@ def test_promotions_in_a_row_cannot_add_their_forgetting_up() -> None:
         known.update(dict(list(new_known.items())[:learns]))
         return _Knows(known)
 
-    cfg = LearnerConfig(min_holdout=5, old_tolerance=0.02, merge=False)
+    cfg = LearnerConfig(min_holdout=5, old_tolerance=0.02)
     learner = ContinualLearner(_Knows(knows), "v1", cfg)  # type: ignore[arg-type]
     learner.remember([], old)
     learner.drift("drift: test")
