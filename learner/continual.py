@@ -162,6 +162,30 @@ def _mix(serving: dict, candidate: dict, weight: float) -> dict:
     }
 
 
+@dataclass
+class _Point:
+    """One candidate (or blend) the gates judged."""
+
+    weight: float  # the candidate's share of the weights (1.0 = as fine-tuned)
+    classifier: SentimentClassifier
+    reasons: list[str]  # why it fails; empty = passes (shadow agreement aside)
+    new: dict[str, Any]
+    old: dict[str, Any]
+    no_gain: bool  # judged on enough new labels, and no better than serving there
+
+    def score(self) -> float:
+        return self.new["candidate"] + (self.old["candidate"] if self.old["n"] else 0.0)
+
+    def record(self) -> dict[str, Any]:
+        old = round(self.old["candidate"], 4) if self.old["n"] else None
+        return {
+            "weight": self.weight,
+            "new": round(self.new["candidate"], 4),
+            "old": old,
+            "passed": not self.reasons,
+        }
+
+
 def accuracy(classifier: SentimentClassifier, data: list[LabelledText]) -> float:
     if not data:
         return float("nan")
@@ -477,49 +501,32 @@ class ContinualLearner:
         serv = self.classifier
         new, old = self.fresh_holdout, self.old_holdout()
         serving = {"new": accuracy(serv, new), "old": accuracy(serv, old)}
-        weights = MERGE_WEIGHTS if cfg.merge else (1.0,)
-        tried = []
-        for weight in weights:
-            cand = outcome.classifier if weight == 1.0 else merged(serv, outcome.classifier, weight)
-            reasons, new_stats, old_stats = self._gates(cand, serving)
-            tried.append((weight, cand, reasons, new_stats, old_stats))
-        passing = [t for t in tried if not t[2]]
-        full_new = tried[0][3]
-        if (
-            not passing
-            and self._episode_start is not None
-            and len(new) >= cfg.min_holdout
-            and not full_new["candidate"] > full_new["serving"] + cfg.min_new_gain
-        ):
+        points = [
+            self._gates(
+                outcome.classifier if w == 1.0 else merged(serv, outcome.classifier, w),
+                w,
+                new,
+                old,
+                serving,
+            )
+            for w in (MERGE_WEIGHTS if cfg.merge else (1.0,))
+        ]
+        passing = [p for p in points if not p.reasons]
+        if not passing and points[0].no_gain and self._episode_start is not None:
             self._episode_spent = True  # see drift(): the next drift is a new shift
-
-        def score(t: tuple) -> float:
-            return t[3]["candidate"] + (t[4]["candidate"] if old else 0.0)
-
-        chosen = max(passing, key=score) if passing else tried[0]  # max keeps the first tie
-        weight, cand, reasons, new_stats, old_stats = chosen
+        # The best held-out new + old accuracy; max() keeps the first (the full one) on a tie.
+        chosen = max(passing, key=_Point.score) if passing else points[0]
+        cand, reasons = chosen.classifier, list(chosen.reasons)
         shadow = _shadow(serv, cand, shadow_texts[-cfg.shadow_items :])
         if shadow["n"] and shadow["agreement"] < cfg.min_shadow_agreement:
-            reasons = [
-                *reasons,
-                f"shadow agreement {shadow['agreement']:.3f} below {cfg.min_shadow_agreement}",
-            ]
+            reasons.append(
+                f"shadow agreement {shadow['agreement']:.3f} below {cfg.min_shadow_agreement}"
+            )
         passed = not reasons
         outcome.classifier = cand
-        outcome.gate = GateResult(passed, reasons, new_stats, old_stats, shadow)
+        outcome.gate = GateResult(passed, reasons, chosen.new, chosen.old, shadow)
         if cfg.merge:
-            outcome.gate.merge = {
-                "weight": weight,
-                "tried": [
-                    {
-                        "weight": w,
-                        "new": round(n["candidate"], 4),
-                        "old": None if not old else round(o["candidate"], 4),
-                        "passed": not r,
-                    }
-                    for w, _, r, n, o in tried
-                ],
-            }
+            outcome.gate.merge = {"weight": chosen.weight, "tried": [p.record() for p in points]}
         if not passed:
             outcome.decision = "reject"
         else:
@@ -531,11 +538,15 @@ class ContinualLearner:
         return outcome
 
     def _gates(
-        self, cand: SentimentClassifier, serving: dict[str, float]
-    ) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
-        """Every gate but shadow agreement: the reasons a candidate fails, and its figures."""
+        self,
+        cand: SentimentClassifier,
+        weight: float,
+        new: list[LabelledText],
+        old: list[LabelledText],
+        serving: dict[str, float],
+    ) -> _Point:
+        """Every gate but shadow agreement, on one candidate (or blend)."""
         cfg = self.config
-        new, old = self.fresh_holdout, self.old_holdout()
         reasons = []
         new_stats = {"n": len(new), "serving": serving["new"], "candidate": accuracy(cand, new)}
         old_stats: dict[str, Any] = {
@@ -549,7 +560,8 @@ class ContinualLearner:
             old_stats["before_shift_then"] = self.before_shift_acc
             old_stats["before_shift_candidate"] = accuracy(cand, self.before_shift)
         no_gain = not new_stats["candidate"] > new_stats["serving"] + cfg.min_new_gain
-        if len(new) < cfg.min_holdout:
+        judged = len(new) >= cfg.min_holdout
+        if not judged:
             reasons.append(f"only {len(new)} held-out new labels (need {cfg.min_holdout})")
         elif no_gain:
             reasons.append(
@@ -567,7 +579,7 @@ class ContinualLearner:
                 f"forgets the world before the shift: {old_stats['before_shift_candidate']:.3f}"
                 f" vs {self.before_shift_version}'s {then:.3f} (tolerance {cfg.old_tolerance})"
             )
-        return reasons, new_stats, old_stats
+        return _Point(weight, cand, reasons, new_stats, old_stats, judged and no_gain)
 
     def adopt(self, classifier: SentimentClassifier, version: str) -> None:
         """The candidate now serves: fresh labels become memory, the error stream restarts."""

@@ -15,12 +15,23 @@ from learner.replay import ClassBalancedReservoir
 
 
 class _Calibrated:
-    """What a test double needs for the learner's calibration: a temperature to fold."""
+    """A test double's base: a temperature to fold (the learner's calibration), and
+    probabilities from the labels its ``predict`` gives."""
 
     temperature = 1.0
 
     def fold_temperature(self, temperature: float) -> None:
         self.temperature *= temperature
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> list[str]:
+        raise NotImplementedError
+
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """0.8 on the label predict() gives, 0.1 on each other."""
+        p = np.full((len(texts), 3), 0.1, dtype=np.float32)
+        for i, label in enumerate(self.predict(texts)):
+            p[i, LABELS.index(label)] = 0.8
+        return p
 
 
 class _Fixed(_Calibrated):
@@ -33,11 +44,6 @@ class _Fixed(_Calibrated):
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[str]:
         return [self.label] * len(texts)
-
-    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        p = np.full((len(texts), 3), 0.1, dtype=np.float32)
-        p[:, LABELS.index(self.label)] = 0.8
-        return p
 
 
 def _items(n: int, prefix: str = "t", label: str | None = None) -> list[LabelledText]:
@@ -317,12 +323,6 @@ class _Knows(_Calibrated):
     def predict(self, texts: list[str], batch_size: int = 64) -> list[str]:
         return [self.known.get(t, "neutral") for t in texts]
 
-    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        p = np.full((len(texts), 3), 0.1, dtype=np.float32)
-        for i, label in enumerate(self.predict(texts)):
-            p[i, LABELS.index(label)] = 0.8
-        return p
-
 
 class _Dial(_Calibrated):
     """A test double whose knowledge is one weight w (a real torch module, so it can be
@@ -348,12 +348,6 @@ class _Dial(_Calibrated):
             else:
                 out.append("positive" if w <= self.keeps_old_until else "neutral")
         return out
-
-    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        p = np.full((len(texts), 3), 0.1, dtype=np.float32)
-        for i, label in enumerate(self.predict(texts)):
-            p[i, LABELS.index(label)] = 0.8
-        return p
 
 
 @pytest.mark.parametrize("merge", [True, False])
