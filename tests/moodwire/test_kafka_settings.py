@@ -216,3 +216,32 @@ def test_kafka_pythons_configuration_dump_never_reaches_a_log(
         )
         admin_client.log.debug("an ordinary line")
     assert "x1y2" not in caplog.text and "an ordinary line" in caplog.text
+
+
+# What pydantic reads as a boolean (any case, no surrounding space), and nothing else.
+_BOOLS = dict.fromkeys(("1", "t", "true", "y", "yes", "on"), True)
+_BOOLS |= dict.fromkeys(("0", "f", "false", "n", "no", "off"), False)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    value=st.one_of(
+        st.sampled_from(sorted(_BOOLS)).map(str.upper),
+        st.sampled_from(sorted(_BOOLS)).map(lambda v: f" {v}"),
+        st.text(max_size=12),
+    )
+)
+def test_any_text_for_the_learners_blending_switch_is_a_boolean_or_an_error_naming_it(
+    no_moodwire_env: Path, value: str
+) -> None:
+    value = value.replace("\x00", "")  # an environment variable cannot hold NUL
+    os.environ["MOODWIRE_LEARNER__MERGE"] = value
+    try:
+        expected = _BOOLS.get(value.lower())
+        if expected is None:
+            with pytest.raises(ValidationError, match="merge"):
+                Settings()
+        else:
+            assert Settings().learner.merge is expected
+    finally:
+        del os.environ["MOODWIRE_LEARNER__MERGE"]
